@@ -1,0 +1,48 @@
+# handoff: one Makefile for setup, build, the main job and the tests.
+# Everything the project needs is installed from here; nothing by hand.
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := bin/handoff
+
+# Debian packages the lab, the tests and the benchmarks use.
+DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
+	libvirt-clients busybox-static cpio iproute2 tmux etcd-server etcd-client \
+	rsync e2fsprogs openssh-client openssh-server zstd
+
+.PHONY: all deps build grab test bench lab-down clean
+
+all: build
+
+# Installs what is missing; quick when everything is there already.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# the SSH server is installed for the qemu+ssh tests only; it must not run by itself
+	@systemctl disable --now ssh >/dev/null 2>&1 || true
+
+build:
+	$(GO) build -o $(BIN) ./cmd/handoff
+
+# The main job: start the built-in lab (if it is not up) and grab its VM.
+grab: deps build
+	$(BIN) grab
+
+# Lab tests share one machine: run packages one at a time.
+test: deps build
+	$(GO) vet ./...
+	HANDOFF_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 45m ./...
+
+bench: deps build
+	$(BIN) bench
+
+lab-down: build
+	$(BIN) lab down
+
+clean:
+	rm -rf bin

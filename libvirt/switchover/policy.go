@@ -1,0 +1,160 @@
+package switchover
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config is the user's side of the policy.
+type Config struct {
+	// DowntimeTarget is the longest pause the user accepts at the switch.
+	DowntimeTarget time.Duration
+	// Settle is how long the dirty rate must stay below the bandwidth before
+	// a switch: one good sample is noise, a run of them is a trend.
+	Settle time.Duration
+	// Window is how far back rates are averaged.
+	Window time.Duration
+	// PostCopyAfter bounds how long pre-copy may go on without converging
+	// before the policy switches by post-copy. Zero means never on its own:
+	// the policy then only says that the migration does not converge.
+	PostCopyAfter time.Duration
+}
+
+// DefaultConfig suits a desktop VM over a home link.
+func DefaultConfig() Config {
+	return Config{
+		DowntimeTarget: 300 * time.Millisecond,
+		Settle:         time.Second,
+		Window:         3 * time.Second,
+		PostCopyAfter:  20 * time.Second,
+	}
+}
+
+// Decide returns what to do now, given the samples of one job in the order
+// they were taken. The last sample is "now".
+func Decide(cfg Config, samples []Sample) Decision {
+	if len(samples) == 0 {
+		return Decision{Action: Continue, Converging: true, Reason: "waiting for the first reading"}
+	}
+	now := samples[len(samples)-1]
+	switch now.Phase {
+	case PhasePostcopy, PhaseCompleted, PhaseAborted, PhaseFailed:
+		return Decision{Action: Continue, Converging: true, Reason: string(now.Phase)}
+	}
+	recent := within(samples, now.Elapsed-cfg.Window)
+	bw := mean(recent, func(s Sample) float64 { return s.Bandwidth })
+	if bw <= 0 {
+		return Decision{Action: Continue, Converging: true, Reason: "measuring bandwidth"}
+	}
+	// QEMU reports no dirty rate during the first pass; those zeros are
+	// not a measurement and must not pull the average down.
+	dirty := mean(afterFirstPass(recent), func(s Sample) float64 { return s.DirtyRate })
+	downtime := seconds(float64(now.Remaining) / bw)
+	// What may stay unsent when the VM pauses: the link moves this much
+	// within the downtime target.
+	fits := float64(now.Remaining) <= bw*cfg.DowntimeTarget.Seconds()
+	d := Decision{PredictedDowntime: downtime}
+
+	if now.Iteration <= 1 {
+		// The first pass sends all of memory once; QEMU measures no dirty
+		// rate until it ends, so the best guess is the pass itself.
+		d.Action, d.Converging = Continue, true
+		d.SwitchIn = seconds(float64(now.Remaining) / bw)
+		d.Reason = "first pass over memory"
+		if fits && now.Remaining > 0 {
+			d.Action, d.SwitchIn, d.Reason = Switch, 0, "memory sent; the rest fits the downtime target"
+		}
+		return d
+	}
+
+	if dirty < bw {
+		d.Converging = true
+		settled := stableSince(samples, func(s Sample) bool { return s.Bandwidth > 0 && s.DirtyRate < s.Bandwidth })
+		if fits && now.Elapsed-settled >= cfg.Settle {
+			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", rate(dirty), rate(bw), cfg.DowntimeTarget)
+			return d
+		}
+		d.Action = Continue
+		excess := float64(now.Remaining) - bw*cfg.DowntimeTarget.Seconds()
+		if excess > 0 {
+			d.SwitchIn = seconds(excess / (bw - dirty))
+		}
+		if d.SwitchIn < cfg.Settle-(now.Elapsed-settled) {
+			d.SwitchIn = cfg.Settle - (now.Elapsed - settled)
+		}
+		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", rate(dirty), rate(bw))
+		return d
+	}
+
+	d.Converging = false
+	d.Reason = fmt.Sprintf("not converging: dirty rate %s exceeds bandwidth %s", rate(dirty), rate(bw))
+	if cfg.PostCopyAfter <= 0 {
+		d.Action = Continue
+		return d
+	}
+	since := stableSince(samples, func(s Sample) bool { return s.Iteration > 1 && s.DirtyRate >= s.Bandwidth })
+	if now.Elapsed-since >= cfg.PostCopyAfter {
+		d.Action = PostCopy
+		d.Reason += fmt.Sprintf(" for %v; switching by post-copy", (now.Elapsed - since).Round(time.Second))
+		return d
+	}
+	d.Action = Continue
+	d.SwitchIn = cfg.PostCopyAfter - (now.Elapsed - since)
+	d.Reason += fmt.Sprintf("; post-copy in %v", d.SwitchIn.Round(time.Second))
+	return d
+}
+
+// within returns the samples taken at or after from; always at least the last.
+func within(samples []Sample, from time.Duration) []Sample {
+	i := len(samples) - 1
+	for i > 0 && samples[i-1].Elapsed >= from {
+		i--
+	}
+	return samples[i:]
+}
+
+// stableSince returns the time of the earliest sample of the unbroken run of
+// samples, ending now, for which ok holds; now's own time when the last fails.
+func stableSince(samples []Sample, ok func(Sample) bool) time.Duration {
+	since := samples[len(samples)-1].Elapsed
+	for i := len(samples) - 1; i >= 0 && ok(samples[i]); i-- {
+		since = samples[i].Elapsed
+	}
+	return since
+}
+
+func afterFirstPass(samples []Sample) []Sample {
+	var out []Sample
+	for _, s := range samples {
+		if s.Iteration > 1 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func mean(samples []Sample, f func(Sample) float64) float64 {
+	if len(samples) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, s := range samples {
+		sum += f(s)
+	}
+	return sum / float64(len(samples))
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// rate formats bytes per second for people.
+func rate(bps float64) string {
+	switch {
+	case bps >= 1e9:
+		return fmt.Sprintf("%.1f GB/s", bps/1e9)
+	case bps >= 1e6:
+		return fmt.Sprintf("%.1f MB/s", bps/1e6)
+	case bps >= 1e3:
+		return fmt.Sprintf("%.0f kB/s", bps/1e3)
+	}
+	return fmt.Sprintf("%.0f B/s", bps)
+}

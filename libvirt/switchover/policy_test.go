@@ -1,0 +1,103 @@
+package switchover
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const mb = 1e6
+
+// trace builds samples every 500ms: each step gives the iteration, the
+// dirty rate and bandwidth in MB/s and the remaining MB.
+type step struct {
+	iter              uint64
+	dirty, bw, remain float64
+}
+
+func trace(steps ...step) []Sample {
+	var out []Sample
+	for i, s := range steps {
+		out = append(out, Sample{
+			Elapsed: time.Duration(i) * 500 * time.Millisecond, Phase: PhasePrecopy,
+			Iteration: s.iter, DirtyRate: s.dirty * mb, Bandwidth: s.bw * mb,
+			Remaining: uint64(s.remain * mb), Total: 256 * mb,
+		})
+	}
+	return out
+}
+
+func repeat(n int, s step) []step {
+	out := make([]step, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
+}
+
+func TestDecide(t *testing.T) {
+	cfg := DefaultConfig() // 300ms target, 1s settle, 3s window, post-copy after 20s
+	tests := []struct {
+		name       string
+		samples    []Sample
+		action     Action
+		converging bool
+		reason     string // a part of Decision.Reason
+		switchIn   time.Duration
+	}{
+		{name: "no samples", samples: nil, action: Continue, converging: true, reason: "first reading"},
+		{name: "no bandwidth yet", samples: trace(step{1, 0, 0, 200}), action: Continue, converging: true, reason: "measuring"},
+		{name: "first pass predicts the pass",
+			samples: trace(step{1, 0, 10, 100}), action: Continue, converging: true, reason: "first pass", switchIn: 10 * time.Second},
+		{name: "idle guest finishes on the first pass",
+			samples: trace(step{1, 0, 10, 1}), action: Switch, converging: true},
+		{name: "converging but too much left",
+			samples: trace(repeat(6, step{3, 1, 10, 19})...), action: Continue, converging: true, reason: "below bandwidth",
+			switchIn: 1777777777}, // (19 MB - 10 MB/s * 0.3 s) / (10-1) MB/s
+		{name: "converging, fits, settled",
+			samples: trace(repeat(4, step{3, 1, 10, 2})...), action: Switch, converging: true, reason: "fits"},
+		{name: "fits but dirty rate only just dropped: wait to settle",
+			samples: trace(append(repeat(4, step{3, 12, 10, 2.5}), step{4, 1, 10, 2}, step{4, 1, 10, 2})...),
+			action:  Continue, converging: false},
+		{name: "not converging, bound not reached",
+			samples: trace(repeat(10, step{3, 15, 10, 50})...), action: Continue, converging: false,
+			reason: "not converging: dirty rate 15.0 MB/s exceeds bandwidth 10.0 MB/s", switchIn: cfg.PostCopyAfter - 4500*time.Millisecond},
+		{name: "not converging past the bound: post-copy",
+			samples: trace(repeat(42, step{3, 15, 10, 50})...), action: PostCopy, converging: false, reason: "post-copy"},
+		{name: "post-copy bound counts from the second pass",
+			samples: trace(append(repeat(40, step{1, 0, 10, 150}), repeat(4, step{2, 15, 10, 50})...)...),
+			action:  Continue, converging: false},
+		{name: "already in post-copy",
+			samples: []Sample{{Phase: PhasePostcopy, Bandwidth: 1, Remaining: 1}}, action: Continue, converging: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Decide(cfg, tt.samples)
+			if d.Action != tt.action || d.Converging != tt.converging {
+				t.Fatalf("Decide = %+v, want action %s converging %v", d, tt.action, tt.converging)
+			}
+			if !strings.Contains(d.Reason, tt.reason) {
+				t.Errorf("reason %q lacks %q", d.Reason, tt.reason)
+			}
+			if tt.switchIn != 0 && (d.SwitchIn-tt.switchIn).Abs() > 50*time.Millisecond {
+				t.Errorf("SwitchIn = %v, want %v", d.SwitchIn, tt.switchIn)
+			}
+		})
+	}
+}
+
+func TestDecideNeverPostCopiesWhenTheBoundIsZero(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PostCopyAfter = 0
+	d := Decide(cfg, trace(repeat(400, step{3, 15, 10, 50})...))
+	if d.Action != Continue || d.Converging || !strings.Contains(d.Reason, "not converging") {
+		t.Fatalf("Decide = %+v, want to keep copying and say it does not converge", d)
+	}
+}
+
+func TestPredictedDowntime(t *testing.T) {
+	d := Decide(DefaultConfig(), trace(repeat(3, step{3, 1, 10, 5})...))
+	if want := 500 * time.Millisecond; (d.PredictedDowntime - want).Abs() > time.Millisecond {
+		t.Fatalf("PredictedDowntime = %v, want %v", d.PredictedDowntime, want)
+	}
+}

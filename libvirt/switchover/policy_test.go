@@ -58,7 +58,7 @@ func TestDecide(t *testing.T) {
 			samples: trace(repeat(4, step{3, 1, 10, 2})...), action: Switch, converging: true, reason: "fits"},
 		{name: "fits but dirty rate only just dropped: wait to settle",
 			samples: trace(append(repeat(4, step{3, 12, 10, 2.5}), step{4, 1, 10, 2}, step{4, 1, 10, 2})...),
-			action:  Continue, converging: false},
+			action:  Continue, converging: true},
 		{name: "not converging, bound not reached",
 			samples: trace(repeat(10, step{3, 15, 10, 50})...), action: Continue, converging: false,
 			reason: "not converging: dirty rate 15.0 MB/s exceeds bandwidth 10.0 MB/s", switchIn: cfg.PostCopyAfter - 4500*time.Millisecond},

@@ -1,0 +1,228 @@
+package libvirt
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+)
+
+// Conn is one connection to a libvirt daemon.
+type Conn struct {
+	uri string
+	lv  *golibvirt.Libvirt
+}
+
+// Connect dials the daemon that uri names and opens its QEMU driver.
+func Connect(ctx context.Context, uri string) (*Conn, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	type dialed struct {
+		lv  *golibvirt.Libvirt
+		err error
+	}
+	done := make(chan dialed, 1)
+	// go-libvirt's dialers take no context; the dial ends by its own
+	// timeout, and a connection that arrives after we gave up is closed.
+	go func() {
+		lv, err := golibvirt.ConnectToURI(u)
+		done <- dialed{lv, err}
+	}()
+	select {
+	case d := <-done:
+		if d.err != nil {
+			return nil, fmt.Errorf("connect %s: %w%s", uri, d.err, connectHint(u, d.err))
+		}
+		return &Conn{uri: uri, lv: d.lv}, nil
+	case <-ctx.Done():
+		go func() {
+			if d := <-done; d.err == nil {
+				d.lv.Disconnect()
+			}
+		}()
+		return nil, fmt.Errorf("connect %s: %w", uri, ctx.Err())
+	}
+}
+
+// connectHint says what to check for the usual reasons a dial fails.
+func connectHint(u *url.URL, err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "no such file or directory") && u.Query().Get("socket") != "":
+		return fmt.Sprintf(" (no libvirt daemon listens on %s: is it running?)", u.Query().Get("socket"))
+	case strings.Contains(msg, "no such file or directory"):
+		return " (is libvirtd running? for a user's own daemon use qemu:///session)"
+	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no route to host"), strings.Contains(msg, "i/o timeout"):
+		return fmt.Sprintf(" (is %s reachable and its libvirt or SSH port open?)", u.Host)
+	case strings.Contains(msg, "unable to authenticate"), strings.Contains(msg, "knownhosts"):
+		return " (check that your SSH key is in ssh-agent and the host is in ~/.ssh/known_hosts: ssh to it once)"
+	}
+	return ""
+}
+
+// URI is the URI this connection was made with.
+func (c *Conn) URI() string { return c.uri }
+
+// Close ends the connection.
+func (c *Conn) Close() error { return c.lv.Disconnect() }
+
+// Disconnected is closed when the daemon's connection drops.
+func (c *Conn) Disconnected() <-chan struct{} { return c.lv.Disconnected() }
+
+// Domain is a VM as one daemon knows it.
+type Domain struct {
+	conn *Conn
+	dom  golibvirt.Domain
+}
+
+// ErrNoDomain is returned (wrapped) when a daemon has no domain of that name.
+var ErrNoDomain = errors.New("no such domain")
+
+// Lookup finds a domain by name.
+func (c *Conn) Lookup(name string) (*Domain, error) {
+	dom, err := c.lv.DomainLookupByName(name)
+	if err != nil {
+		if golibvirt.IsNotFound(err) {
+			return nil, fmt.Errorf("%w %q on %s (list them with: virsh -c '%s' list --all)", ErrNoDomain, name, c.uri, c.uri)
+		}
+		return nil, fmt.Errorf("look up domain %q on %s: %w", name, c.uri, err)
+	}
+	return &Domain{conn: c, dom: dom}, nil
+}
+
+// Define makes a persistent domain from its XML and starts it.
+func (c *Conn) DefineAndStart(domainXML string) (*Domain, error) {
+	dom, err := c.lv.DomainDefineXML(domainXML)
+	if err != nil {
+		return nil, fmt.Errorf("define domain on %s: %w", c.uri, err)
+	}
+	if err := c.lv.DomainCreate(dom); err != nil {
+		return nil, fmt.Errorf("start domain %s on %s: %w", dom.Name, c.uri, err)
+	}
+	return &Domain{conn: c, dom: dom}, nil
+}
+
+// Name is the domain's name.
+func (d *Domain) Name() string { return d.dom.Name }
+
+// State is a domain's run state in libvirt's words.
+type State string
+
+const (
+	StateRunning  State = "running"
+	StatePaused   State = "paused"
+	StateShutoff  State = "shut off"
+	StateOther    State = "other"
+	StatePostcopy State = "paused for post-copy" // the source side during post-copy
+)
+
+// State reports whether the domain runs here.
+func (d *Domain) State() (State, error) {
+	state, reason, err := d.conn.lv.DomainGetState(d.dom, 0)
+	if err != nil {
+		if golibvirt.IsNotFound(err) {
+			return StateShutoff, nil
+		}
+		return StateOther, fmt.Errorf("state of %s on %s: %w", d.dom.Name, d.conn.uri, err)
+	}
+	switch golibvirt.DomainState(state) {
+	case golibvirt.DomainRunning:
+		return StateRunning, nil
+	case golibvirt.DomainPaused:
+		if golibvirt.DomainPausedReason(reason) == golibvirt.DomainPausedPostcopy {
+			return StatePostcopy, nil
+		}
+		return StatePaused, nil
+	case golibvirt.DomainShutoff:
+		return StateShutoff, nil
+	}
+	return StateOther, nil
+}
+
+// Resume continues a paused domain.
+func (d *Domain) Resume() error {
+	if err := d.conn.lv.DomainResume(d.dom); err != nil {
+		return fmt.Errorf("resume %s on %s: %w", d.dom.Name, d.conn.uri, err)
+	}
+	return nil
+}
+
+// Destroy stops a domain at once and, if undefine, forgets its definition.
+func (d *Domain) Destroy(undefine bool) error {
+	if st, _ := d.State(); st != StateShutoff {
+		if err := d.conn.lv.DomainDestroy(d.dom); err != nil && !golibvirt.IsNotFound(err) {
+			return fmt.Errorf("destroy %s on %s: %w", d.dom.Name, d.conn.uri, err)
+		}
+	}
+	if undefine {
+		if err := d.conn.lv.DomainUndefine(d.dom); err != nil && !golibvirt.IsNotFound(err) {
+			return fmt.Errorf("undefine %s on %s: %w", d.dom.Name, d.conn.uri, err)
+		}
+	}
+	return nil
+}
+
+// XML is the domain's live description.
+func (d *Domain) XML() (string, error) {
+	x, err := d.conn.lv.DomainGetXMLDesc(d.dom, 0)
+	if err != nil {
+		return "", fmt.Errorf("XML of %s on %s: %w", d.dom.Name, d.conn.uri, err)
+	}
+	return x, nil
+}
+
+// VNCAddress is where a domain's screen is served, as its host sees it.
+type VNCAddress struct {
+	Network string // "unix" or "tcp"
+	Address string // socket path, or host:port
+}
+
+// VNC reads the VNC address from the running domain's XML.
+func (d *Domain) VNC() (VNCAddress, error) {
+	x, err := d.XML()
+	if err != nil {
+		return VNCAddress{}, err
+	}
+	addr, err := vncFromXML(x)
+	if err != nil {
+		return VNCAddress{}, fmt.Errorf("domain %s on %s: %w", d.dom.Name, d.conn.uri, err)
+	}
+	return addr, nil
+}
+
+func vncFromXML(domainXML string) (VNCAddress, error) {
+	var doc struct {
+		Graphics []struct {
+			Type   string `xml:"type,attr"`
+			Port   int    `xml:"port,attr"`
+			Listen string `xml:"listen,attr"`
+			Socket string `xml:"socket,attr"`
+		} `xml:"devices>graphics"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &doc); err != nil {
+		return VNCAddress{}, fmt.Errorf("parse domain XML: %w", err)
+	}
+	for _, g := range doc.Graphics {
+		if g.Type != "vnc" {
+			continue
+		}
+		if g.Socket != "" {
+			return VNCAddress{Network: "unix", Address: g.Socket}, nil
+		}
+		if g.Port > 0 {
+			host := g.Listen
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				host = "127.0.0.1"
+			}
+			return VNCAddress{Network: "tcp", Address: fmt.Sprintf("%s:%d", host, g.Port)}, nil
+		}
+		return VNCAddress{}, errors.New("VNC display has no port or socket yet (is the domain running?)")
+	}
+	return VNCAddress{}, errors.New("no VNC display: add <graphics type='vnc'/> to the domain")
+}

@@ -1,0 +1,436 @@
+package libvirt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+)
+
+// Options tune one migration.
+type Options struct {
+	// Policy decides when to switch; see switchover.Config.
+	Policy switchover.Config
+	// PeerURI is the destination daemon's URI as the source daemon reaches
+	// it (peer-to-peer). Empty: the destination connection's own URI.
+	PeerURI string
+	// MigrateURI is where the source QEMU sends memory, such as
+	// tcp://192.0.2.2 or tcp://127.0.0.1:49152 through a tunnel. Empty:
+	// libvirt picks from the destination's hostname.
+	MigrateURI string
+	// ListenAddress is where the destination QEMU listens; empty: libvirt's
+	// default.
+	ListenAddress string
+	// MaxSpeed caps the memory stream in bytes/s, leaving room on the link
+	// for the view and the keyboard. Zero: no cap.
+	MaxSpeed uint64
+	// Compression lists QEMU compression methods libvirt 9.0 accepts for
+	// plain migrations: "xbzrle" and "mt".
+	Compression []string
+	// XBZRLECache is the XBZRLE page cache in bytes; zero: QEMU's default.
+	XBZRLECache uint64
+	// Parallel opens this many connections (multifd); zero or one: off.
+	Parallel int
+	// NoPostCopy keeps post-copy off, as for hosts without userfaultfd.
+	NoPostCopy bool
+	// PollInterval is how often job statistics are read.
+	PollInterval time.Duration
+}
+
+// holdDowntime keeps QEMU from switching on its own: the policy raises the
+// limit to its downtime target when it decides to switch.
+const holdDowntime = time.Millisecond
+
+// Progress is one report from a running migration.
+type Progress struct {
+	Sample   switchover.Sample
+	Decision switchover.Decision
+}
+
+// Result describes a finished migration.
+type Result struct {
+	Mode        string // "precopy" or "postcopy": how the VM switched hosts
+	Downtime    time.Duration
+	Total       time.Duration
+	Transferred uint64 // bytes on the wire
+	MemoryTotal uint64
+	Iterations  uint64
+}
+
+// ErrAborted is returned (wrapped) when a migration was stopped on request
+// or by a cancelled context before the switch.
+var ErrAborted = errors.New("migration aborted")
+
+// Migration is one running job; Start makes it.
+type Migration struct {
+	src, dst *Conn
+	dom      *Domain
+	opts     Options
+
+	progress chan Progress
+	requests chan request
+	done     chan struct{}
+	result   Result
+	err      error
+}
+
+type request struct {
+	kind  string // "postcopy" or "abort"
+	reply chan error
+}
+
+// Start begins live-migrating the domain name from src to dst. The job runs
+// until it completes, fails, is aborted, or ctx ends (which aborts it unless
+// post-copy has begun, after which it finishes).
+func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Migration, error) {
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 200 * time.Millisecond
+	}
+	if opts.Policy == (switchover.Config{}) {
+		opts.Policy = switchover.DefaultConfig()
+	}
+	dom, err := src.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := dom.State()
+	if err != nil {
+		return nil, err
+	}
+	if st != StateRunning {
+		return nil, fmt.Errorf("domain %s is %s on %s, not running: only a running VM can be live-migrated (start it with: virsh -c '%s' start %s)", name, st, src.uri, src.uri, name)
+	}
+	if there, err := dst.Lookup(name); err == nil {
+		if st, _ := there.State(); st == StateRunning || st == StatePaused {
+			return nil, fmt.Errorf("domain %s already runs on %s: nothing to migrate", name, dst.uri)
+		}
+	}
+	m := &Migration{
+		src: src, dst: dst, dom: dom, opts: opts,
+		progress: make(chan Progress, 1),
+		requests: make(chan request),
+		done:     make(chan struct{}),
+	}
+	go m.drive(ctx)
+	return m, nil
+}
+
+// Progress delivers reports while the job runs, newest first: a slow reader
+// misses old reports rather than stalling the job. Closed when the job ends.
+func (m *Migration) Progress() <-chan Progress { return m.progress }
+
+// PostCopy switches the VM to the destination now and pages the rest of its
+// memory on demand.
+func (m *Migration) PostCopy() error { return m.ask("postcopy") }
+
+// Abort stops the job before the switch; the VM keeps running on the source.
+func (m *Migration) Abort() error { return m.ask("abort") }
+
+func (m *Migration) ask(kind string) error {
+	r := request{kind: kind, reply: make(chan error, 1)}
+	select {
+	case m.requests <- r:
+		return <-r.reply
+	case <-m.done:
+		return fmt.Errorf("%s: the migration has already ended", kind)
+	}
+}
+
+// Done is closed when the job has ended.
+func (m *Migration) Done() <-chan struct{} { return m.done }
+
+// Wait blocks until the job ends and returns how it went.
+func (m *Migration) Wait() (Result, error) {
+	<-m.done
+	return m.result, m.err
+}
+
+func (m *Migration) flags() golibvirt.DomainMigrateFlags {
+	f := golibvirt.MigrateLive | golibvirt.MigratePeer2peer | golibvirt.MigrateAbortOnError
+	if !m.opts.NoPostCopy {
+		f |= golibvirt.MigratePostcopy
+	}
+	if len(m.opts.Compression) > 0 {
+		f |= golibvirt.MigrateCompressed
+	}
+	if m.opts.Parallel > 1 {
+		f |= golibvirt.MigrateParallel
+	}
+	return f
+}
+
+func (m *Migration) params() []golibvirt.TypedParam {
+	var ps []golibvirt.TypedParam
+	str := func(k, v string) {
+		ps = append(ps, golibvirt.TypedParam{Field: k, Value: *golibvirt.NewTypedParamValueString(v)})
+	}
+	ulong := func(k string, v uint64) {
+		ps = append(ps, golibvirt.TypedParam{Field: k, Value: golibvirt.TypedParamValue{D: 4, I: v}})
+	}
+	if m.opts.MigrateURI != "" {
+		str("migrate_uri", m.opts.MigrateURI)
+	}
+	if m.opts.ListenAddress != "" {
+		str("listen_address", m.opts.ListenAddress)
+	}
+	if m.opts.MaxSpeed > 0 {
+		// libvirt takes MiB/s; round up so a small cap is not "unlimited".
+		ulong("bandwidth", (m.opts.MaxSpeed+(1<<20)-1)>>20)
+	}
+	for _, c := range m.opts.Compression {
+		str("compression", c)
+	}
+	if m.opts.XBZRLECache > 0 {
+		ulong("compression.xbzrle.cache", m.opts.XBZRLECache)
+	}
+	if m.opts.Parallel > 1 {
+		ps = append(ps, golibvirt.TypedParam{Field: "parallel.connections", Value: *golibvirt.NewTypedParamValueInt(int32(m.opts.Parallel))})
+	}
+	return ps
+}
+
+func (m *Migration) drive(ctx context.Context) {
+	defer close(m.done)
+	defer close(m.progress)
+
+	peer := m.opts.PeerURI
+	if peer == "" {
+		peer = m.dst.uri
+	}
+	performed := make(chan error, 1)
+	go func() {
+		_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags())
+		performed <- err
+	}()
+
+	var (
+		history   []switchover.Sample
+		phase     = switchover.PhaseSetup
+		held      bool // QEMU's own switch is held back
+		switching bool
+		aborting  bool
+		cancelled = ctx.Done()
+		last      Progress
+	)
+	tick := time.NewTicker(m.opts.PollInterval)
+	defer tick.Stop()
+
+	startPostCopy := func(reason string) error {
+		if m.opts.NoPostCopy {
+			return errors.New("post-copy is off for this migration (--no-postcopy)")
+		}
+		if phase == switchover.PhasePostcopy {
+			return nil
+		}
+		if err := m.src.lv.DomainMigrateStartPostCopy(m.dom.dom, 0); err != nil {
+			return fmt.Errorf("switch to post-copy (%s): %w", reason, err)
+		}
+		phase = switchover.PhasePostcopy
+		return nil
+	}
+	abort := func() error {
+		if phase == switchover.PhasePostcopy {
+			return errors.New("the VM already runs on the destination (post-copy): the migration can only finish now")
+		}
+		aborting = true
+		if err := m.src.lv.DomainAbortJob(m.dom.dom); err != nil {
+			return fmt.Errorf("abort migration of %s: %w", m.dom.Name(), err)
+		}
+		return nil
+	}
+
+	for {
+		select {
+		case err := <-performed:
+			m.finish(err, phase, aborting, last)
+			return
+		case <-cancelled:
+			cancelled = nil // once
+			if err := abort(); err != nil && phase != switchover.PhasePostcopy {
+				m.err = err
+			}
+		case r := <-m.requests:
+			switch r.kind {
+			case "postcopy":
+				r.reply <- startPostCopy("asked by the user")
+			case "abort":
+				r.reply <- abort()
+			}
+		case <-tick.C:
+			typ, params, err := m.src.lv.DomainGetJobStats(m.dom.dom, 0)
+			if err != nil || golibvirt.DomainJobType(typ) == golibvirt.DomainJobNone {
+				continue
+			}
+			st := parseJobStats(params)
+			if phase == switchover.PhaseSetup && (st.transferred > 0 || st.iteration > 0) {
+				phase = switchover.PhasePrecopy
+			}
+			if !held && phase == switchover.PhasePrecopy {
+				// Best effort: if QEMU refuses, its default limit (300 ms)
+				// still bounds the pause.
+				_ = m.src.lv.DomainMigrateSetMaxDowntime(m.dom.dom, uint64(holdDowntime/time.Millisecond), 0)
+				held = true
+			}
+			s := st.sample(phase)
+			history = appendBounded(history, s, 2*time.Minute)
+			d := switchover.Decide(m.opts.Policy, history)
+			if !aborting {
+				switch d.Action {
+				case switchover.Switch:
+					if !switching {
+						limit := max(m.opts.Policy.DowntimeTarget, d.PredictedDowntime)
+						if err := m.src.lv.DomainMigrateSetMaxDowntime(m.dom.dom, uint64(limit/time.Millisecond), 0); err == nil {
+							switching = true
+						}
+					}
+				case switchover.PostCopy:
+					if !m.opts.NoPostCopy && phase == switchover.PhasePrecopy {
+						if err := startPostCopy(d.Reason); err != nil {
+							d.Reason += "; " + err.Error()
+						}
+					}
+				}
+			}
+			last = Progress{Sample: s, Decision: d}
+			m.send(last)
+		}
+	}
+}
+
+// send delivers p, replacing an unread older report.
+func (m *Migration) send(p Progress) {
+	select {
+	case m.progress <- p:
+		return
+	default:
+	}
+	select {
+	case <-m.progress:
+	default:
+	}
+	select {
+	case m.progress <- p:
+	default:
+	}
+}
+
+func appendBounded(h []switchover.Sample, s switchover.Sample, keep time.Duration) []switchover.Sample {
+	h = append(h, s)
+	i := 0
+	for i < len(h)-1 && s.Elapsed-h[i].Elapsed > keep {
+		i++
+	}
+	return h[i:]
+}
+
+// finish records how the job ended, and checks that an unfinished job left
+// the VM running on the source, resuming it if libvirt left it paused.
+func (m *Migration) finish(performErr error, phase switchover.Phase, aborting bool, last Progress) {
+	if performErr == nil {
+		m.result = m.completedStats(phase, last)
+		final := last
+		final.Sample.Phase = switchover.PhaseCompleted
+		final.Sample.Remaining = 0
+		m.send(final)
+		return
+	}
+	if phase == switchover.PhasePostcopy {
+		m.err = fmt.Errorf("post-copy migration of %s failed after the switch: %w; the VM may be paused on %s: check with virsh -c '%s' domjobinfo %s and recover with virsh migrate --postcopy-resume", m.dom.Name(), performErr, m.dst.uri, m.src.uri, m.dom.Name())
+		return
+	}
+	state := m.ensureRunningOnSource()
+	if aborting || strings.Contains(performErr.Error(), "cancel") {
+		m.err = fmt.Errorf("%w: %s %s on %s", ErrAborted, m.dom.Name(), state, m.src.uri)
+		return
+	}
+	m.err = fmt.Errorf("migrate %s from %s to %s: %w; %s %s on %s", m.dom.Name(), m.src.uri, m.dst.uri, performErr, m.dom.Name(), state, m.src.uri)
+}
+
+func (m *Migration) ensureRunningOnSource() string {
+	st, err := m.dom.State()
+	if err != nil {
+		return "is in an unknown state (" + err.Error() + ")"
+	}
+	if st == StatePaused {
+		if err := m.dom.Resume(); err != nil {
+			return "is paused and could not be resumed (" + err.Error() + ")"
+		}
+		return "was resumed and keeps running"
+	}
+	if st == StateRunning {
+		return "keeps running"
+	}
+	return "is " + string(st)
+}
+
+// completedStats reads the finished job's figures; the destination keeps
+// them for its domain, the source too when the domain stays defined there.
+func (m *Migration) completedStats(phase switchover.Phase, last Progress) Result {
+	r := Result{Mode: "precopy", Transferred: last.Sample.Transferred, MemoryTotal: last.Sample.Total, Total: last.Sample.Elapsed, Iterations: last.Sample.Iteration}
+	if phase == switchover.PhasePostcopy {
+		r.Mode = "postcopy"
+	}
+	for _, side := range []*Conn{m.src, m.dst} {
+		d, err := side.Lookup(m.dom.Name())
+		if err != nil {
+			continue
+		}
+		typ, params, err := side.lv.DomainGetJobStats(d.dom, golibvirt.DomainJobStatsCompleted)
+		if err != nil || golibvirt.DomainJobType(typ) != golibvirt.DomainJobCompleted {
+			continue
+		}
+		st := parseJobStats(params)
+		if st.elapsed == 0 {
+			continue
+		}
+		r.Downtime, r.Total = st.downtime, st.elapsed
+		r.Transferred, r.MemoryTotal = st.transferred, st.total
+		if st.iteration > 0 {
+			r.Iterations = st.iteration
+		}
+		return r
+	}
+	return r
+}
+
+// MeasureDirtyRate asks QEMU how fast the guest dirties memory over period,
+// before any migration starts, in bytes/s.
+func MeasureDirtyRate(ctx context.Context, d *Domain, period time.Duration) (float64, error) {
+	secs := int32(max(period/time.Second, 1))
+	if err := d.conn.lv.DomainStartDirtyRateCalc(d.dom, secs, 0); err != nil {
+		return 0, fmt.Errorf("measure dirty rate of %s: %w", d.Name(), err)
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("measure dirty rate of %s: %w", d.Name(), ctx.Err())
+		case <-t.C:
+		}
+		recs, err := d.conn.lv.ConnectGetAllDomainStats([]golibvirt.Domain{d.dom}, uint32(golibvirt.DomainStatsDirtyrate), 0)
+		if err != nil {
+			return 0, fmt.Errorf("read dirty rate of %s: %w", d.Name(), err)
+		}
+		var status, mbps uint64
+		for _, r := range recs {
+			for _, p := range r.Params {
+				v, _ := paramUint(p.Value)
+				switch p.Field {
+				case golibvirt.DomainStatsDirtyrateCalcStatus:
+					status = v
+				case golibvirt.DomainStatsDirtyrateMegabytesPerSecond:
+					mbps = v
+				}
+			}
+		}
+		if status == 2 { // VIR_DOMAIN_DIRTYRATE_MEASURED
+			return float64(mbps) * (1 << 20), nil
+		}
+	}
+}

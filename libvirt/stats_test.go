@@ -1,0 +1,62 @@
+package libvirt
+
+import (
+	"testing"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+)
+
+func TestJobStatsToSample(t *testing.T) {
+	// Field names and types as libvirt 9.0 sends them for a running job.
+	params := []golibvirt.TypedParam{
+		{Field: "time_elapsed", Value: golibvirt.TypedParamValue{D: 4, I: uint64(1500)}},
+		{Field: "memory_iteration", Value: golibvirt.TypedParamValue{D: 4, I: uint64(3)}},
+		{Field: "memory_dirty_rate", Value: golibvirt.TypedParamValue{D: 4, I: uint64(250)}},
+		{Field: "memory_page_size", Value: golibvirt.TypedParamValue{D: 4, I: uint64(4096)}},
+		{Field: "memory_bps", Value: golibvirt.TypedParamValue{D: 4, I: uint64(2_500_000)}},
+		{Field: "memory_remaining", Value: golibvirt.TypedParamValue{D: 4, I: uint64(10 << 20)}},
+		{Field: "data_processed", Value: golibvirt.TypedParamValue{D: 4, I: uint64(99 << 20)}},
+		{Field: "memory_total", Value: golibvirt.TypedParamValue{D: 4, I: uint64(256 << 20)}},
+		{Field: "operation", Value: golibvirt.TypedParamValue{D: 1, I: int32(3)}},
+		{Field: "some_string", Value: golibvirt.TypedParamValue{D: 7, I: "x"}},
+	}
+	got := parseJobStats(params).sample(switchover.PhasePrecopy)
+	want := switchover.Sample{
+		Elapsed: 1500 * time.Millisecond, Phase: switchover.PhasePrecopy, Iteration: 3,
+		DirtyRate: 250 * 4096, Bandwidth: 2_500_000, Remaining: 10 << 20,
+		Transferred: 99 << 20, Total: 256 << 20,
+	}
+	if got != want {
+		t.Fatalf("sample = %+v\nwant     %+v", got, want)
+	}
+}
+
+func TestJobStatsDefaultPageSize(t *testing.T) {
+	s := parseJobStats([]golibvirt.TypedParam{{Field: "memory_dirty_rate", Value: golibvirt.TypedParamValue{D: 4, I: uint64(10)}}})
+	if got := s.sample(switchover.PhasePrecopy).DirtyRate; got != 40960 {
+		t.Fatalf("DirtyRate = %v, want 10 pages/s * 4096 B", got)
+	}
+}
+
+func TestVNCFromXML(t *testing.T) {
+	tests := []struct {
+		xml     string
+		want    VNCAddress
+		wantErr bool
+	}{
+		{`<domain><devices><graphics type='vnc' socket='/run/a/vnc.sock'/></devices></domain>`, VNCAddress{"unix", "/run/a/vnc.sock"}, false},
+		{`<domain><devices><graphics type='spice' port='5901'/><graphics type='vnc' port='5900' listen='0.0.0.0'/></devices></domain>`, VNCAddress{"tcp", "127.0.0.1:5900"}, false},
+		{`<domain><devices><graphics type='vnc' port='5902' listen='10.0.0.5'/></devices></domain>`, VNCAddress{"tcp", "10.0.0.5:5902"}, false},
+		{`<domain><devices/></domain>`, VNCAddress{}, true},
+		{`<domain><devices><graphics type='vnc' port='-1' autoport='yes'/></devices></domain>`, VNCAddress{}, true},
+	}
+	for _, tt := range tests {
+		got, err := vncFromXML(tt.xml)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("vncFromXML(%s) = %v, %v; want %v, error %v", tt.xml, got, err, tt.want, tt.wantErr)
+		}
+	}
+}

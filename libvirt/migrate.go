@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,8 +30,13 @@ type Options struct {
 	// MaxSpeed caps the memory stream in bytes/s, leaving room on the link
 	// for the view and the keyboard. Zero: no cap.
 	MaxSpeed uint64
-	// Compression lists QEMU compression methods libvirt 9.0 accepts for
-	// plain migrations: "xbzrle" and "mt".
+	// LinkRate is the link's bytes/s, if known, for choosing the plan.
+	LinkRate float64
+	// Plan fixes how the job is set up; nil: measure the guest's dirty rate
+	// and choose (switchover.ChoosePlan).
+	Plan *switchover.Plan
+	// Compression lists extra QEMU compression methods libvirt 9.0 accepts
+	// for plain migrations: "xbzrle" and "mt".
 	Compression []string
 	// XBZRLECache is the XBZRLE page cache in bytes; zero: QEMU's default.
 	XBZRLECache uint64
@@ -110,6 +116,23 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			return nil, fmt.Errorf("domain %s already runs on %s: nothing to migrate", name, dst.uri)
 		}
 	}
+	if opts.Plan == nil {
+		dirty, err := MeasureDirtyRate(ctx, dom, time.Second)
+		if err != nil {
+			return nil, err
+		}
+		p := switchover.ChoosePlan(dirty, opts.LinkRate, !opts.NoPostCopy)
+		opts.Plan = &p
+	}
+	if opts.Plan.Compress && !slices.Contains(opts.Compression, "mt") {
+		opts.Compression = append(opts.Compression, "mt")
+	}
+	if !opts.Plan.PostCopy {
+		// Without post-copy the policy can only report; QEMU's
+		// auto-converge then throttles the guest until the copy catches up.
+		opts.NoPostCopy = true
+		opts.Policy.PostCopyAfter = 0
+	}
 	m := &Migration{
 		src: src, dst: dst, dom: dom, opts: opts,
 		progress: make(chan Progress, 1),
@@ -141,6 +164,9 @@ func (m *Migration) ask(kind string) error {
 	}
 }
 
+// Plan is how the job was set up, and why.
+func (m *Migration) Plan() switchover.Plan { return *m.opts.Plan }
+
 // Done is closed when the job has ended.
 func (m *Migration) Done() <-chan struct{} { return m.done }
 
@@ -157,6 +183,9 @@ func (m *Migration) flags() golibvirt.DomainMigrateFlags {
 	}
 	if len(m.opts.Compression) > 0 {
 		f |= golibvirt.MigrateCompressed
+	}
+	if m.opts.NoPostCopy {
+		f |= golibvirt.MigrateAutoConverge
 	}
 	if m.opts.Parallel > 1 {
 		f |= golibvirt.MigrateParallel
@@ -184,6 +213,11 @@ func (m *Migration) params() []golibvirt.TypedParam {
 	}
 	for _, c := range m.opts.Compression {
 		str("compression", c)
+	}
+	if slices.Contains(m.opts.Compression, "mt") {
+		// Level 1: on a home link the wire, not zlib, is the bottleneck,
+		// and the guest shares the CPU with the compressing threads.
+		ps = append(ps, golibvirt.TypedParam{Field: "compression.mt.level", Value: *golibvirt.NewTypedParamValueInt(1)})
 	}
 	if m.opts.XBZRLECache > 0 {
 		ulong("compression.xbzrle.cache", m.opts.XBZRLECache)
@@ -222,7 +256,7 @@ func (m *Migration) drive(ctx context.Context) {
 
 	startPostCopy := func(reason string) error {
 		if m.opts.NoPostCopy {
-			return errors.New("post-copy is off for this migration (--no-postcopy)")
+			return fmt.Errorf("post-copy is not available for this migration (%s)", m.opts.Plan.Reason)
 		}
 		if phase == switchover.PhasePostcopy {
 			return nil

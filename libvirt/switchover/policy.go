@@ -71,7 +71,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 		d.Converging = true
 		settled := stableSince(samples, func(s Sample) bool { return s.Bandwidth > 0 && s.DirtyRate < s.Bandwidth })
 		if fits && now.Elapsed-settled >= cfg.Settle {
-			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", rate(dirty), rate(bw), cfg.DowntimeTarget)
+			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", FormatRate(dirty), FormatRate(bw), cfg.DowntimeTarget)
 			return d
 		}
 		d.Action = Continue
@@ -82,12 +82,12 @@ func Decide(cfg Config, samples []Sample) Decision {
 		if d.SwitchIn < cfg.Settle-(now.Elapsed-settled) {
 			d.SwitchIn = cfg.Settle - (now.Elapsed - settled)
 		}
-		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", rate(dirty), rate(bw))
+		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", FormatRate(dirty), FormatRate(bw))
 		return d
 	}
 
 	d.Converging = false
-	d.Reason = fmt.Sprintf("not converging: dirty rate %s exceeds bandwidth %s", rate(dirty), rate(bw))
+	d.Reason = fmt.Sprintf("not converging: dirty rate %s exceeds bandwidth %s", FormatRate(dirty), FormatRate(bw))
 	if cfg.PostCopyAfter <= 0 {
 		d.Action = Continue
 		return d
@@ -146,8 +146,8 @@ func mean(samples []Sample, f func(Sample) float64) float64 {
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// rate formats bytes per second for people.
-func rate(bps float64) string {
+// FormatRate writes bytes per second for people: "2.4 MB/s".
+func FormatRate(bps float64) string {
 	switch {
 	case bps >= 1e9:
 		return fmt.Sprintf("%.1f GB/s", bps/1e9)
@@ -157,4 +157,17 @@ func rate(bps float64) string {
 		return fmt.Sprintf("%.0f kB/s", bps/1e3)
 	}
 	return fmt.Sprintf("%.0f B/s", bps)
+}
+
+// FormatBytes writes a byte count for people: "108.3 MB".
+func FormatBytes(n uint64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.0f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
 }

@@ -301,6 +301,9 @@ func (m *Migration) drive(ctx context.Context) {
 				continue
 			}
 			st := parseJobStats(params)
+			if st.total == 0 {
+				continue // the job exists but QEMU has not reported yet
+			}
 			if phase == switchover.PhaseSetup && (st.transferred > 0 || st.iteration > 0) {
 				phase = switchover.PhasePrecopy
 			}

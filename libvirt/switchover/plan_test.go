@@ -15,6 +15,7 @@ func TestChoosePlan(t *testing.T) {
 		{"unknown link keeps post-copy", 0.1e6, 0, true, false, true},
 		{"no post-copy on the host: compress", 4e6, 2.5e6, false, true, false},
 		{"no post-copy, unknown link: compress", 0, 0, false, true, false},
+		{"fast link: compression would slow it", 0.2e6, 125e6, true, false, true},
 	}
 	for _, tt := range tests {
 		p := ChoosePlan(tt.dirty, tt.link, tt.postCopyAllowed)

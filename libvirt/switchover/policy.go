@@ -14,9 +14,10 @@ type Config struct {
 	Settle time.Duration
 	// Window is how far back rates are averaged.
 	Window time.Duration
-	// PostCopyAfter bounds how long pre-copy may go on without converging
-	// before the policy switches by post-copy. Zero means never on its own:
-	// the policy then only says that the migration does not converge.
+	// PostCopyAfter bounds pre-copy after its first pass: the policy
+	// switches by post-copy once the migration has not converged for this
+	// long, or as soon as it converges too slowly to switch within it.
+	// Zero means never on its own: the policy then only reports.
 	PostCopyAfter time.Duration
 }
 
@@ -26,7 +27,7 @@ func DefaultConfig() Config {
 		DowntimeTarget: 300 * time.Millisecond,
 		Settle:         time.Second,
 		Window:         3 * time.Second,
-		PostCopyAfter:  20 * time.Second,
+		PostCopyAfter:  10 * time.Second,
 	}
 }
 
@@ -83,6 +84,13 @@ func Decide(cfg Config, samples []Sample) Decision {
 			d.SwitchIn = cfg.Settle - (now.Elapsed - settled)
 		}
 		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", FormatRate(dirty), FormatRate(bw))
+		// Converging, but so slowly that waiting costs more than post-copy:
+		// each pass resends what the guest dirtied during the last.
+		slow := stableSince(samples, func(s Sample) bool { return s.Iteration > 1 })
+		if cfg.PostCopyAfter > 0 && d.SwitchIn > cfg.PostCopyAfter && now.Elapsed-slow >= cfg.Settle {
+			d.Action = PostCopy
+			d.Reason += fmt.Sprintf(", but the switch is %v away: switching by post-copy", d.SwitchIn.Round(time.Second))
+		}
 		return d
 	}
 

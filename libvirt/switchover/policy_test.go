@@ -54,6 +54,10 @@ func TestDecide(t *testing.T) {
 		{name: "converging but too much left",
 			samples: trace(repeat(6, step{3, 1, 10, 19})...), action: Continue, converging: true, reason: "below bandwidth",
 			switchIn: 1777777777}, // (19 MB - 10 MB/s * 0.3 s) / (10-1) MB/s
+		{name: "converging too slowly to switch within the bound: post-copy",
+			samples: trace(repeat(4, step{3, 9, 10, 100})...), action: PostCopy, converging: true, reason: "switching by post-copy"},
+		{name: "slow convergence is judged only after a settle time",
+			samples: trace(step{1, 0, 10, 20}, step{2, 9, 10, 100}), action: Continue, converging: true},
 		{name: "converging, fits, settled",
 			samples: trace(repeat(4, step{3, 1, 10, 2})...), action: Switch, converging: true, reason: "fits"},
 		{name: "fits but dirty rate only just dropped: wait to settle",

@@ -8,7 +8,7 @@ BIN := bin/handoff
 # Debian packages the lab, the tests and the benchmarks use.
 DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients busybox-static cpio iproute2 tmux etcd-server etcd-client \
-	rsync e2fsprogs openssh-client openssh-server zstd
+	rsync e2fsprogs openssh-client openssh-server nftables zstd
 
 .PHONY: all deps build grab test bench lab-down clean
 
@@ -26,8 +26,10 @@ deps:
 	@# the SSH server is installed for the qemu+ssh tests only; it must not run by itself
 	@systemctl disable --now ssh >/dev/null 2>&1 || true
 
+# The guest agent goes beside handoff, where the test guest's builder looks.
 build:
 	$(GO) build -o $(BIN) ./cmd/handoff
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/handoff-guest ./testvm/guestagent
 
 # The main job: start the built-in lab (if it is not up) and grab its VM.
 grab: deps build

@@ -1,0 +1,174 @@
+// Command handoff-guest is the agent of the test guest (see package
+// testvm): it ticks on the serial console, draws a counter on the screen,
+// dirties memory at the rate the kernel command line asks, proves every
+// tick that no memory was lost, and echoes typed keys to the serial log.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handoff-dev/handoff/testvm"
+	"golang.org/x/sys/unix"
+)
+
+// sealedMB is the size of the once-written region: over a thousand pages,
+// so a migration that drops any part of its first pass is caught.
+const sealedMB = 4
+
+// corruptWord, typed on the console, damages the sealed region on purpose.
+const corruptWord = "#corrupt"
+
+// step is how often the agent dirties memory: short enough that the rate
+// is smooth within each second a migration samples.
+const step = 50 * time.Millisecond
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "handoff-guest:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	serial, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		serial = os.Stdout
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return fmt.Errorf("read kernel command line: %w", err)
+	}
+	params, err := testvm.ParseKernelArgs(string(cmdline))
+	if err != nil {
+		fmt.Fprintf(serial, "handoff-guest error: %v; running with no load\n", err)
+		params = testvm.Params{WSSMB: testvm.DefaultWSSMB}
+	}
+	// Memory outside the Go heap: the collector never moves or frees it,
+	// and its pages are exactly the ones we account for.
+	wssBytes := params.WSSMB << 20
+	if params.DirtyMBps == 0 {
+		wssBytes = 0
+	}
+	mem, err := syscall.Mmap(-1, 0, wssBytes+sealedMB<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("map %d MB of working set: %w", params.WSSMB+sealedMB, err)
+	}
+	seed := uint64(time.Now().UnixNano())
+	sealed := newSealedRegion(mem[wssBytes:], seed)
+	ws := newWorkingSet(mem[:wssBytes], corpus(), seed)
+	pace := &pacer{bytesPerSec: params.DirtyMBps * 1e6}
+
+	tty, keys := openConsole(serial)
+	if tty != nil {
+		defer tty.Close()
+	}
+	fmt.Fprintf(serial, "handoff-guest started: dirtying %g MB/s over %d MB\n", params.DirtyMBps, params.WSSMB)
+
+	ticker := time.NewTicker(step)
+	defer ticker.Stop()
+	start, last := time.Now(), time.Now()
+	tick := 0
+	var typed []byte
+	var problem string
+	for {
+		select {
+		case now := <-ticker.C:
+			ws.dirty(pace.pages(now.Sub(last).Seconds(), step.Seconds()))
+			last = now
+			if int(now.Sub(start)/time.Second) <= tick {
+				continue
+			}
+			tick++
+			if problem == "" {
+				if err := sealed.verify(); err != nil {
+					problem = err.Error()
+				} else if err := ws.verify(); err != nil {
+					problem = err.Error()
+				}
+			}
+			t := testvm.Tick{N: tick, Uptime: uptime(), DirtiedMB: int(ws.wrote / 1e6), Problem: problem}
+			fmt.Fprintln(serial, testvm.FormatTick(t))
+			if tty != nil {
+				shown := typed[max(0, len(typed)-60):]
+				tty.WriteString(screen{Tick: t.N, Uptime: t.Uptime, DirtiedMB: t.DirtiedMB, Problem: problem, Keys: printable(shown)}.render())
+			}
+		case k, ok := <-keys:
+			if !ok {
+				keys = nil
+				continue
+			}
+			fmt.Fprintln(serial, testvm.FormatKey(k))
+			typed = append(typed, k...)
+			if len(typed) > 256 {
+				typed = typed[len(typed)-256:]
+			}
+			if bytes.HasSuffix(typed, []byte(corruptWord)) {
+				sealed.mem[len(sealed.mem)/2] ^= 0xff
+			}
+		}
+	}
+}
+
+// openConsole puts the VGA console in raw mode and reads keys from it; the
+// reader goroutine lives as long as the agent.
+func openConsole(serial *os.File) (*os.File, <-chan []byte) {
+	tty, err := os.OpenFile("/dev/tty1", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		fmt.Fprintf(serial, "handoff-guest error: open console: %v\n", err)
+		return nil, nil
+	}
+	if err := makeRaw(tty); err != nil {
+		fmt.Fprintf(serial, "handoff-guest error: raw console: %v\n", err)
+	}
+	keys := make(chan []byte, 64)
+	go func() {
+		defer close(keys)
+		buf := make([]byte, 64)
+		for {
+			n, err := tty.Read(buf)
+			if err != nil {
+				return
+			}
+			keys <- bytes.Clone(buf[:n])
+		}
+	}()
+	return tty, keys
+}
+
+func makeRaw(f *os.File) error {
+	t, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Iflag &^= unix.ICRNL | unix.IXON | unix.ISTRIP | unix.INLCR | unix.IGNCR
+	t.Lflag &^= unix.ICANON | unix.ECHO | unix.ISIG | unix.IEXTEN
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+	return unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, t)
+}
+
+// corpus is the code and text the working set's pages copy: the agent's
+// and busybox's own bytes, as a desktop's memory is mostly such things.
+func corpus() []byte {
+	var c []byte
+	for _, p := range []string{"/proc/self/exe", "/bin/busybox"} {
+		if b, err := os.ReadFile(p); err == nil {
+			c = append(c, b...)
+		}
+	}
+	return c
+}
+
+func uptime() float64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f
+}

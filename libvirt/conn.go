@@ -9,12 +9,19 @@ import (
 	"strings"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+	"golang.org/x/crypto/ssh"
 )
 
 // Conn is one connection to a libvirt daemon.
 type Conn struct {
 	uri string
+	url *url.URL
 	lv  *golibvirt.Libvirt
+	// ssh is the workstation's SSH connection to a qemu+ssh host; tunnels
+	// for migrations open inside it. Nil for local and TCP/TLS URIs.
+	ssh *ssh.Client
+	// remoteSocket is the libvirt socket on the far end of ssh.
+	remoteSocket string
 }
 
 // Connect dials the daemon that uri names and opens its QEMU driver.
@@ -22,6 +29,9 @@ func Connect(ctx context.Context, uri string) (*Conn, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
+	}
+	if isSSH(u) {
+		return connectSSH(ctx, uri, u)
 	}
 	type dialed struct {
 		lv  *golibvirt.Libvirt
@@ -39,7 +49,7 @@ func Connect(ctx context.Context, uri string) (*Conn, error) {
 		if d.err != nil {
 			return nil, fmt.Errorf("connect %s: %w%s", uri, d.err, connectHint(u, d.err))
 		}
-		return &Conn{uri: uri, lv: d.lv}, nil
+		return &Conn{uri: uri, url: u, lv: d.lv}, nil
 	case <-ctx.Done():
 		go func() {
 			if d := <-done; d.err == nil {
@@ -66,11 +76,36 @@ func connectHint(u *url.URL, err error) string {
 	return ""
 }
 
+// connectSSH opens the workstation's SSH connection to the server and
+// speaks to libvirt through it; migrations tunnel through the same one.
+func connectSSH(ctx context.Context, uri string, u *url.URL) (*Conn, error) {
+	t, err := parseSSHTarget(u)
+	if err != nil {
+		return nil, err
+	}
+	client, err := dialSSH(ctx, t)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: ssh %s@%s: %w%s", u.Redacted(), t.user, t.addr, err, connectHint(u, err))
+	}
+	lv := golibvirt.NewWithDialer(sshSocketDialer{client: client, socket: t.socket})
+	if err := lv.ConnectToURI(golibvirt.RemoteURI(u)); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("connect %s: %w (is libvirtd running on the server, with its socket at %s?)", u.Redacted(), err, t.socket)
+	}
+	return &Conn{uri: uri, url: u, lv: lv, ssh: client, remoteSocket: t.socket}, nil
+}
+
 // URI is the URI this connection was made with.
 func (c *Conn) URI() string { return c.uri }
 
 // Close ends the connection.
-func (c *Conn) Close() error { return c.lv.Disconnect() }
+func (c *Conn) Close() error {
+	err := c.lv.Disconnect()
+	if c.ssh != nil {
+		c.ssh.Close()
+	}
+	return err
+}
 
 // Disconnected is closed when the daemon's connection drops.
 func (c *Conn) Disconnected() <-chan struct{} { return c.lv.Disconnected() }

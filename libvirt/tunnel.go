@@ -1,0 +1,167 @@
+package libvirt
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+)
+
+// tunnel carries a peer-to-peer migration's two connections (the source
+// daemon's to the destination daemon, and QEMU's memory stream) inside the
+// SSH connection the workstation opened to the server, so that the server
+// never connects to the workstation: a laptop behind NAT can take its VM and
+// give it back.
+type tunnel struct {
+	peerURI    string // the destination daemon as the source daemon reaches it
+	migrateURI string // where the source QEMU sends memory
+	listenAddr string // where the destination QEMU listens
+
+	listeners []net.Listener
+	cleanup   []func()
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// openTunnel returns nil when neither side is reached over SSH, or both
+// are (two servers reach each other directly). The tunnel lives until
+// Close, whatever becomes of the caller's context: in post-copy the VM on
+// the destination still fetches pages through it.
+func openTunnel(src, dst *Conn) (*tunnel, error) {
+	if (src.ssh == nil) == (dst.ssh == nil) {
+		return nil, nil
+	}
+	t := &tunnel{listenAddr: "127.0.0.1"}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	if err := t.open(src, dst); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *tunnel) open(src, dst *Conn) error {
+	if src.ssh != nil {
+		// Grab: the server's daemon and QEMU dial listeners that sshd
+		// opens on the server; each connection comes back to us.
+		sock := "/tmp/handoff-peer-" + randomName() + ".sock"
+		peer, err := src.ssh.ListenUnix(sock)
+		if err != nil {
+			return fmt.Errorf("open a socket on the server through SSH (is AllowStreamLocalForwarding on in sshd_config?): %w", err)
+		}
+		t.forward(peer, func() (net.Conn, error) { return net.Dial("unix", localSocket(dst.url)) })
+		data, err := src.ssh.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("open a port on the server through SSH (is AllowTcpForwarding on in sshd_config?): %w", err)
+		}
+		port := data.Addr().(*net.TCPAddr).Port
+		t.forward(data, func() (net.Conn, error) { return net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)) })
+		t.peerURI = "qemu+unix://" + dst.url.Path + "?socket=" + sock
+		t.migrateURI = "tcp://127.0.0.1:" + strconv.Itoa(port)
+		return nil
+	}
+	// Hand back: our daemon and QEMU dial listeners here; each connection
+	// goes to the server inside SSH.
+	dir, err := os.MkdirTemp("", "handoff-peer-")
+	if err != nil {
+		return err
+	}
+	t.cleanup = append(t.cleanup, func() { os.RemoveAll(dir) })
+	// The local daemon may run as another user (qemu:///session of a lab
+	// user): let it reach the socket.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	sock := filepath.Join(dir, "peer.sock")
+	peer, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(sock, 0o777); err != nil {
+		peer.Close()
+		return err
+	}
+	t.forward(peer, func() (net.Conn, error) { return dst.ssh.Dial("unix", dst.remoteSocket) })
+	data, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	port := data.Addr().(*net.TCPAddr).Port
+	t.forward(data, func() (net.Conn, error) { return dst.ssh.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)) })
+	t.peerURI = "qemu+unix://" + dst.url.Path + "?socket=" + sock
+	t.migrateURI = "tcp://127.0.0.1:" + strconv.Itoa(port)
+	return nil
+}
+
+// forward accepts on ln until the tunnel closes and joins each connection
+// to a fresh one from dial.
+func (t *tunnel) forward(ln net.Listener, dial func() (net.Conn, error)) {
+	t.listeners = append(t.listeners, ln)
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := dial()
+			if err != nil {
+				in.Close()
+				continue
+			}
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				join(t.ctx, in, out)
+			}()
+		}
+	}()
+}
+
+// join copies both ways until both sides end, or ctx does. Each direction
+// half-closes its writer when its reader ends: QEMU's return path in
+// post-copy needs the connection open both ways until the job ends.
+func join(ctx context.Context, a, b net.Conn) {
+	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
+	defer stop()
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go pipe(a, b)
+	go pipe(b, a)
+	<-done
+	<-done
+	a.Close()
+	b.Close()
+}
+
+// Close stops the listeners and every joined connection.
+func (t *tunnel) Close() {
+	t.cancel()
+	for _, ln := range t.listeners {
+		ln.Close()
+	}
+	t.wg.Wait()
+	for _, f := range t.cleanup {
+		f()
+	}
+}
+
+func randomName() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

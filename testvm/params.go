@@ -18,7 +18,7 @@ const DefaultWSSMB = 64
 
 // kernelBaseArgs keep the boot quiet and fast under TCG: the serial console
 // is slow, and the agent's lines should stand out in it.
-const kernelBaseArgs = "console=ttyS0 edd=off quiet loglevel=3 mitigations=off"
+const kernelBaseArgs = "console=ttyS0 edd=off quiet loglevel=3"
 
 // KernelArgs is the full kernel command line for these parameters.
 func (p Params) KernelArgs() string {

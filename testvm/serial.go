@@ -41,7 +41,11 @@ type Status struct {
 	Integrity string  // "ok" or "FAIL" at the last tick ("" before the first)
 	Problem   string  // what broke, when Integrity is FAIL
 	Keys      string  // every key read so far, in order, as typed bytes
+	Panic     string  // the kernel's panic or oops line, if it had one: the guest is dead
 }
+
+// panicMarks start the kernel's lines that mean the guest is dead or dying.
+var panicMarks = []string{"Kernel panic - not syncing", "BUG: ", "Oops: "}
 
 // ParseSerialLog reads a guest's serial log. Lines that are not the agent's
 // (kernel messages, a torn last line) are passed over.
@@ -54,6 +58,11 @@ func ParseSerialLog(r io.Reader) (Status, error) {
 		line := sc.Text()
 		i := strings.Index(line, linePrefix)
 		if i < 0 {
+			for _, mark := range panicMarks {
+				if j := strings.Index(line, mark); j >= 0 && st.Panic == "" {
+					st.Panic = line[j:]
+				}
+			}
 			continue
 		}
 		rest := line[i+len(linePrefix):]

@@ -1,0 +1,500 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/testvm"
+)
+
+// DefaultDir is where the lab keeps its state; /run is emptied at boot, as
+// a lab does not outlive the machine's processes.
+const DefaultDir = "/run/handoff-lab"
+
+// GuestName is the test guest's domain name on both hosts.
+const GuestName = "handoff-guest"
+
+// Host is one of the lab's two machines.
+type Host struct {
+	Name     string // "server" or "workstation"
+	User     string // system user that runs its libvirt daemon
+	Netns    string
+	Dev      string // its end of the veth link
+	Addr     string // its address on the link
+	Dir      string
+	Socket   string // the libvirt daemon's unix socket
+	URI      string // libvirt URI root uses to reach the daemon
+	PID      int    // the libvirt daemon
+	HostUUID string
+}
+
+// Lab is a running lab, as recorded in its state file.
+type Lab struct {
+	Dir         string
+	Server      Host
+	Workstation Host
+	Link        Link
+	Guest       GuestConfig
+	SerialLog   string
+	// UFFD is vm.unprivileged_userfaultfd before the lab set it, restored by Down.
+	UFFD string
+	// NAT is set when the workstation accepts no inbound connections and
+	// reaches the server over SSH at ServerSSHURI (run from inside the
+	// workstation's namespace).
+	NAT          bool   `json:",omitempty"`
+	ServerSSHURI string `json:",omitempty"`
+
+	progress io.Writer
+}
+
+// GuestConfig sizes the test guest.
+type GuestConfig struct {
+	MemMB     int
+	DirtyMBps float64
+	WSSMB     int
+}
+
+// DefaultGuest is the guest the issue asks for: 256 MiB, 2 MB/s over 64 MB.
+var DefaultGuest = GuestConfig{MemMB: 256, DirtyMBps: 2, WSSMB: 64}
+
+// Config is what Up builds.
+type Config struct {
+	Dir      string // default DefaultDir
+	Link     Link
+	Guest    GuestConfig
+	CacheDir string    // testvm's cache; default the user's cache directory
+	NAT      bool      // put the workstation behind NAT; the server behind SSH
+	Progress io.Writer // one line per slow step; may be nil
+}
+
+// hosts names the lab's two hosts. The default lab has plain names; a lab
+// in another directory (a test's) gets a tag from it, so that it can never
+// touch the user's own lab.
+func hosts(dir string) (Host, Host) {
+	tag := ""
+	if filepath.Clean(dir) != DefaultDir {
+		sum := sha256.Sum256([]byte(filepath.Clean(dir)))
+		tag = hex.EncodeToString(sum[:2])
+	}
+	mk := func(name, user, ns, dev, addr, uuid string) Host {
+		if tag != "" {
+			user, ns, dev = user+"-"+tag, ns+"-"+tag, dev[:len(dev)-1]+tag
+		}
+		d := filepath.Join(dir, name)
+		sock := filepath.Join(d, "run", "libvirt", "libvirt-sock")
+		return Host{Name: name, User: user, Netns: ns, Dev: dev, Addr: addr, Dir: d, Socket: sock,
+			URI: "qemu+unix:///session?socket=" + sock, HostUUID: uuid}
+	}
+	// TEST-NET-1 addresses: documentation-only, they can never be anyone's.
+	return mk("server", "handoff-srv", "handoff-srv", "hsrv0", "192.0.2.1", "5a1f0c3e-0000-4000-8000-000000000001"),
+		mk("workstation", "handoff-ws", "handoff-ws", "hws0", "192.0.2.2", "5a1f0c3e-0000-4000-8000-000000000002")
+}
+
+// Up starts the lab, or returns the one already running in cfg.Dir if it is
+// healthy. A broken or half-made lab is taken down first.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	if cfg.Dir == "" {
+		cfg.Dir = DefaultDir
+	}
+	if cfg.Link == (Link{}) {
+		cfg.Link = DefaultLink
+	}
+	if cfg.Guest == (GuestConfig{}) {
+		cfg.Guest = DefaultGuest
+	}
+	if _, err := shapeCommands("x", cfg.Link, true); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab needs root (network namespaces, users and tc): run it with sudo")
+	}
+	say := func(format string, a ...any) {
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, format+"\n", a...)
+		}
+	}
+	if l, err := Load(cfg.Dir); err == nil {
+		if l.healthy(ctx) && l.NAT == cfg.NAT {
+			say("lab already up in %s", cfg.Dir)
+			return l, nil
+		}
+		say("taking down a broken lab in %s", cfg.Dir)
+	}
+	if err := Down(ctx, cfg.Dir); err != nil {
+		return nil, err
+	}
+
+	say("building the test guest")
+	guest, err := testvm.Build(ctx, testvm.BuildOptions{CacheDir: cfg.CacheDir, Progress: cfg.Progress})
+	if err != nil {
+		return nil, fmt.Errorf("build test guest: %w", err)
+	}
+
+	srv, ws := hosts(cfg.Dir)
+	l := &Lab{Dir: cfg.Dir, Server: srv, Workstation: ws, Link: cfg.Link, Guest: cfg.Guest,
+		SerialLog: filepath.Join(cfg.Dir, "guest", "serial.log"), progress: cfg.Progress}
+	ok := false
+	defer func() {
+		if !ok {
+			// Leave nothing behind a failed Up: a half lab breaks the next run.
+			Down(context.WithoutCancel(ctx), cfg.Dir)
+		}
+	}()
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "guest"), 0o755); err != nil {
+		return nil, fmt.Errorf("make lab directory: %w", err)
+	}
+	// The state file goes first, so Down knows what to remove even if Up
+	// dies halfway.
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	if l.UFFD, err = setSysctl("vm.unprivileged_userfaultfd", "1"); err != nil {
+		return nil, fmt.Errorf("allow post-copy for unprivileged QEMU: %w", err)
+	}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+
+	say("making hosts %s and %s", srv.Netns, ws.Netns)
+	if err := l.makeNetwork(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.prepareGuestFiles(guest); err != nil {
+		return nil, err
+	}
+	for _, h := range []*Host{&l.Server, &l.Workstation} {
+		say("starting libvirtd for the %s (user %s)", h.Name, h.User)
+		if err := startDaemon(ctx, h); err != nil {
+			return nil, err
+		}
+		if err := l.save(); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range []*Host{&l.Server, &l.Workstation} {
+		if err := waitForDaemon(ctx, h); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.NAT {
+		say("putting the workstation behind NAT; the server answers SSH on %s", l.Server.Addr)
+		if err := l.startNAT(ctx); err != nil {
+			return nil, err
+		}
+	}
+	say("starting the guest on the server (%d MiB, dirtying %.1f MB/s over %d MB)", cfg.Guest.MemMB, cfg.Guest.DirtyMBps, cfg.Guest.WSSMB)
+	if err := l.startGuest(ctx, guest); err != nil {
+		return nil, err
+	}
+	if err := l.WaitTick(ctx, 1, 90*time.Second); err != nil {
+		return nil, err
+	}
+	ok = true
+	say("lab up: server %s, workstation %s", l.Server.URI, l.Workstation.URI)
+	return l, nil
+}
+
+func (l *Lab) statePath() string { return filepath.Join(l.Dir, "lab.json") }
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := l.statePath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("save lab state: %w", err)
+	}
+	return os.Rename(tmp, l.statePath())
+}
+
+// ErrNoLab is returned (wrapped) by Load when no lab is up.
+var ErrNoLab = errors.New("no lab is up")
+
+// Load reads the state of the lab in dir.
+func Load(dir string) (*Lab, error) {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s: start one with 'handoff lab up'", ErrNoLab, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lab state: %w", err)
+	}
+	var l Lab
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("lab state %s is damaged (%v): run 'handoff lab down' and start again", dir, err)
+	}
+	return &l, nil
+}
+
+func (l *Lab) healthy(ctx context.Context) bool {
+	for _, h := range []Host{l.Server, l.Workstation} {
+		if h.PID == 0 || syscall.Kill(h.PID, 0) != nil {
+			return false
+		}
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+func (l *Lab) makeNetwork(ctx context.Context) error {
+	srv, ws := l.Server, l.Workstation
+	steps := [][]string{
+		{"ip", "netns", "add", srv.Netns},
+		{"ip", "netns", "add", ws.Netns},
+		{"ip", "link", "add", srv.Dev, "type", "veth", "peer", "name", ws.Dev},
+		{"ip", "link", "set", srv.Dev, "netns", srv.Netns},
+		{"ip", "link", "set", ws.Dev, "netns", ws.Netns},
+	}
+	for _, h := range []Host{srv, ws} {
+		steps = append(steps,
+			[]string{"ip", "-n", h.Netns, "addr", "add", h.Addr + "/24", "dev", h.Dev},
+			[]string{"ip", "-n", h.Netns, "link", "set", h.Dev, "up"},
+			[]string{"ip", "-n", h.Netns, "link", "set", "lo", "up"},
+		)
+	}
+	for _, s := range steps {
+		if err := run(ctx, s...); err != nil {
+			return err
+		}
+	}
+	warning, err := l.Shape(ctx, l.Link)
+	if warning != "" && l.progress != nil {
+		fmt.Fprintln(l.progress, "warning:", warning)
+	}
+	return err
+}
+
+// Shape sets the link's bandwidth and round trip in both directions. It
+// returns a warning, not an error, when the kernel cannot add delay.
+func (l *Lab) Shape(ctx context.Context, link Link) (warning string, err error) {
+	withNetem := hasNetem(ctx, l.Server.Netns, l.Server.Dev)
+	if link.RTT > 0 && !withNetem {
+		warning = fmt.Sprintf("this kernel has no netem qdisc: the link runs at %s but without the %v round trip", link.Bandwidth, link.RTT)
+	}
+	for _, h := range []Host{l.Server, l.Workstation} {
+		cmds, err := shapeCommands(h.Dev, link, withNetem)
+		if err != nil {
+			return "", err
+		}
+		// A fresh root first: replacing tbf by netem keeps no stale child.
+		run(ctx, "ip", "netns", "exec", h.Netns, "tc", "qdisc", "del", "dev", h.Dev, "root")
+		for _, c := range cmds {
+			if err := run(ctx, append([]string{"ip", "netns", "exec", h.Netns, "tc"}, c...)...); err != nil {
+				return "", fmt.Errorf("shape the lab link: %w", err)
+			}
+		}
+	}
+	l.Link = link
+	return warning, l.save()
+}
+
+// hasNetem tries netem on the device; the root qdisc is set anew after.
+func hasNetem(ctx context.Context, ns, dev string) bool {
+	return run(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", "1us") == nil
+}
+
+// prepareGuestFiles copies the guest's kernel and initrd where both lab
+// users can read them, and makes the serial log both QEMUs append to: the
+// log then runs on across migrations, one tick after another.
+func (l *Lab) prepareGuestFiles(g testvm.Guest) error {
+	dir := filepath.Join(l.Dir, "guest")
+	for src, dst := range map[string]string{g.Kernel: "vmlinuz", g.Initrd: "initrd"} {
+		if err := copyFile(src, filepath.Join(dir, dst), 0o644); err != nil {
+			return fmt.Errorf("copy guest %s: %w", dst, err)
+		}
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(l.SerialLog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o666)
+	if err != nil {
+		return fmt.Errorf("make serial log: %w", err)
+	}
+	f.Close()
+	return os.Chmod(l.SerialLog, 0o666)
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// RestartGuest stops the guest wherever it runs and starts it afresh on
+// the server with new settings, keeping the rest of the lab.
+func (l *Lab) RestartGuest(ctx context.Context, g GuestConfig, progress io.Writer) error {
+	guest, err := testvm.Build(ctx, testvm.BuildOptions{Progress: progress})
+	if err != nil {
+		return fmt.Errorf("build test guest: %w", err)
+	}
+	for _, h := range []Host{l.Server, l.Workstation} {
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err != nil {
+			return err
+		}
+		if d, err := c.Lookup(GuestName); err == nil {
+			err = d.Destroy(true)
+		} else if errors.Is(err, libvirt.ErrNoDomain) {
+			err = nil
+		}
+		c.Close()
+		if err != nil {
+			return err
+		}
+	}
+	l.Guest = g
+	if err := l.save(); err != nil {
+		return err
+	}
+	if err := l.prepareGuestFiles(guest); err != nil {
+		return err
+	}
+	if err := l.startGuest(ctx, guest); err != nil {
+		return err
+	}
+	return l.WaitTick(ctx, 1, 90*time.Second)
+}
+
+func (l *Lab) startGuest(ctx context.Context, g testvm.Guest) error {
+	c, err := libvirt.Connect(ctx, l.Server.URI)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	dir := filepath.Join(l.Dir, "guest")
+	params := testvm.Params{DirtyMBps: l.Guest.DirtyMBps, WSSMB: l.Guest.WSSMB}
+	x := DomainXML(GuestName, l.Guest.MemMB, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd"), params.KernelArgs(), l.SerialLog)
+	if _, err := c.DefineAndStart(x); err != nil {
+		return fmt.Errorf("start the test guest: %w (QEMU's log: %s)", err, filepath.Join(l.Server.Dir, "home", ".cache", "libvirt", "qemu", "log", GuestName+".log"))
+	}
+	return nil
+}
+
+// DomainXML describes the test guest: TCG (no KVM here), no disk and no
+// NIC, so a migration moves memory and device state only; VNC on a unix
+// socket libvirt places in each host's own directory.
+func DomainXML(name string, memMB int, kernel, initrd, cmdline, serialLog string) string {
+	esc := func(s string) string {
+		var b bytes.Buffer
+		xmlEscape(&b, s)
+		return b.String()
+	}
+	return fmt.Sprintf(`<domain type='qemu'>
+  <name>%s</name>
+  <memory unit='MiB'>%d</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>%s</kernel>
+    <initrd>%s</initrd>
+    <cmdline>%s</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'>
+      <source path='%s' append='on'/>
+      <target port='0'/>
+    </serial>
+    <input type='keyboard' bus='ps2'/>
+    <graphics type='vnc'>
+      <listen type='socket'/>
+    </graphics>
+    <video><model type='vga'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`, esc(name), memMB, esc(kernel), esc(initrd), esc(cmdline), esc(serialLog))
+}
+
+func xmlEscape(b *bytes.Buffer, s string) {
+	r := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "'", "&apos;", `"`, "&quot;")
+	b.WriteString(r.Replace(s))
+}
+
+// WaitTick waits until the guest's serial log shows a tick of at least n.
+func (l *Lab) WaitTick(ctx context.Context, n int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		st, err := l.GuestSerial()
+		if err == nil && st.Tick >= n {
+			return nil
+		}
+		if st.Panic != "" {
+			return fmt.Errorf("the test guest's kernel died after tick %d: %s (serial log %s)", st.Tick, st.Panic, l.SerialLog)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the test guest printed no tick %d within %v (serial log %s, last tick %d)", n, timeout, l.SerialLog, st.Tick)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// GuestSerial reads what the guest has said on its serial console so far.
+func (l *Lab) GuestSerial() (testvm.Status, error) {
+	f, err := os.Open(l.SerialLog)
+	if err != nil {
+		return testvm.Status{}, fmt.Errorf("read guest serial log: %w", err)
+	}
+	defer f.Close()
+	return testvm.ParseSerialLog(f)
+}
+
+func run(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func setSysctl(key, value string) (old string, err error) {
+	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	old = strings.TrimSpace(string(b))
+	if old == value {
+		return old, nil
+	}
+	return old, os.WriteFile(path, []byte(value), 0o644)
+}

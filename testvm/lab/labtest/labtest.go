@@ -1,0 +1,44 @@
+// Package labtest runs a package's tests against one real lab, made before
+// the tests and removed after them, even when they fail or panic.
+package labtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/testvm/lab"
+)
+
+// Main brings up a lab in a directory of the package's own (so it never
+// touches the user's lab), runs the tests with it, takes it down, and
+// exits. A lab left by an earlier, killed run is removed first.
+func Main(m *testing.M, name string, cfg lab.Config, tests func(*lab.Lab) int) {
+	os.Exit(mainCode(m, name, cfg, tests))
+}
+
+func mainCode(m *testing.M, name string, cfg lab.Config, tests func(*lab.Lab) int) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "these tests run on the real lab and need root: run them as root (make test)")
+		return 1
+	}
+	cfg.Dir = filepath.Join("/run", "handoff-lab-test-"+name)
+	cfg.Progress = os.Stderr
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab up:", err)
+		lab.Down(context.Background(), cfg.Dir)
+		return 1
+	}
+	defer func() {
+		if err := lab.Down(context.Background(), cfg.Dir); err != nil {
+			fmt.Fprintln(os.Stderr, "lab down:", err)
+		}
+	}()
+	return tests(l)
+}

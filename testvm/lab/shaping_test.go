@@ -1,0 +1,87 @@
+package lab
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBitsPerSecond(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{"20mbit", 20e6, false}, {"1gbit", 1e9, false}, {"100Mbit", 100e6, false},
+		{"500kbit", 500e3, false}, {"2.5mbps", 20e6, false}, {"fast", 0, true}, {"0mbit", 0, true}, {"", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := BitsPerSecond(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("BitsPerSecond(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestShapeCommands(t *testing.T) {
+	tests := []struct {
+		link  Link
+		netem bool
+		want  []string
+	}{
+		{Link{"20mbit", 40 * time.Millisecond}, false, []string{"qdisc replace dev d root handle 1: tbf rate 20mbit burst 32768 latency 50ms"}},
+		{Link{"1gbit", 0}, true, []string{"qdisc replace dev d root handle 1: tbf rate 1gbit burst 500000 latency 50ms"}},
+		{Link{"20mbit", 40 * time.Millisecond}, true, []string{
+			"qdisc replace dev d root handle 1: netem delay 20000us limit 100000",
+			"qdisc replace dev d parent 1:1 handle 10: tbf rate 20mbit burst 32768 latency 50ms"}},
+	}
+	for _, tt := range tests {
+		cmds, err := shapeCommands("d", tt.link, tt.netem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range cmds {
+			got = append(got, strings.Join(c, " "))
+		}
+		if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+			t.Errorf("shapeCommands(%+v, netem %v) =\n%s\nwant\n%s", tt.link, tt.netem, strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+		}
+	}
+	if _, err := shapeCommands("x", Link{Bandwidth: "lots"}, true); err == nil {
+		t.Fatal("shapeCommands accepted a bad rate")
+	}
+}
+
+func TestHostNamesDependOnTheLabDir(t *testing.T) {
+	srv, ws := hosts(DefaultDir)
+	if srv.User != "handoff-srv" || ws.Netns != "handoff-ws" || srv.Dev != "hsrv0" {
+		t.Fatalf("default lab names = %+v %+v", srv, ws)
+	}
+	tsrv, tws := hosts("/run/handoff-lab-test")
+	if tsrv.User == srv.User || tws.Netns == ws.Netns || tsrv.Dev == srv.Dev || tsrv.Dev == tws.Dev {
+		t.Fatalf("a test lab shares names with the default one: %+v %+v", tsrv, tws)
+	}
+	for _, n := range []string{tsrv.Dev, tws.Dev} {
+		if len(n) > 15 {
+			t.Errorf("device name %q is longer than Linux allows (15)", n)
+		}
+	}
+}
+
+func TestParseDomjobinfo(t *testing.T) {
+	// As virsh 9.0 prints a completed job.
+	out := `Job type:         Completed
+Operation:        Outgoing migration
+Time elapsed:     12345        ms
+Time elapsed w/o network: 12340        ms
+Data processed:   98.765 MiB
+Data remaining:   0.000 B
+Total downtime:   57           ms
+Downtime w/o network: 52           ms
+`
+	total, downtime, sent := parseDomjobinfo(out)
+	if total != 12345*time.Millisecond || downtime != 57*time.Millisecond || sent != 103562608 {
+		t.Fatalf("parseDomjobinfo = %v, %v, %d", total, downtime, sent)
+	}
+}

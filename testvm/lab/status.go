@@ -1,0 +1,89 @@
+package lab
+
+import (
+	"context"
+
+	"github.com/handoff-dev/handoff/libvirt"
+)
+
+// Status is what 'handoff lab status --json' prints.
+type Status struct {
+	ServerURI      string  `json:"server_uri"`
+	WorkstationURI string  `json:"workstation_uri"`
+	Domain         string  `json:"domain"`
+	GuestHost      string  `json:"guest_host"` // "server", "workstation", or "none"
+	GuestTick      int     `json:"guest_tick"`
+	GuestUptime    float64 `json:"guest_uptime"`
+	GuestIntegrity string  `json:"guest_integrity"`       // "ok" or "FAIL"
+	GuestPanic     string  `json:"guest_panic,omitempty"` // the guest kernel's death line, if it died
+	Bandwidth      string  `json:"link_bandwidth"`
+	RTTMillis      float64 `json:"link_rtt_ms"`
+	SerialLog      string  `json:"serial_log"`
+	// ServerSSHURI is set on a NAT lab: the server as the workstation
+	// reaches it, from inside the workstation's namespace.
+	ServerSSHURI     string `json:"server_ssh_uri,omitempty"`
+	WorkstationNetns string `json:"workstation_netns"`
+}
+
+// Status reports where the guest runs and what it last said.
+func (l *Lab) Status(ctx context.Context) (Status, error) {
+	st := Status{
+		ServerURI: l.Server.URI, WorkstationURI: l.Workstation.URI, Domain: GuestName,
+		GuestHost: "none", Bandwidth: l.Link.Bandwidth, RTTMillis: float64(l.Link.RTT.Microseconds()) / 1000,
+		SerialLog: l.SerialLog, ServerSSHURI: l.ServerSSHURI, WorkstationNetns: l.Workstation.Netns,
+	}
+	host, err := l.GuestHost(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.GuestHost = host
+	serial, err := l.GuestSerial()
+	if err != nil {
+		return st, err
+	}
+	st.GuestTick, st.GuestUptime, st.GuestIntegrity, st.GuestPanic = serial.Tick, serial.Uptime, serial.Integrity, serial.Panic
+	return st, nil
+}
+
+// GuestHost names the host where the guest runs: "server", "workstation"
+// or "none".
+func (l *Lab) GuestHost(ctx context.Context) (string, error) {
+	for _, h := range []Host{l.Server, l.Workstation} {
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err != nil {
+			return "", err
+		}
+		state := libvirt.StateShutoff
+		if d, err := c.Lookup(GuestName); err == nil {
+			state, _ = d.State()
+		}
+		c.Close()
+		if state == libvirt.StateRunning {
+			return h.Name, nil
+		}
+	}
+	return "none", nil
+}
+
+// Conns connects to both hosts' daemons; the caller closes them.
+func (l *Lab) Conns(ctx context.Context) (server, workstation *libvirt.Conn, err error) {
+	server, err = libvirt.Connect(ctx, l.Server.URI)
+	if err != nil {
+		return nil, nil, err
+	}
+	workstation, err = libvirt.Connect(ctx, l.Workstation.URI)
+	if err != nil {
+		server.Close()
+		return nil, nil, err
+	}
+	return server, workstation, nil
+}
+
+// MigrateURI is where QEMU on the source host sends memory for a migration
+// to dst: the destination's address on the lab link.
+func (l *Lab) MigrateURI(dst string) string {
+	if dst == l.Server.Name {
+		return "tcp://" + l.Server.Addr
+	}
+	return "tcp://" + l.Workstation.Addr
+}

@@ -2,10 +2,226 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"time"
+
+	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/testvm/lab"
 )
 
 func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	fs := newFlagSet("migrate", "[--from URI] [--to URI] [flags] [DOMAIN]", `
+Live-migrate a running VM from one libvirt host to another. Memory streams while the
+VM runs (pre-copy); the switchover policy switches execution once the dirty rate stays
+below the link's bandwidth and the rest fits the downtime target, or falls back to
+post-copy when it never converges. Ctrl-C before the switch aborts: the VM keeps
+running on the source.
+
+With no --from/--to, the built-in lab's hosts are used (see 'handoff lab up'), from
+wherever its guest runs now to the other host; DOMAIN defaults to the lab's guest.`, stdout, stderr)
+	from := fs.String("from", "", "source libvirt URI (qemu:///system, qemu+ssh://user@host/system, ...)")
+	to := fs.String("to", "", "destination libvirt URI")
+	jsonOut := fs.Bool("json", false, "print one JSON object per progress report, the result last")
+	labDir := fs.String("lab", lab.DefaultDir, "the lab whose hosts stand in for a missing --from or --to")
+	opts := migrateFlags(fs)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return fmt.Errorf("%w: migrate takes one DOMAIN, got %q", errUsage, fs.Args())
+	}
+	name := fs.Arg(0)
+	o, err := opts.options()
+	if err != nil {
+		return err
+	}
+	if err := resolveEndpoints(ctx, *labDir, from, to, &name, &o); err != nil {
+		return err
+	}
+	src, err := libvirt.Connect(ctx, *from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := libvirt.Connect(ctx, *to)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+
+	m, err := libvirt.Start(ctx, src, dst, name, o)
+	if err != nil {
+		return err
+	}
+	if !*jsonOut {
+		fmt.Fprintf(stdout, "migrating %s from %s to %s\nplan: %s\n", name, *from, *to, m.Plan().Reason)
+	}
+	report := humanReporter(stdout)
+	if *jsonOut {
+		enc := json.NewEncoder(stdout)
+		report = func(p libvirt.Progress) { enc.Encode(p.Record()) }
+	}
+	res, err := libvirt.Run(m, report)
+	if *jsonOut {
+		rec := res.Record()
+		if err != nil {
+			rec.Phase, rec.Error = "failed", err.Error()
+			if errors.Is(err, libvirt.ErrAborted) {
+				rec.Phase = "aborted"
+			}
+		}
+		json.NewEncoder(stdout).Encode(rec)
+	}
+	if err != nil {
+		return err
+	}
+	if !*jsonOut {
+		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",
+			name, *to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), switchover.FormatBytes(res.Transferred))
+	}
+	return nil
+}
+
+// migrateOptions are the flags 'migrate', 'grab' and 'bench' share.
+type migrateOptions struct {
+	downtime      *time.Duration
+	postcopyAfter *time.Duration
+	noPostcopy    *bool
+	maxSpeed      *string
+	plan          *string
+	link          *string
+	migrateURI    *string
+	peerURI       *string
+}
+
+func migrateFlags(fs interface {
+	Duration(string, time.Duration, string) *time.Duration
+	Bool(string, bool, string) *bool
+	String(string, string, string) *string
+}) *migrateOptions {
+	def := switchover.DefaultConfig()
+	return &migrateOptions{
+		downtime:      fs.Duration("downtime", def.DowntimeTarget, "longest pause accepted when execution switches hosts"),
+		postcopyAfter: fs.Duration("postcopy-after", def.PostCopyAfter, "switch by post-copy after not converging this long (0: never on its own)"),
+		noPostcopy:    fs.Bool("no-postcopy", false, "never use post-copy (for hosts without userfaultfd)"),
+		maxSpeed:      fs.String("max-speed", "", "cap the memory stream, as 15mbit or 100mbit, leaving the rest of the link free"),
+		plan:          fs.String("plan", "auto", "auto: measure the guest's dirty rate and choose; compress: compressed pre-copy (no post-copy); postcopy: plain pre-copy with post-copy as fallback"),
+		link:          fs.String("link", "", "the link's rate, as 20mbit, for --plan auto (the lab knows its own)"),
+		migrateURI:    fs.String("migrate-uri", "", "where the source QEMU sends memory (tcp://HOST[:PORT]); default: libvirt's choice"),
+		peerURI:       fs.String("peer-uri", "", "the destination URI as the source's libvirtd reaches it; default: --to"),
+	}
+}
+
+func (f *migrateOptions) options() (libvirt.Options, error) {
+	o := libvirt.Options{
+		Policy:     switchover.DefaultConfig(),
+		MigrateURI: *f.migrateURI,
+		PeerURI:    *f.peerURI,
+		NoPostCopy: *f.noPostcopy,
+	}
+	o.Policy.DowntimeTarget = *f.downtime
+	o.Policy.PostCopyAfter = *f.postcopyAfter
+	if o.Policy.DowntimeTarget <= 0 {
+		return o, fmt.Errorf("%w: --downtime must be positive", errUsage)
+	}
+	if *f.maxSpeed != "" {
+		bits, err := lab.BitsPerSecond(*f.maxSpeed)
+		if err != nil {
+			return o, fmt.Errorf("%w: --max-speed: %v", errUsage, err)
+		}
+		o.MaxSpeed = uint64(bits / 8)
+	}
+	if *f.link != "" {
+		bits, err := lab.BitsPerSecond(*f.link)
+		if err != nil {
+			return o, fmt.Errorf("%w: --link: %v", errUsage, err)
+		}
+		o.LinkRate = bits / 8
+	}
+	switch *f.plan {
+	case "auto":
+	case "compress":
+		o.Plan = &switchover.Plan{Compress: true, Reason: "chosen with --plan compress"}
+	case "postcopy":
+		o.Plan = &switchover.Plan{PostCopy: true, Reason: "chosen with --plan postcopy"}
+	default:
+		return o, fmt.Errorf("%w: --plan %q: choose auto, compress or postcopy", errUsage, *f.plan)
+	}
+	if o.NoPostCopy && o.Plan != nil && o.Plan.PostCopy {
+		return o, fmt.Errorf("%w: --plan postcopy and --no-postcopy contradict each other", errUsage)
+	}
+	return o, nil
+}
+
+// resolveEndpoints fills in the lab's hosts where the user named none, and
+// the lab's link address when the migration runs between lab hosts.
+func resolveEndpoints(ctx context.Context, labDir string, from, to, name *string, o *libvirt.Options) error {
+	l, labErr := lab.Load(labDir)
+	if *from == "" || *to == "" {
+		if labErr != nil {
+			return fmt.Errorf("%w: give --from and --to, or start the lab with 'handoff lab up' (%v)", errUsage, labErr)
+		}
+		where, err := l.GuestHost(ctx)
+		if err != nil {
+			return err
+		}
+		src, dst := l.Server, l.Workstation
+		if where == l.Workstation.Name {
+			src, dst = dst, src
+		}
+		if *from == "" {
+			*from = src.URI
+		}
+		if *to == "" {
+			*to = dst.URI
+		}
+	}
+	if *name == "" {
+		if labErr != nil {
+			return fmt.Errorf("%w: name the DOMAIN to migrate", errUsage)
+		}
+		*name = lab.GuestName
+	}
+	if labErr == nil && (*to == l.Server.URI || *to == l.Workstation.URI) {
+		dst := l.Workstation.Name
+		if *to == l.Server.URI {
+			dst = l.Server.Name
+		}
+		if o.MigrateURI == "" {
+			o.MigrateURI = l.MigrateURI(dst)
+		}
+		if o.LinkRate == 0 {
+			if bits, err := lab.BitsPerSecond(l.Link.Bandwidth); err == nil {
+				o.LinkRate = bits / 8
+			}
+		}
+	}
+	return nil
+}
+
+// humanReporter prints one line per second: enough to follow, not a flood.
+func humanReporter(w io.Writer) func(libvirt.Progress) {
+	var last time.Duration = -time.Second
+	return func(p libvirt.Progress) {
+		s, d := p.Sample, p.Decision
+		if s.Elapsed-last < time.Second && s.Phase != switchover.PhaseCompleted {
+			return
+		}
+		last = s.Elapsed
+		pct := 0.0
+		if s.Total > 0 {
+			pct = 100 * float64(s.Total-min(s.Remaining, s.Total)) / float64(s.Total)
+		}
+		next := d.Reason
+		if d.Converging && d.Action == switchover.Continue && d.SwitchIn > 0 {
+			next = fmt.Sprintf("switch in ~%v", d.SwitchIn.Round(time.Second))
+		}
+		fmt.Fprintf(w, "%6.1fs %-9s pass %-3d %3.0f%%  sent %-9s dirty %-10s link %-10s %s\n",
+			s.Elapsed.Seconds(), s.Phase, s.Iteration, pct, switchover.FormatBytes(s.Transferred),
+			switchover.FormatRate(s.DirtyRate), switchover.FormatRate(s.Bandwidth), next)
+	}
 }

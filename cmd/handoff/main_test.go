@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/testvm/lab"
+	"github.com/handoff-dev/handoff/testvm/lab/labtest"
+)
+
+var (
+	theLab *lab.Lab
+	bin    string // the handoff binary under test
+)
+
+func TestMain(m *testing.M) {
+	labtest.Main(m, "cli", lab.Config{}, func(l *lab.Lab) int {
+		theLab = l
+		var cleanup func()
+		bin, cleanup = buildBinary()
+		defer cleanup()
+		return m.Run()
+	})
+}
+
+// buildBinary uses the binary 'make test' built, or builds one.
+func buildBinary() (string, func()) {
+	if b := os.Getenv("HANDOFF_BIN"); b != "" {
+		return b, func() {}
+	}
+	dir, err := os.MkdirTemp("", "handoff-bin-")
+	if err != nil {
+		panic(err)
+	}
+	b := filepath.Join(dir, "handoff")
+	if out, err := exec.Command("go", "build", "-o", b, ".").CombinedOutput(); err != nil {
+		panic("build handoff: " + err.Error() + "\n" + string(out))
+	}
+	return b, func() { os.RemoveAll(dir) }
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func handoff(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errOut.String(), code}
+}
+
+func statusJSON(t *testing.T) lab.Status {
+	t.Helper()
+	r := handoff(t, "lab", "status", "--json", "--dir", theLab.Dir)
+	if r.code != 0 {
+		t.Fatalf("lab status: exit %d: %s", r.code, r.stderr)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatalf("lab status --json printed %q: %v", r.stdout, err)
+	}
+	for _, k := range []string{"server_uri", "workstation_uri", "guest_host", "guest_tick", "guest_integrity"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("lab status --json lacks %q: %s", k, r.stdout)
+		}
+	}
+	var st lab.Status
+	json.Unmarshal([]byte(r.stdout), &st)
+	return st
+}
+
+func TestHelpAnswers(t *testing.T) {
+	r := handoff(t, "--help")
+	for _, c := range []string{"grab", "migrate", "lab", "lease", "sync", "serve", "bench"} {
+		if !strings.Contains(r.stdout, "  "+c+" ") {
+			t.Errorf("handoff --help does not list %q:\n%s", c, r.stdout)
+		}
+	}
+	r = handoff(t, "migrate", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "Usage: handoff migrate") || !strings.Contains(r.stdout, "-downtime") {
+		t.Errorf("handoff migrate --help: exit %d, %q", r.code, r.stdout)
+	}
+	r = handoff(t, "frobnicate")
+	if r.code != 2 || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+func TestLabStatusJSON(t *testing.T) {
+	st := statusJSON(t)
+	if st.GuestHost != "server" || st.GuestIntegrity != "ok" || st.GuestTick < 1 {
+		t.Fatalf("lab status = %+v, want the guest ticking on the server with integrity ok", st)
+	}
+	if st.ServerURI != theLab.Server.URI || st.WorkstationURI != theLab.Workstation.URI {
+		t.Fatalf("lab status URIs = %s, %s", st.ServerURI, st.WorkstationURI)
+	}
+}
+
+func TestMigrateJSONThereAndHumanBack(t *testing.T) {
+	before := statusJSON(t)
+	r := handoff(t, "migrate", "--json", "--lab", theLab.Dir, "--from", theLab.Server.URI, "--to", theLab.Workstation.URI, lab.GuestName)
+	if r.code != 0 {
+		t.Fatalf("migrate --json: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("migrate --json printed %d lines, want progress and a result: %s", len(lines), r.stdout)
+	}
+	for _, line := range lines[:len(lines)-1] {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(line), &p); err != nil {
+			t.Fatalf("progress line %q: %v", line, err)
+		}
+		for _, k := range []string{"phase", "iteration", "dirty_rate_bps", "bandwidth_bps", "remaining_bytes", "transferred_bytes", "elapsed_ms", "decision"} {
+			if _, ok := p[k]; !ok {
+				t.Fatalf("progress line lacks %q: %s", k, line)
+			}
+		}
+	}
+	var last struct {
+		Phase            string `json:"phase"`
+		Mode             string `json:"mode"`
+		DowntimeMs       *int64 `json:"downtime_ms"`
+		TotalMs          int64  `json:"total_ms"`
+		TransferredBytes uint64 `json:"transferred_bytes"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.Phase != "completed" || last.DowntimeMs == nil || last.TotalMs <= 0 || last.TransferredBytes == 0 || (last.Mode != "precopy" && last.Mode != "postcopy") {
+		t.Fatalf("last line %s, want the completed job's figures", lines[len(lines)-1])
+	}
+	if err := theLab.WaitTick(context.Background(), before.GuestTick+3, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusJSON(t); st.GuestHost != "workstation" || st.GuestIntegrity != "ok" {
+		t.Fatalf("after migrate: %+v", st)
+	}
+
+	// Back, with the lab's defaults filling in --from and --to.
+	r = handoff(t, "migrate", "--lab", theLab.Dir)
+	if r.code != 0 || !strings.Contains(r.stdout, "now runs on "+theLab.Server.URI) || !strings.Contains(r.stdout, "plan:") {
+		t.Fatalf("migrate back: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	if st := statusJSON(t); st.GuestHost != "server" || st.GuestIntegrity != "ok" {
+		t.Fatalf("after migrating back: %+v", st)
+	}
+}
+
+func TestCtrlCAbortsAndTheGuestKeepsRunningOnTheSource(t *testing.T) {
+	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
+	stdout, _ := cmd.StdoutPipe()
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var p struct {
+			TransferredBytes uint64 `json:"transferred_bytes"`
+		}
+		json.Unmarshal(sc.Bytes(), &p)
+		if p.TransferredBytes > 0 {
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	for sc.Scan() {
+	}
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("after Ctrl-C: %v, want exit 1", err)
+	}
+	if msg := errOut.String(); !strings.Contains(msg, "aborted") || !strings.Contains(msg, "keeps running") {
+		t.Fatalf("after Ctrl-C the error says %q; want it to say the migration was aborted and the VM keeps running", msg)
+	}
+	if st := statusJSON(t); st.GuestHost != "server" || st.GuestIntegrity != "ok" {
+		t.Fatalf("after Ctrl-C: %+v", st)
+	}
+}
+
+func TestMigrateBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no lab and no URIs", []string{"migrate", "--lab", "/nonexistent"}, 2, "give --from and --to"},
+		{"bad URI", []string{"migrate", "--from", "qemu:///sytem", "--to", "qemu:///session", "vm"}, 1, "path must be /system or /session"},
+		{"missing domain", []string{"migrate", "--lab", theLab.Dir, "--from", theLab.Server.URI, "--to", theLab.Workstation.URI, "nope"}, 1, `no such domain "nope"`},
+		{"unreachable host", []string{"migrate", "--from", "qemu+tcp://127.0.0.1:1/system", "--to", "qemu:///session", "vm"}, 1, "reachable"},
+		{"bad plan", []string{"migrate", "--plan", "teleport", "vm"}, 2, "choose auto, compress or postcopy"},
+		{"bad flag", []string{"migrate", "--frm", "x"}, 2, "flag provided but not defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := handoff(t, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
+				t.Fatalf("handoff %v: exit %d, stderr %q; want exit %d and %q", tt.args, r.code, r.stderr, tt.code, tt.want)
+			}
+		})
+	}
+}

@@ -76,7 +76,7 @@ type Migration struct {
 	dom      *Domain
 	opts     Options
 
-	tunnel   *tunnel // nil unless one side is reached over SSH
+	tunnel *tunnel // nil unless one side is reached over SSH
 
 	progress chan Progress
 	requests chan request

@@ -97,6 +97,13 @@ func dialSSH(ctx context.Context, t sshTarget) (*ssh.Client, error) {
 		}
 		hostKey = cb
 	}
+	if t.keyFile != "" {
+		// A key named in the URI must work: falling back to others would
+		// hide the typo until the server refuses them all.
+		if _, err := os.Stat(t.keyFile); err != nil {
+			return nil, fmt.Errorf("SSH key %s: %w (fix ?keyfile= in the URI)", t.keyFile, err)
+		}
+	}
 	methods := t.authMethods()
 	if len(methods) == 0 {
 		return nil, errors.New("no SSH key: start ssh-agent and ssh-add your key, or pass ?keyfile=PATH")
@@ -110,9 +117,25 @@ func dialSSH(ctx context.Context, t sshTarget) (*ssh.Client, error) {
 	c, chans, reqs, err := ssh.NewClientConn(conn, t.addr, cfg)
 	if err != nil {
 		conn.Close()
-		return nil, err
+		return nil, explainHandshake(err, t)
 	}
 	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// explainHandshake turns the SSH library's terse refusals into what the
+// user should do about them.
+func explainHandshake(err error, t sshTarget) error {
+	var keyErr *knownhosts.KeyError
+	switch {
+	case errors.As(err, &keyErr) && len(keyErr.Want) > 0:
+		return fmt.Errorf("the server's host key does not match the one in %s line %d: if the server was reinstalled, remove that line; if not, someone may be between you and it: %w",
+			keyErr.Want[0].Filename, keyErr.Want[0].Line, err)
+	case errors.As(err, &keyErr):
+		return fmt.Errorf("the server's host key is not in %s: ssh to it once to check and add it: %w", t.knownHosts, err)
+	case strings.Contains(err.Error(), "unable to authenticate"):
+		return fmt.Errorf("the server refused your SSH key as %s: add your public key to its ~%s/.ssh/authorized_keys: %w", t.user, t.user, err)
+	}
+	return err
 }
 
 // sshSocketDialer reaches the remote libvirt socket through SSH

@@ -98,7 +98,7 @@ packages on first use (cached). Prints the hosts' libvirt URIs when ready.`, std
 	}
 	fmt.Fprintf(stdout, "server:      %s\nworkstation: %s\nguest:       %s (serial log %s)\n", l.Server.URI, l.Workstation.URI, lab.GuestName, l.SerialLog)
 	if l.NAT {
-		fmt.Fprintf(stdout, "behind NAT:  ip netns exec %s handoff migrate --from '%s' --to '%s'\n", l.Workstation.Netns, l.ServerSSHURI, l.Workstation.URI)
+		fmt.Fprintf(stdout, "behind NAT:  ip netns exec %s handoff migrate --from '%s' --to '%s' %s\n", l.Workstation.Netns, l.ServerSSHURI, l.Workstation.URI, lab.GuestName)
 	}
 	return nil
 }

@@ -5,9 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,84 +26,55 @@ func TestMain(m *testing.M) {
 	labtest.Main(m, "cli", lab.Config{}, func(l *lab.Lab) int {
 		theLab = l
 		var cleanup func()
-		bin, cleanup = buildBinary()
+		var err error
+		if bin, cleanup, err = labtest.Binary(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		defer cleanup()
 		return m.Run()
 	})
 }
 
-// buildBinary uses the binary 'make test' built, or builds one.
-func buildBinary() (string, func()) {
-	if b := os.Getenv("HANDOFF_BIN"); b != "" {
-		return b, func() {}
-	}
-	dir, err := os.MkdirTemp("", "handoff-bin-")
-	if err != nil {
-		panic(err)
-	}
-	b := filepath.Join(dir, "handoff")
-	if out, err := exec.Command("go", "build", "-o", b, ".").CombinedOutput(); err != nil {
-		panic("build handoff: " + err.Error() + "\n" + string(out))
-	}
-	return b, func() { os.RemoveAll(dir) }
-}
-
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
-func handoff(t *testing.T, args ...string) result {
+func handoff(t *testing.T, args ...string) labtest.Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return result{out.String(), errOut.String(), code}
+	return labtest.Run(t, bin, args...)
 }
 
 func statusJSON(t *testing.T) lab.Status {
 	t.Helper()
 	r := handoff(t, "lab", "status", "--json", "--dir", theLab.Dir)
-	if r.code != 0 {
-		t.Fatalf("lab status: exit %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("lab status: exit %d: %s", r.Code, r.Stderr)
 	}
 	var raw map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
-		t.Fatalf("lab status --json printed %q: %v", r.stdout, err)
+	if err := json.Unmarshal([]byte(r.Stdout), &raw); err != nil {
+		t.Fatalf("lab status --json printed %q: %v", r.Stdout, err)
 	}
 	for _, k := range []string{"server_uri", "workstation_uri", "guest_host", "guest_tick", "guest_integrity"} {
 		if _, ok := raw[k]; !ok {
-			t.Errorf("lab status --json lacks %q: %s", k, r.stdout)
+			t.Errorf("lab status --json lacks %q: %s", k, r.Stdout)
 		}
 	}
 	var st lab.Status
-	json.Unmarshal([]byte(r.stdout), &st)
+	json.Unmarshal([]byte(r.Stdout), &st)
 	return st
 }
 
 func TestHelpAnswers(t *testing.T) {
 	r := handoff(t, "--help")
 	for _, c := range []string{"grab", "migrate", "lab", "lease", "sync", "serve", "bench"} {
-		if !strings.Contains(r.stdout, "  "+c+" ") {
-			t.Errorf("handoff --help does not list %q:\n%s", c, r.stdout)
+		if !strings.Contains(r.Stdout, "  "+c+" ") {
+			t.Errorf("handoff --help does not list %q:\n%s", c, r.Stdout)
 		}
 	}
 	r = handoff(t, "migrate", "--help")
-	if r.code != 0 || !strings.Contains(r.stdout, "Usage: handoff migrate") || !strings.Contains(r.stdout, "-downtime") {
-		t.Errorf("handoff migrate --help: exit %d, %q", r.code, r.stdout)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "Usage: handoff migrate") || !strings.Contains(r.Stdout, "-downtime") {
+		t.Errorf("handoff migrate --help: exit %d, %q", r.Code, r.Stdout)
 	}
 	r = handoff(t, "frobnicate")
-	if r.code != 2 || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
-		t.Errorf("unknown command: exit %d, %q", r.code, r.stderr)
+	if r.Code != 2 || !strings.Contains(r.Stderr, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q", r.Code, r.Stderr)
 	}
 }
 
@@ -120,12 +91,12 @@ func TestLabStatusJSON(t *testing.T) {
 func TestMigrateJSONThereAndHumanBack(t *testing.T) {
 	before := statusJSON(t)
 	r := handoff(t, "migrate", "--json", "--lab", theLab.Dir, "--from", theLab.Server.URI, "--to", theLab.Workstation.URI, lab.GuestName)
-	if r.code != 0 {
-		t.Fatalf("migrate --json: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("migrate --json: exit %d\nstdout %s\nstderr %s", r.Code, r.Stdout, r.Stderr)
 	}
-	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
 	if len(lines) < 2 {
-		t.Fatalf("migrate --json printed %d lines, want progress and a result: %s", len(lines), r.stdout)
+		t.Fatalf("migrate --json printed %d lines, want progress and a result: %s", len(lines), r.Stdout)
 	}
 	for _, line := range lines[:len(lines)-1] {
 		var p map[string]any
@@ -160,8 +131,8 @@ func TestMigrateJSONThereAndHumanBack(t *testing.T) {
 
 	// Back, with the lab's defaults filling in --from and --to.
 	r = handoff(t, "migrate", "--lab", theLab.Dir)
-	if r.code != 0 || !strings.Contains(r.stdout, "now runs on "+theLab.Server.URI) || !strings.Contains(r.stdout, "plan:") {
-		t.Fatalf("migrate back: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "now runs on "+theLab.Server.URI) || !strings.Contains(r.Stdout, "plan:") {
+		t.Fatalf("migrate back: exit %d\nstdout %s\nstderr %s", r.Code, r.Stdout, r.Stderr)
 	}
 	if st := statusJSON(t); st.GuestHost != "server" || st.GuestIntegrity != "ok" {
 		t.Fatalf("after migrating back: %+v", st)
@@ -219,8 +190,8 @@ func TestMigrateBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := handoff(t, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
-				t.Fatalf("handoff %v: exit %d, stderr %q; want exit %d and %q", tt.args, r.code, r.stderr, tt.code, tt.want)
+			if r.Code != tt.code || !strings.Contains(r.Stderr, tt.want) {
+				t.Fatalf("handoff %v: exit %d, stderr %q; want exit %d and %q", tt.args, r.Code, r.Stderr, tt.code, tt.want)
 			}
 		})
 	}

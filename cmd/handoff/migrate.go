@@ -191,7 +191,9 @@ func resolveEndpoints(ctx context.Context, labDir string, from, to, name *string
 		if *to == l.Server.URI {
 			dst = l.Server.Name
 		}
-		if o.MigrateURI == "" {
+		// The lab's direct address serves only two lab hosts on their
+		// own link; from an SSH URI the engine tunnels instead.
+		if o.MigrateURI == "" && (*from == l.Server.URI || *from == l.Workstation.URI) {
 			o.MigrateURI = l.MigrateURI(dst)
 		}
 		if o.LinkRate == 0 {

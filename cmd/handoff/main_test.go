@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -23,15 +21,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	labtest.Main(m, "cli", lab.Config{}, func(l *lab.Lab) int {
-		theLab = l
-		var cleanup func()
-		var err error
-		if bin, cleanup, err = labtest.Binary(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer cleanup()
+	labtest.MainWithBinary(m, "cli", lab.Config{}, func(l *lab.Lab, b string) int {
+		theLab, bin = l, b
 		return m.Run()
 	})
 }

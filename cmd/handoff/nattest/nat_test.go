@@ -2,7 +2,6 @@ package nattest
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -26,15 +25,8 @@ func TestMain(m *testing.M) {
 	// (as SSH on two shared cores slows it): see README, "What we learned".
 	// The direct-link tests in cmd/handoff and libvirt cover dirtying guests.
 	cfg := lab.Config{NAT: true, Guest: lab.GuestConfig{MemMB: 256, DirtyMBps: 0, WSSMB: 64}}
-	labtest.Main(m, "nat", cfg, func(l *lab.Lab) int {
-		theLab = l
-		var cleanup func()
-		var err error
-		if bin, cleanup, err = labtest.Binary(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer cleanup()
+	labtest.MainWithBinary(m, "nat", cfg, func(l *lab.Lab, b string) int {
+		theLab, bin = l, b
 		return m.Run()
 	})
 }

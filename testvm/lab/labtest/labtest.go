@@ -42,3 +42,17 @@ func mainCode(m *testing.M, name string, cfg lab.Config, tests func(*lab.Lab) in
 	}()
 	return tests(l)
 }
+
+// MainWithBinary is Main for tests of the handoff command: it also hands
+// them the binary under test (see Binary).
+func MainWithBinary(m *testing.M, name string, cfg lab.Config, tests func(l *lab.Lab, bin string) int) {
+	Main(m, name, cfg, func(l *lab.Lab) int {
+		bin, cleanup, err := Binary()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer cleanup()
+		return tests(l, bin)
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 
@@ -260,4 +261,23 @@ func vncFromXML(domainXML string) (VNCAddress, error) {
 		return VNCAddress{}, errors.New("VNC display has no port or socket yet (is the domain running?)")
 	}
 	return VNCAddress{}, errors.New("no VNC display: add <graphics type='vnc'/> to the domain")
+}
+
+// DialVNC opens a domain's screen as its host serves it: directly for a
+// local host, through the workstation's SSH connection for a qemu+ssh one,
+// so no VNC port is ever opened beyond the server itself.
+func (c *Conn) DialVNC(ctx context.Context, addr VNCAddress) (net.Conn, error) {
+	if c.ssh != nil {
+		conn, err := c.ssh.DialContext(ctx, addr.Network, addr.Address)
+		if err != nil {
+			return nil, fmt.Errorf("open VNC %s on %s through SSH: %w", addr.Address, c.url.Host, err)
+		}
+		return conn, nil
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, addr.Network, addr.Address)
+	if err != nil {
+		return nil, fmt.Errorf("open VNC %s: %w", addr.Address, err)
+	}
+	return conn, nil
 }

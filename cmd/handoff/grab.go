@@ -3,13 +3,130 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/testvm/lab"
+	"github.com/handoff-dev/handoff/tui"
 )
 
 func runGrab(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	fs := newFlagSet("grab", "[--server URI] [--workstation URI] [flags] [DOMAIN]", `
+Take a VM from the server and run it here. The VM's screen shows at once in this
+terminal, keys go to it, and a live migration moves it under the view; the view
+follows it here by itself. Ctrl-] h hands it back to the server, Ctrl-] ? lists the
+rest.
+
+With no --server/--workstation, the built-in lab stands in for both (started if it
+is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, stderr)
+	server := fs.String("server", "", "the server's libvirt URI (qemu+ssh://user@host/system, ...)")
+	workstation := fs.String("workstation", "", "this machine's libvirt URI (default with --server: qemu:///system)")
+	labDir := fs.String("lab", lab.DefaultDir, "the lab that stands in for missing URIs")
+	opts := migrateFlags(fs)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return fmt.Errorf("%w: grab takes one DOMAIN, got %q", errUsage, fs.Args())
+	}
+	name := fs.Arg(0)
+	if !isTerminal(os.Stdout) || !isTerminal(os.Stdin) {
+		return errors.New("grab draws the VM's screen and needs a terminal; for scripts use 'handoff migrate'")
+	}
+	toWS, err := opts.options()
+	if err != nil {
+		return err
+	}
+	toSrv := toWS
+	if *server == "" {
+		l, err := lab.Load(*labDir)
+		if err != nil {
+			fmt.Fprintln(stderr, "no server given: starting the built-in lab (handoff lab up)")
+			if l, err = lab.Up(ctx, lab.Config{Dir: *labDir, Progress: stderr}); err != nil {
+				return err
+			}
+		}
+		*server = l.Server.URI
+		if *workstation == "" {
+			*workstation = l.Workstation.URI
+		}
+		if name == "" {
+			name = lab.GuestName
+		}
+		if *workstation == l.Workstation.URI {
+			toWS.MigrateURI, toSrv.MigrateURI = l.MigrateURI(l.Workstation.Name), l.MigrateURI(l.Server.Name)
+		}
+	}
+	if name == "" {
+		return fmt.Errorf("%w: name the DOMAIN to grab", errUsage)
+	}
+	if *workstation == "" {
+		*workstation = "qemu:///system"
+	}
+	srv, err := libvirt.Connect(ctx, *server)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ws, err := libvirt.Connect(ctx, *workstation)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	return tui.Grab(ctx, tui.GrabOptions{
+		Server:      tui.Host{Name: "server", Conn: srv, Migrate: toSrv},
+		Workstation: tui.Host{Name: "workstation", Conn: ws, Migrate: toWS},
+		Domain:      name, In: os.Stdin, Out: os.Stdout,
+	})
 }
 
 func runView(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	fs := newFlagSet("view", "[--connect URI] DOMAIN", `
+Show a VM's screen in this terminal, keys forwarded to it; nothing moves.
+Ctrl-] q quits, Ctrl-] ? lists the rest. With no --connect, the built-in lab's
+guest is shown wherever it runs.`, stdout, stderr)
+	uri := fs.String("connect", "", "the libvirt URI of the VM's host")
+	labDir := fs.String("lab", lab.DefaultDir, "the lab to look in when no --connect is given")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	if *uri == "" {
+		l, err := lab.Load(*labDir)
+		if err != nil {
+			return fmt.Errorf("%w: give --connect URI, or start the lab with 'handoff lab up' (%v)", errUsage, err)
+		}
+		where, err := l.GuestHost(ctx)
+		if err != nil {
+			return err
+		}
+		*uri = l.Server.URI
+		if where == l.Workstation.Name {
+			*uri = l.Workstation.URI
+		}
+		if name == "" {
+			name = lab.GuestName
+		}
+	}
+	if name == "" {
+		return fmt.Errorf("%w: name the DOMAIN to view", errUsage)
+	}
+	if !isTerminal(os.Stdout) || !isTerminal(os.Stdin) {
+		return errors.New("view draws the VM's screen and needs a terminal")
+	}
+	c, err := libvirt.Connect(ctx, *uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return tui.View(ctx, c, name, os.Stdin, os.Stdout)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -1,0 +1,164 @@
+package tui
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/charmbracelet/lipgloss"
+
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+)
+
+// Phase is where the grab stands, as the user sees it.
+type Phase string
+
+const (
+	PhaseConnecting  Phase = "connecting"
+	PhaseCopying     Phase = "copying"
+	PhaseSwitching   Phase = "switching"
+	PhaseLocal       Phase = "running here"
+	PhaseHandingBack Phase = "handing back"
+	PhaseOnServer    Phase = "on the server"
+	PhaseViewing     Phase = "viewing"
+	PhaseAborted     Phase = "aborted"
+	PhaseFailed      Phase = "failed"
+)
+
+// migrating reports whether quitting now would interrupt a migration.
+func (p Phase) migrating() bool {
+	return p == PhaseCopying || p == PhaseSwitching || p == PhaseHandingBack
+}
+
+// Lease is what the server says about the VM's lease; empty when the
+// server keeps no leases.
+type Lease struct {
+	Holder  string
+	Epoch   uint64
+	Expires time.Time
+}
+
+// dashState is what the dashboard shows; kept apart from the model so the
+// dashboard is a plain function of it.
+type dashState struct {
+	Domain    string
+	Phase     Phase
+	Host      string // where the VM runs now
+	From, To  string
+	Progress  switchover.Sample
+	Decision  switchover.Decision
+	Dirty     []float64 // dirty rate samples of the last minute, B/s
+	Downtime  time.Duration
+	Mode      string // precopy or postcopy, once switched
+	Switched  bool
+	Lease     Lease
+	Now       time.Time
+	Err       string
+	Prefix    string // how the prefix key is written, e.g. "Ctrl-]"
+	PrefixArm bool   // the prefix was typed; the next key is a command
+}
+
+var (
+	labelStyle = lipgloss.NewStyle().Foreground(lipgloss.Color("8"))
+	titleStyle = lipgloss.NewStyle().Bold(true)
+	errStyle   = lipgloss.NewStyle().Foreground(lipgloss.Color("9"))
+	hintStyle  = lipgloss.NewStyle().Reverse(true)
+)
+
+// dashboardLines renders the dashboard in at most width columns.
+func dashboardLines(s dashState, width int, compact bool) []string {
+	row := func(label, value string) string {
+		return labelStyle.Render(fmt.Sprintf("%-9s", label)) + value
+	}
+	phase := string(s.Phase)
+	if s.Phase == PhaseCopying && s.Progress.Iteration > 0 {
+		phase += fmt.Sprintf(" (pass %d)", s.Progress.Iteration)
+	}
+	where := s.Host
+	if s.Phase.migrating() && s.From != "" {
+		where = s.From + " → " + s.To
+	}
+	var lines []string
+	lines = append(lines, titleStyle.Render("handoff · "+s.Domain))
+	lines = append(lines, row("phase", phase), row("where", where))
+	if s.Progress.Total > 0 && !s.Switched {
+		lines = append(lines, row("sent", progressBar(s.Progress, max(8, width-30))))
+		spark := ""
+		if !compact {
+			spark = " " + sparkline(s.Dirty, 12)
+		}
+		lines = append(lines, row("dirty", fmt.Sprintf("%s%s vs link %s", switchover.FormatRate(s.Progress.DirtyRate), spark, switchover.FormatRate(s.Progress.Bandwidth))))
+		lines = append(lines, row("switch", switchText(s.Decision)))
+	}
+	if s.Switched {
+		lines = append(lines, row("downtime", fmt.Sprintf("%d ms (%s)", s.Downtime.Milliseconds(), s.Mode)))
+	}
+	if !compact || s.Lease.Holder != "" {
+		lines = append(lines, row("lease", leaseText(s.Lease, s.Now)))
+	}
+	if s.Err != "" {
+		lines = append(lines, errStyle.Render(s.Err))
+	}
+	hint := s.Prefix + " ? for help"
+	if s.PrefixArm {
+		hint = s.Prefix + " … h hand back  s switch now  z zoom  d dashboard  q quit"
+	}
+	lines = append(lines, hintStyle.Render(hint))
+	for i, l := range lines {
+		lines[i] = lipgloss.NewStyle().MaxWidth(width).Render(l)
+	}
+	return lines
+}
+
+func progressBar(p switchover.Sample, width int) string {
+	frac := 0.0
+	if p.Total > 0 {
+		frac = 1 - float64(p.Remaining)/float64(p.Total)
+	}
+	frac = max(0, min(1, frac))
+	full := int(frac * float64(width))
+	return strings.Repeat("█", full) + strings.Repeat("░", width-full) +
+		fmt.Sprintf(" %3.0f%% %s", 100*frac, switchover.FormatBytes(p.Transferred))
+}
+
+func switchText(d switchover.Decision) string {
+	switch {
+	case d.Action == switchover.Switch:
+		return "now"
+	case d.Action == switchover.PostCopy:
+		return "now, by post-copy"
+	case !d.Converging && d.Reason != "":
+		return d.Reason
+	case d.SwitchIn > 0:
+		return fmt.Sprintf("in ~%s", d.SwitchIn.Round(time.Second))
+	}
+	return d.Reason
+}
+
+func leaseText(l Lease, now time.Time) string {
+	if l.Holder == "" {
+		return "none (this server keeps no leases)"
+	}
+	return fmt.Sprintf("%s, epoch %d, %s left", l.Holder, l.Epoch, l.Expires.Sub(now).Round(time.Second))
+}
+
+// sparkline draws the last width samples as block heights.
+func sparkline(samples []float64, width int) string {
+	const bars = "▁▂▃▄▅▆▇█"
+	if len(samples) > width {
+		samples = samples[len(samples)-width:]
+	}
+	top := 0.0
+	for _, v := range samples {
+		top = max(top, v)
+	}
+	var b strings.Builder
+	for _, v := range samples {
+		i := 0
+		if top > 0 {
+			i = int(v / top * 7)
+		}
+		b.WriteRune([]rune(bars)[i])
+	}
+	return b.String()
+}

@@ -1,0 +1,224 @@
+package tui
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"flag"
+	"image"
+	"image/color"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/x/exp/teatest"
+	"github.com/charmbracelet/x/ansi"
+
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/vnc"
+)
+
+var rewriteGolden = flag.Bool("golden", false, "rewrite the golden files")
+
+// fakes record what the model asked for.
+type fakeVM struct {
+	mu    sync.Mutex
+	keys  []vmKey
+	calls []string
+}
+
+func (f *fakeVM) Tap(sym uint32, mods vnc.Modifiers) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.keys = append(f.keys, vmKey{sym, mods})
+	return nil
+}
+
+func (f *fakeVM) record(c string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, c)
+	if c == "switch" {
+		return errors.New("no migration under way to switch")
+	}
+	return nil
+}
+func (f *fakeVM) SwitchNow() error { return f.record("switch") }
+func (f *fakeVM) HandBack() error  { return f.record("handback") }
+func (f *fakeVM) Abort() error     { return f.record("abort") }
+
+func (f *fakeVM) snapshot() ([]vmKey, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]vmKey(nil), f.keys...), append([]string(nil), f.calls...)
+}
+
+func (f *fakeVM) waitCalls(t *testing.T, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, calls := f.snapshot()
+		if strings.Join(calls, ",") == strings.Join(want, ",") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controller calls %v, want %v", calls, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var fixedNow = time.Date(2026, 11, 23, 3, 0, 0, 0, time.UTC)
+
+func newTestModel(t *testing.T, vm *fakeVM, w, h int) *teatest.TestModel {
+	m := NewModel(Options{Domain: "desktop", Keys: vm, Control: vm, Now: func() time.Time { return fixedNow }})
+	return teatest.NewTestModel(t, m, teatest.WithInitialTermSize(w, h))
+}
+
+// waitScreen waits until the output since the last wait shows every want:
+// the renderer repaints only changed lines, so what one update drew is
+// checked in one wait.
+func waitScreen(t *testing.T, tm *teatest.TestModel, want ...string) {
+	t.Helper()
+	teatest.WaitFor(t, tm.Output(), func(b []byte) bool {
+		for _, w := range want {
+			if !bytes.Contains(b, []byte(w)) {
+				return false
+			}
+		}
+		return true
+	}, teatest.WithDuration(5*time.Second))
+}
+
+func TestKeysGoToTheVMAndThePrefixToHandoff(t *testing.T) {
+	vm := &fakeVM{}
+	tm := newTestModel(t, vm, 120, 40)
+	tm.Send(PhaseMsg{Phase: PhaseLocal, Host: "workstation"})
+	tm.Type("ls")
+	tm.Send(tea.KeyMsg{Type: tea.KeyEnter})
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC}) // the VM's, not ours
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	waitScreen(t, tm, "h hand back")
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("h")})
+	vm.waitCalls(t, "handback")
+	// Ctrl-] Ctrl-] types a literal Ctrl-].
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	// A failing command shows its error instead of being lost.
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("s")})
+	waitScreen(t, tm, "no migration under way")
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")})
+	tm.WaitFinished(t, teatest.WithFinalTimeout(5*time.Second))
+
+	keys, calls := vm.snapshot()
+	want := []vmKey{{'l', 0}, {'s', 0}, {vnc.KeyReturn, 0}, {'c', vnc.ModCtrl}, {']', vnc.ModCtrl}}
+	if len(keys) != len(want) {
+		t.Fatalf("VM got keys %v, want %v", keys, want)
+	}
+	for i := range want {
+		if keys[i] != want[i] {
+			t.Fatalf("VM got keys %v, want %v", keys, want)
+		}
+	}
+	if strings.Join(calls, ",") != "handback,switch" {
+		t.Errorf("controller calls %v; quitting while the VM runs here must not abort anything", calls)
+	}
+}
+
+func TestQuitWhileMigratingAsksAndAborts(t *testing.T) {
+	vm := &fakeVM{}
+	tm := newTestModel(t, vm, 120, 40)
+	tm.Send(PhaseMsg{Phase: PhaseCopying, Host: "server", From: "server", To: "workstation"})
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")})
+	waitScreen(t, tm, "Quit and abort it?")
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("n")}) // changed my mind
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("y")})
+	tm.WaitFinished(t, teatest.WithFinalTimeout(5*time.Second))
+	vm.waitCalls(t, "abort")
+	if keys, _ := vm.snapshot(); len(keys) != 0 {
+		t.Errorf("answers to handoff reached the VM: %v", keys)
+	}
+}
+
+func TestPhasesShowOnTheDashboard(t *testing.T) {
+	vm := &fakeVM{}
+	tm := newTestModel(t, vm, 120, 40)
+	tm.Send(PhaseMsg{Phase: PhaseCopying, Host: "server", From: "server", To: "workstation"})
+	tm.Send(ProgressMsg{
+		Sample:   switchover.Sample{Phase: switchover.PhasePrecopy, Iteration: 3, DirtyRate: 4.1e6, Bandwidth: 2.4e6, Remaining: 64e6, Transferred: 300e6, Total: 256e6},
+		Decision: switchover.Decision{Action: switchover.Continue, Reason: "not converging: dirty 4.1 MB/s > link 2.4 MB/s"},
+	})
+	waitScreen(t, tm, "not converging", "server → workstation", "copying (pass 3)")
+	tm.Send(SwitchedMsg{Downtime: 36 * time.Millisecond, Mode: "precopy"})
+	tm.Send(PhaseMsg{Phase: PhaseLocal, Host: "workstation"})
+	waitScreen(t, tm, "36 ms")
+	tm.Send(LeaseMsg{Holder: "laptop", Epoch: 7, Expires: fixedNow.Add(90 * time.Second)})
+	waitScreen(t, tm, "laptop, epoch 7, 1m30s left")
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")})
+	tm.WaitFinished(t, teatest.WithFinalTimeout(5*time.Second))
+}
+
+func TestScreenAndDashboardLayouts(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 720, 400))
+	for i := range frame.Pix {
+		frame.Pix[i] = 0x40
+	}
+	frame.SetRGBA(0, 0, color.RGBA{255, 0, 0, 255})
+	for _, size := range []struct{ w, h int }{{80, 24}, {120, 40}, {200, 60}} {
+		name := filepath.Join("testdata", fmt.Sprintf("layout-%dx%d.golden", size.w, size.h))
+		t.Run(name, func(t *testing.T) {
+			m := NewModel(Options{Domain: "desktop", Now: func() time.Time { return fixedNow }})
+			m.Update(tea.WindowSizeMsg{Width: size.w, Height: size.h})
+			m.Update(FrameMsg(vnc.Frame{Image: frame, Dirty: frame.Rect, Seq: 1}))
+			m.Update(PhaseMsg{Phase: PhaseCopying, Host: "server", From: "server", To: "workstation"})
+			m.Update(ProgressMsg{
+				Sample:   switchover.Sample{Phase: switchover.PhasePrecopy, Iteration: 2, DirtyRate: 1.5e6, Bandwidth: 11.8e6, Remaining: 40e6, Transferred: 230e6, Total: 268e6},
+				Decision: switchover.Decision{Action: switchover.Continue, Converging: true, SwitchIn: 4 * time.Second},
+			})
+			view := m.View()
+			lines := strings.Split(view, "\n")
+			if len(lines) != size.h {
+				t.Errorf("view is %d lines, want the terminal's %d", len(lines), size.h)
+			}
+			for i, l := range lines {
+				if w := ansi.StringWidth(l); w > size.w {
+					t.Errorf("line %d is %d cells wide, over the terminal's %d", i, w, size.w)
+				}
+			}
+			text := ansi.Strip(view)
+			for _, want := range []string{"copying (pass 2)", "server → workstation", "switch", "in ~4s", "Ctrl-] ? for help"} {
+				if !strings.Contains(text, want) {
+					t.Errorf("%dx%d view lacks %q", size.w, size.h, want)
+				}
+			}
+			golden(t, name, []byte(text))
+		})
+	}
+}
+
+func golden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *rewriteGolden {
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./tui -golden to write it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file:\n%s", path, got)
+	}
+}

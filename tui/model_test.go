@@ -3,8 +3,8 @@ package tui
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"flag"
+	"fmt"
 	"image"
 	"image/color"
 	"os"
@@ -15,8 +15,8 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/x/exp/teatest"
 	"github.com/charmbracelet/x/ansi"
+	"github.com/charmbracelet/x/exp/teatest"
 
 	"github.com/handoff-dev/handoff/libvirt/switchover"
 	"github.com/handoff-dev/handoff/vnc"

@@ -21,8 +21,8 @@ func cells(line string) int { return strings.Count(line, "▀") }
 
 func TestRenderFitsAndKeepsAspect(t *testing.T) {
 	for _, tc := range []struct {
-		name             string
-		w, h, cols, rows int
+		name               string
+		w, h, cols, rows   int
 		wantCols, wantRows int
 	}{
 		{"720x400 into 200x60: width-bound", 720, 400, 200, 60, 200, 56},

@@ -2,10 +2,60 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/handoff-dev/handoff/leasectl"
 )
 
+func defaultServeDir() string {
+	if dir, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(dir, "handoff", "server")
+	}
+	return "handoff-server"
+}
+
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	if len(args) > 0 && args[0] == "token" {
+		return runServeToken(args[1:], stdout, stderr)
+	}
+	fs := newFlagSet("serve", "[--data DIR] [--listen ADDR] [--store etcd://HOST:2379,...]", `
+Run the home server's daemon: leases and commits of VM images over HTTPS, one
+bearer token per device. On first start it makes a self-signed certificate and a
+token for your first device, and prints how to log in with them. 'handoff serve
+token add NAME' adds a device. Stop it with Ctrl-C; every acknowledged change is
+on disk.`, stdout, stderr)
+	data := fs.String("data", defaultServeDir(), "state directory (store, tokens, TLS key)")
+	listen := fs.String("listen", ":7443", "address to listen on")
+	store := fs.String("store", "", "etcd://host:2379,... to keep state in etcd (several servers); default: a bbolt file in --data")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	return leasectl.Serve(ctx, leasectl.ServeConfig{Data: *data, Listen: *listen, Store: *store, Progress: stdout})
+}
+
+func runServeToken(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve token add", "NAME [--data DIR]", "Make a token for another device; it is shown only once.", stdout, stderr)
+	data := fs.String("data", defaultServeDir(), "the server's state directory")
+	if len(args) == 0 || args[0] != "add" {
+		return fmt.Errorf("%w: usage: handoff serve token add NAME", errUsage)
+	}
+	if err := parseFlags(fs, args[1:], stdout); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: name the device: handoff serve token add NAME", errUsage)
+	}
+	token, err := leasectl.AddToken(*data, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	_, fp, _, err := leasectl.ServerCert(*data)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "token for %s (shown only now): %s\non that device run:\n  handoff lease login --server https://HOST:PORT --token %s --fingerprint %s\n", fs.Arg(0), token, token, fp)
+	return nil
 }

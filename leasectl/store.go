@@ -96,4 +96,3 @@ func put(bk *bolt.Bucket, s *State) error {
 	}
 	return bk.Put([]byte(s.Image), raw)
 }
-

@@ -29,7 +29,6 @@ func newTmux(t *testing.T, w, h int, command string) *tmux {
 	return s
 }
 
-
 func (s *tmux) keys(keys ...string) {
 	s.t.Helper()
 	if out, err := exec.Command("tmux", append([]string{"send-keys", "-t", s.session}, keys...)...).CombinedOutput(); err != nil {

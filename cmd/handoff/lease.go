@@ -183,4 +183,3 @@ func leaseClient() (*leasectl.Client, error) {
 	}
 	return leasectl.NewClient(c.Server, c.Token, c.Fingerprint), nil
 }
-

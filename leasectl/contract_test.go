@@ -14,9 +14,9 @@ import (
 )
 
 // stores are the implementations every contract test runs on.
-func stores(t *testing.T) map[string]func(t *testing.T) Store {
-	return map[string]func(t *testing.T) Store{
-		"bolt": func(t *testing.T) Store {
+func stores() map[string]func(t testing.TB) Store {
+	return map[string]func(t testing.TB) Store{
+		"bolt": func(t testing.TB) Store {
 			s, err := OpenBolt(filepath.Join(t.TempDir(), "leases.db"))
 			if err != nil {
 				t.Fatal(err)
@@ -24,7 +24,7 @@ func stores(t *testing.T) map[string]func(t *testing.T) Store {
 			t.Cleanup(func() { s.Close() })
 			return s
 		},
-		"etcd": func(t *testing.T) Store {
+		"etcd": func(t testing.TB) Store {
 			s, err := OpenEtcd(context.Background(), startEtcd(t))
 			if err != nil {
 				t.Fatal(err)
@@ -35,7 +35,7 @@ func stores(t *testing.T) map[string]func(t *testing.T) Store {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +46,7 @@ func freePort(t *testing.T) int {
 
 // startEtcd runs Debian's etcd on loopback ports with its own data, for
 // this test only.
-func startEtcd(t *testing.T) string {
+func startEtcd(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	client, peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
@@ -75,7 +75,7 @@ func startEtcd(t *testing.T) string {
 }
 
 func TestStoreContract(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			clock := t0
@@ -136,7 +136,7 @@ func TestStoreContract(t *testing.T) {
 // TestOneWinnerUnderRace has many devices race for one image: exactly one
 // lease is granted while it lives, on every store.
 func TestOneWinnerUnderRace(t *testing.T) {
-	for name, open := range stores(t) {
+	for name, open := range stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			sv := &Service{Store: open(t)}

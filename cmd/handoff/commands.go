@@ -100,22 +100,8 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 			return flag.ErrHelp
 		}
 	}
-	// Flags may come before or after the positional arguments, as people
-	// type them: "lease acquire desktop --ttl 5m".
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
-			positional = append(positional, rest...) // after "--" all is positional
-			break
-		}
-		positional, args = append(positional, rest[0]), rest[1:]
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return fs.Parse(append([]string{"--"}, positional...))
+	return nil
 }

@@ -1,0 +1,64 @@
+package syncengine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// A stored chunk is one byte of format then the data: zstd where it saves
+// at least a sixteenth, else raw (random data, already compressed files).
+const (
+	formatRaw  byte = 0
+	formatZstd byte = 1
+)
+
+// ErrCorrupt means stored or received bytes do not hash to their name.
+var ErrCorrupt = errors.New("chunk does not match its hash")
+
+// Codec compresses and verifies chunks; one per process, safe for
+// concurrent use.
+type Codec struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func NewCodec() *Codec {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(64<<20))
+	return &Codec{enc: enc, dec: dec}
+}
+
+// Encode packs a chunk for storage and transfer.
+func (c *Codec) Encode(data []byte) []byte {
+	z := c.enc.EncodeAll(data, make([]byte, 1, len(data)/2+16))
+	if len(z)-1 <= len(data)-len(data)/16 {
+		z[0] = formatZstd
+		return z
+	}
+	return append([]byte{formatRaw}, data...)
+}
+
+// Decode unpacks a stored chunk and checks it hashes to want.
+func (c *Codec) Decode(want Hash, stored []byte) ([]byte, error) {
+	if len(stored) == 0 {
+		return nil, fmt.Errorf("chunk %s: %w (empty)", want, ErrCorrupt)
+	}
+	var data []byte
+	switch stored[0] {
+	case formatRaw:
+		data = stored[1:]
+	case formatZstd:
+		var err error
+		if data, err = c.dec.DecodeAll(stored[1:], nil); err != nil {
+			return nil, fmt.Errorf("chunk %s: %w (%v)", want, ErrCorrupt, err)
+		}
+	default:
+		return nil, fmt.Errorf("chunk %s: %w (unknown format %d)", want, ErrCorrupt, stored[0])
+	}
+	if Sum(data) != want {
+		return nil, fmt.Errorf("chunk %s: %w", want, ErrCorrupt)
+	}
+	return data, nil
+}

@@ -164,3 +164,52 @@ func TestOneWinnerUnderRace(t *testing.T) {
 		})
 	}
 }
+
+// TestEtcdLeaseMirrorsTheImageLease checks that on etcd an image's lease
+// is an etcd lease: kept alive by a renewal, gone with a release, and gone
+// on its own when it runs out.
+func TestEtcdLeaseMirrorsTheImageLease(t *testing.T) {
+	ctx := context.Background()
+	store, err := OpenEtcd(ctx, startEtcd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	sv := &Service{Store: store}
+	if err := sv.Create(ctx, "desktop"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := sv.Acquire(ctx, "desktop", "laptop", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, granted, ok := store.etcdLease(ctx, "desktop")
+	if !ok || granted != 60 {
+		t.Fatalf("after acquire: etcd lease %v granted %ds, present %v; want a 60s one", id, granted, ok)
+	}
+	if _, err := sv.Renew(ctx, "desktop", l.ID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if again, _, ok := store.etcdLease(ctx, "desktop"); !ok || again != id {
+		t.Fatalf("renew replaced etcd lease %x with %x instead of keeping it alive", id, again)
+	}
+	if err := sv.Release(ctx, "desktop", l.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := store.etcdLease(ctx, "desktop"); ok {
+		t.Fatal("the lease key outlived its release")
+	}
+	if _, err := sv.Acquire(ctx, "desktop", "desktop", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, ok := store.etcdLease(ctx, "desktop"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("etcd kept a 1s lease for 10s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

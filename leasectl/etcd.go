@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -55,6 +56,11 @@ func (e *EtcdStore) Update(ctx context.Context, image string, fn func(*State) er
 		if err != nil {
 			return err
 		}
+		before := s.Lease
+		if before != nil {
+			copied := *before
+			before = &copied
+		}
 		if err := fn(s); err != nil {
 			return err
 		}
@@ -62,9 +68,18 @@ func (e *EtcdStore) Update(ctx context.Context, image string, fn func(*State) er
 		if err != nil {
 			return err
 		}
+		ops, granted, err := e.leaseOps(ctx, image, before, s.Lease)
+		if err != nil {
+			return err
+		}
 		resp, err := e.c.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(e.key(image)), "=", rev)).
-			Then(clientv3.OpPut(e.key(image), string(raw))).Commit()
+			Then(append(ops, clientv3.OpPut(e.key(image), string(raw)))...).Commit()
+		if err != nil || !resp.Succeeded {
+			if granted != clientv3.NoLease {
+				e.c.Revoke(context.WithoutCancel(ctx), granted)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("update %s in etcd: %w", image, err)
 		}
@@ -74,6 +89,54 @@ func (e *EtcdStore) Update(ctx context.Context, image string, fn func(*State) er
 		// Another server changed the image between our read and write:
 		// decide again on what it wrote.
 	}
+}
+
+func (e *EtcdStore) leaseKey(image string) string { return e.prefix + image + "/lease" }
+
+// leaseOps mirrors the image's lease onto an etcd lease with the same time
+// to live, so that in etcd the holder's key vanishes on its own when the
+// lease runs out, for every server and watcher to see. A renewal is a
+// keep-alive of that etcd lease; a new grant gets a new one. Fencing does
+// not rely on it: the revision compare in Update does that.
+func (e *EtcdStore) leaseOps(ctx context.Context, image string, before, after *Lease) ([]clientv3.Op, clientv3.LeaseID, error) {
+	switch {
+	case after == nil && before == nil:
+		return nil, clientv3.NoLease, nil
+	case after == nil:
+		return []clientv3.Op{clientv3.OpDelete(e.leaseKey(image))}, clientv3.NoLease, nil
+	case before != nil && *before == *after:
+		return nil, clientv3.NoLease, nil
+	}
+	ttl := int64(math.Ceil(time.Until(after.Expires).Seconds()))
+	ttl = max(1, min(ttl, int64((24*time.Hour).Seconds())))
+	if before != nil && before.ID == after.ID {
+		if id, granted, ok := e.etcdLease(ctx, image); ok && granted == ttl {
+			if _, err := e.c.KeepAliveOnce(ctx, id); err == nil {
+				return nil, clientv3.NoLease, nil
+			}
+		}
+	}
+	g, err := e.c.Grant(ctx, ttl)
+	if err != nil {
+		return nil, clientv3.NoLease, fmt.Errorf("grant an etcd lease for %s: %w", image, err)
+	}
+	raw, _ := json.Marshal(after)
+	return []clientv3.Op{clientv3.OpPut(e.leaseKey(image), string(raw), clientv3.WithLease(g.ID))}, g.ID, nil
+}
+
+// etcdLease finds the etcd lease behind an image's lease key and the TTL
+// it was granted with.
+func (e *EtcdStore) etcdLease(ctx context.Context, image string) (clientv3.LeaseID, int64, bool) {
+	resp, err := e.c.Get(ctx, e.leaseKey(image))
+	if err != nil || len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
+		return clientv3.NoLease, 0, false
+	}
+	id := clientv3.LeaseID(resp.Kvs[0].Lease)
+	ttl, err := e.c.TimeToLive(ctx, id)
+	if err != nil || ttl.TTL <= 0 {
+		return clientv3.NoLease, 0, false
+	}
+	return id, ttl.GrantedTTL, true
 }
 
 func (e *EtcdStore) View(ctx context.Context, image string) (*State, error) {

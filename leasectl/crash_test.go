@@ -3,8 +3,11 @@ package leasectl
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -159,5 +162,28 @@ func TestLeaseCommandsAgainstARealServer(t *testing.T) {
 	}
 	if out, err := lease("log", "desktop"); err != nil || !strings.Contains(out, "steal") || !strings.Contains(out, "laptop lost") {
 		t.Fatalf("log: %v, %s", err, out)
+	}
+
+	// The same server stores chunks: push an image, pull it elsewhere.
+	img := filepath.Join(t.TempDir(), "disk.img")
+	data := []byte(strings.Repeat("a disk image's bytes ", 100000))
+	os.WriteFile(img, data, 0o644)
+	sync := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"sync"}, args...)...)
+		cmd.Env = append(cmd.Environ(), "XDG_CONFIG_HOME="+home, "XDG_CACHE_HOME="+home)
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	out, err = sync("push", img, "--json")
+	var pushed struct{ Root string }
+	if err != nil || json.Unmarshal([]byte(out), &pushed) != nil || len(pushed.Root) != 64 {
+		t.Fatalf("sync push: %v, %q", err, out)
+	}
+	pulled := filepath.Join(t.TempDir(), "pulled.img")
+	if out, err := sync("pull", pushed.Root, pulled); err != nil {
+		t.Fatalf("sync pull: %v, %s", err, out)
+	}
+	if got, _ := os.ReadFile(pulled); string(got) != string(data) {
+		t.Fatal("the image pulled through the server differs")
 	}
 }

@@ -27,6 +27,9 @@ type ServeConfig struct {
 	// Ready, if set, receives the listening address once the server
 	// accepts connections.
 	Ready func(addr string)
+	// Mounts are more APIs served on the same listener behind the same
+	// tokens, by path prefix (the chunk store: "/v1/chunks/").
+	Mounts map[string]http.Handler
 }
 
 // Serve runs the lease API over TLS with token auth until ctx ends.
@@ -66,6 +69,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/images/", Handler(&Service{Store: store}))
+	for prefix, h := range cfg.Mounts {
+		mux.Handle(prefix, h)
+	}
 	srv := &http.Server{
 		Handler:           RequireToken(TokenFile(cfg.Data), mux),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},

@@ -1,6 +1,7 @@
 package syncengine
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 )
@@ -87,4 +88,19 @@ func Diff(a, b *Manifest) ([]Range, error) {
 		out = append(out, Range{b.Size, a.Size - b.Size})
 	}
 	return out, nil
+}
+
+// DiffRoots loads two manifests from s and diffs them.
+func DiffRoots(ctx context.Context, s Store, codec *Codec, a, b string) ([]Range, error) {
+	var ms [2]*Manifest
+	for i, r := range []string{a, b} {
+		h, err := ParseHash(r)
+		if err != nil {
+			return nil, err
+		}
+		if ms[i], err = loadManifest(ctx, s, codec, h); err != nil {
+			return nil, err
+		}
+	}
+	return Diff(ms[0], ms[1])
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 
 	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/syncengine"
 )
 
 func defaultServeDir() string {
@@ -22,7 +24,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runServeToken(args[1:], stdout, stderr)
 	}
 	fs := newFlagSet("serve", "[--data DIR] [--listen ADDR] [--store etcd://HOST:2379,...]", `
-Run the home server's daemon: leases and commits of VM images over HTTPS, one
+Run the home server's daemon: leases, commits and the chunk store of VM images over
+HTTPS, one
 bearer token per device. On first start it makes a self-signed certificate and a
 token for your first device, and prints how to log in with them. 'handoff serve
 token add NAME' adds a device. Stop it with Ctrl-C; every acknowledged change is
@@ -33,7 +36,9 @@ on disk.`, stdout, stderr)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	return leasectl.Serve(ctx, leasectl.ServeConfig{Data: *data, Listen: *listen, Store: *store, Progress: stdout})
+	chunks := syncengine.Handler(syncengine.DirStore{Dir: filepath.Join(*data, "chunks")}, syncengine.NewCodec())
+	return leasectl.Serve(ctx, leasectl.ServeConfig{Data: *data, Listen: *listen, Store: *store, Progress: stdout,
+		Mounts: map[string]http.Handler{"/v1/chunks/": http.StripPrefix("/v1/chunks", chunks)}})
 }
 
 func runServeToken(args []string, stdout, stderr io.Writer) error {

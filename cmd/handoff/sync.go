@@ -2,10 +2,173 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"fmt"
 	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/syncengine"
 )
 
+const syncUsage = `
+Disk images and checkpoints as content-addressed, compressed, verified chunks: a
+push sends only the chunks the store lacks, a pull fetches only what the local cache
+lacks, and a pull cut short resumes.
+
+  push FILE         store FILE, print its root
+  pull ROOT FILE    write the image ROOT to FILE (replaced only when complete)
+  diff ROOT1 ROOT2  the byte ranges where ROOT2 differs from ROOT1
+  gc ROOT...        remove from the local store what no given root uses
+
+The store is the home server's (after 'handoff lease login'), or a directory with
+--store DIR. The local cache is --cache (default ~/.cache/handoff/chunks).`
+
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
+		fmt.Fprintln(stdout, "Usage: handoff sync push|pull|diff|gc [flags] ARGS\n"+syncUsage)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: name a sync command", errUsage)
+		}
+		return nil
+	}
+	cmd, args := args[0], args[1:]
+	fs := newFlagSet("sync "+cmd, "[flags] ARGS", "See 'handoff sync --help'.", stdout, stderr)
+	storeDir := fs.String("store", "", "a directory to use as the store instead of the home server")
+	cacheDir := fs.String("cache", defaultCacheDir(), "the local chunk cache")
+	jsonOut := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	codec := syncengine.NewCodec()
+	cache := syncengine.DirStore{Dir: *cacheDir}
+	remote, err := syncStore(*storeDir)
+	if err != nil && cmd != "gc" && cmd != "diff" {
+		return err
+	}
+	progress := progressPrinter(stderr)
+	var out any
+	switch cmd {
+	case "push":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("%w: sync push FILE", errUsage)
+		}
+		root, st, err := syncengine.Push(ctx, fs.Arg(0), remote, codec, 0, progress)
+		if err != nil {
+			return err
+		}
+		out = map[string]any{"root": root, "stats": st}
+		if !*jsonOut {
+			fmt.Fprintf(stdout, "%s\n%d chunks (%d zero), sent %d (%s)\n", root, st.Chunks, st.ZeroChunks, st.Sent, switchover.FormatBytes(uint64(st.SentBytes)))
+		}
+	case "pull":
+		if fs.NArg() != 2 {
+			return fmt.Errorf("%w: sync pull ROOT FILE", errUsage)
+		}
+		root, err := syncengine.ParseHash(fs.Arg(0))
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		st, err := syncengine.Pull(ctx, root, remote, cache, codec, fs.Arg(1), progress)
+		if err != nil {
+			return fmt.Errorf("%w (chunks already fetched are kept: run the same pull again to resume)", err)
+		}
+		out = st
+		if !*jsonOut {
+			fmt.Fprintf(stdout, "%s: %d chunks, %d from the cache, %d fetched (%s)\n", fs.Arg(1), st.Chunks, st.FromCache, st.Sent, switchover.FormatBytes(uint64(st.SentBytes)))
+		}
+	case "diff":
+		if fs.NArg() != 2 {
+			return fmt.Errorf("%w: sync diff ROOT1 ROOT2", errUsage)
+		}
+		src := syncengine.Store(cache)
+		if remote != nil {
+			src = remote
+		}
+		ranges, err := syncengine.DiffRoots(ctx, src, codec, fs.Arg(0), fs.Arg(1))
+		if err != nil {
+			return err
+		}
+		out = ranges
+		if !*jsonOut {
+			for _, r := range ranges {
+				fmt.Fprintf(stdout, "%d +%d\n", r.Offset, r.Length)
+			}
+		}
+	case "gc":
+		dir := cache
+		if *storeDir != "" {
+			dir = syncengine.DirStore{Dir: *storeDir}
+		}
+		var keep []syncengine.Hash
+		for _, a := range fs.Args() {
+			h, err := syncengine.ParseHash(a)
+			if err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
+			}
+			keep = append(keep, h)
+		}
+		n, err := dir.GC(ctx, codec, keep)
+		if err != nil {
+			return err
+		}
+		out = map[string]int{"removed": n}
+		if !*jsonOut {
+			fmt.Fprintf(stdout, "removed %d objects from %s\n", n, dir.Dir)
+		}
+	default:
+		return fmt.Errorf("%w: unknown sync command %q (see handoff sync --help)", errUsage, cmd)
+	}
+	if *jsonOut {
+		return json.NewEncoder(stdout).Encode(out)
+	}
+	return nil
+}
+
+func defaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "handoff-chunks"
+	}
+	return filepath.Join(dir, "handoff", "chunks")
+}
+
+// syncStore is the directory store asked for, or the home server's.
+func syncStore(dir string) (syncengine.Store, error) {
+	if dir != "" {
+		return syncengine.DirStore{Dir: dir}, nil
+	}
+	raw, err := os.ReadFile(serverConfigPath())
+	if err != nil {
+		return nil, fmt.Errorf("no store: give --store DIR, or log in to your home server with handoff lease login (%v)", err)
+	}
+	var c serverConfig
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+	}
+	return syncengine.HTTPStore{Base: c.Server + "/v1/chunks", Token: c.Token,
+		Client: &http.Client{Transport: &http.Transport{TLSClientConfig: leasectl.PinnedTLS(c.Fingerprint)}}}, nil
+}
+
+// progressPrinter writes a progress line at most twice a second.
+func progressPrinter(w io.Writer) syncengine.Progress {
+	var last time.Time
+	return func(done, total int64) {
+		if time.Since(last) < 500*time.Millisecond && done < total {
+			return
+		}
+		last = time.Now()
+		pct := 100.0
+		if total > 0 {
+			pct = 100 * float64(done) / float64(total)
+		}
+		fmt.Fprintf(w, "\r%5.1f%% of %s", pct, switchover.FormatBytes(uint64(total)))
+		if done >= total {
+			fmt.Fprintln(w)
+		}
+	}
 }

@@ -137,7 +137,7 @@ func switchText(d switchover.Decision) string {
 
 func leaseText(l Lease, now time.Time) string {
 	if l.Holder == "" {
-		return "none (this server keeps no leases)"
+		return "none"
 	}
 	return fmt.Sprintf("%s, epoch %d, %s left", l.Holder, l.Epoch, l.Expires.Sub(now).Round(time.Second))
 }

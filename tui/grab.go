@@ -10,6 +10,7 @@ import (
 
 	tea "github.com/charmbracelet/bubbletea"
 
+	"github.com/handoff-dev/handoff/leasectl"
 	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/libvirt/switchover"
 	"github.com/handoff-dev/handoff/vnc"
@@ -29,8 +30,9 @@ type GrabOptions struct {
 	Domain              string
 	In                  io.Reader
 	Out                 io.Writer
-	// Leases, when set, reports the VM's lease to the dashboard.
-	Leases <-chan Lease
+	// Lease, when set, is taken before the VM moves here, renewed while it
+	// runs here, and released when it is handed back.
+	Lease *leasectl.Keeper
 }
 
 // Grab runs the terminal app: it shows the VM's screen at once, moves the
@@ -44,18 +46,6 @@ func Grab(ctx context.Context, o GrabOptions) error {
 	s.prog = tea.NewProgram(model, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(o.In), tea.WithOutput(o.Out))
 	var wg sync.WaitGroup
 	wg.Go(func() { s.drive(ctx) })
-	if o.Leases != nil {
-		wg.Go(func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case l := <-o.Leases:
-					s.prog.Send(LeaseMsg(l))
-				}
-			}
-		})
-	}
 	_, err := s.prog.Run()
 	cancel()
 	wg.Wait()
@@ -71,6 +61,10 @@ type grabSession struct {
 	o        GrabOptions
 	prog     *tea.Program
 	handBack chan struct{}
+
+	lease     leasectl.Lease
+	stopLease context.CancelFunc
+	leaseDone chan struct{}
 
 	mu        sync.Mutex
 	view      *vnc.Client
@@ -139,6 +133,7 @@ func (s *grabSession) fail(err error) {
 // drive is the grab itself, from connecting to the hand back.
 func (s *grabSession) drive(ctx context.Context) {
 	defer s.closeView()
+	defer s.stopRenewing()
 	srv, ws := s.o.Server, s.o.Workstation
 	here, err := runsOn(ws.Conn, s.o.Domain)
 	if err != nil {
@@ -154,9 +149,16 @@ func (s *grabSession) drive(ctx context.Context) {
 			s.fail(err)
 			return
 		}
-		if !s.move(ctx, srv, ws, PhaseCopying) {
+		if err := s.takeLease(ctx); err != nil {
+			s.fail(err)
 			return
 		}
+		if !s.move(ctx, srv, ws, PhaseCopying) {
+			s.releaseLease(ctx)
+			return
+		}
+	} else if err := s.takeLease(ctx); err != nil {
+		s.prog.Send(ErrMsg{err})
 	}
 	s.arrived(ctx, ws, true)
 	for {
@@ -166,9 +168,67 @@ func (s *grabSession) drive(ctx context.Context) {
 		case <-s.handBack:
 		}
 		if s.move(ctx, ws, srv, PhaseHandingBack) {
+			s.releaseLease(ctx)
 			s.arrived(ctx, srv, false)
 		}
 	}
+}
+
+// takeLease acquires the image's lease (when the server keeps leases) and
+// keeps renewing it in a goroutine the session owns.
+func (s *grabSession) takeLease(ctx context.Context) error {
+	k := s.o.Lease
+	if k == nil {
+		return nil
+	}
+	l, err := k.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	s.lease = l
+	s.prog.Send(LeaseMsg{Holder: l.Holder, Epoch: l.Epoch, Expires: l.Expires})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	s.stopLease, s.leaseDone = stop, done
+	updates := make(chan leasectl.Lease, 1)
+	go func() {
+		defer close(done)
+		errs := make(chan error, 1)
+		go func() { errs <- k.Renew(rctx, l, updates) }()
+		for {
+			select {
+			case l := <-updates:
+				s.prog.Send(LeaseMsg{Holder: l.Holder, Epoch: l.Epoch, Expires: l.Expires})
+			case err := <-errs:
+				if rctx.Err() == nil {
+					s.prog.Send(ErrMsg{err})
+					s.prog.Send(LeaseMsg{})
+				}
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func (s *grabSession) stopRenewing() {
+	if s.stopLease != nil {
+		s.stopLease()
+		<-s.leaseDone
+		s.stopLease = nil
+	}
+}
+
+// releaseLease ends the lease once the VM is back on the server.
+func (s *grabSession) releaseLease(ctx context.Context) {
+	if s.o.Lease == nil || s.stopLease == nil {
+		return
+	}
+	s.stopRenewing()
+	if err := s.o.Lease.Client.Release(ctx, s.o.Lease.Image, s.lease.ID); err != nil {
+		s.prog.Send(ErrMsg{fmt.Errorf("release the lease: %w", err)})
+	}
+	s.prog.Send(LeaseMsg{})
 }
 
 // arrived shows the VM where it now runs.

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/leasectl"
 	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/tui"
@@ -26,6 +27,8 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	server := fs.String("server", "", "the server's libvirt URI (qemu+ssh://user@host/system, ...)")
 	workstation := fs.String("workstation", "", "this machine's libvirt URI (default with --server: qemu:///system)")
 	labDir := fs.String("lab", lab.DefaultDir, "the lab that stands in for missing URIs")
+	leaseImage := fs.String("lease", "", "the image whose lease to hold while the VM runs here (default: DOMAIN, once 'handoff lease login' was run)")
+	noLease := fs.Bool("no-lease", false, "take no lease, even when logged in to a server")
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -77,10 +80,20 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		return err
 	}
 	defer ws.Close()
+	var keeper *leasectl.Keeper
+	if c, err := leaseClient(); err == nil && !*noLease {
+		if *leaseImage == "" {
+			*leaseImage = name
+		}
+		host, _ := os.Hostname()
+		keeper = &leasectl.Keeper{Client: c, Image: *leaseImage, Holder: host}
+	} else if *leaseImage != "" && !*noLease {
+		return err
+	}
 	return tui.Grab(ctx, tui.GrabOptions{
 		Server:      tui.Host{Name: "server", Conn: srv, Migrate: toSrv},
 		Workstation: tui.Host{Name: "workstation", Conn: ws, Migrate: toWS},
-		Domain:      name, In: os.Stdin, Out: os.Stdout,
+		Domain:      name, In: os.Stdin, Out: os.Stdout, Lease: keeper,
 	})
 }
 

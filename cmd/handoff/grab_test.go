@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"net"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,12 +66,58 @@ func (s *tmux) waitFor(want string, limit time.Duration) string {
 	}
 }
 
+var loginFlags = regexp.MustCompile(`--token (\S+) --fingerprint (\S+)`)
+
+// leaseServer runs a real 'handoff serve' and logs a device in to it with
+// its own config directory; it returns that directory.
+func leaseServer(t *testing.T, image string) (configHome string) {
+	t.Helper()
+	data, home := t.TempDir(), t.TempDir()
+	r := handoff(t, "serve", "token", "add", "laptop", "--data", data)
+	m := loginFlags.FindStringSubmatch(r.Stdout)
+	if r.Code != 0 || m == nil {
+		t.Fatalf("serve token add: exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	serve := exec.Command(bin, "serve", "--data", data, "--listen", addr)
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { serve.Process.Kill(); serve.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("handoff serve never listened")
+		}
+	}
+	for _, args := range [][]string{
+		{"lease", "login", "--server", "https://" + addr, "--token", m[1], "--fingerprint", m[2]},
+		{"lease", "create", image},
+	} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(cmd.Environ(), "XDG_CONFIG_HOME="+home)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("handoff %v: %v: %s", args, err, out)
+		}
+	}
+	return home
+}
+
 func TestGrabInATerminal(t *testing.T) {
 	before := statusJSON(t)
 	if before.GuestHost != "server" {
 		t.Fatalf("the guest runs on the %s, want the server", before.GuestHost)
 	}
-	term := newTmux(t, 200, 60, bin+" grab --lab "+theLab.Dir)
+	home := leaseServer(t, "handoff-guest")
+	term := newTmux(t, 200, 60, "XDG_CONFIG_HOME="+home+" "+bin+" grab --lab "+theLab.Dir)
 
 	// The VM's screen shows at once, the migration runs under it, and the
 	// view follows the VM here.
@@ -81,6 +129,9 @@ func TestGrabInATerminal(t *testing.T) {
 	sc := term.waitFor("running here", 2*time.Minute)
 	if !strings.Contains(sc, "downtime") {
 		t.Errorf("after the switch the dashboard shows no downtime:\n%s", sc)
+	}
+	if !strings.Contains(sc, "epoch 1") {
+		t.Errorf("the dashboard shows no lease held here:\n%s", sc)
 	}
 	if st := statusJSON(t); st.GuestHost != "workstation" {
 		t.Fatalf("the dashboard says running here, the lab says %s", st.GuestHost)
@@ -102,7 +153,10 @@ func TestGrabInATerminal(t *testing.T) {
 
 	// One key hands the VM back; the view follows it to the server.
 	term.keys("C-]", "h")
-	term.waitFor("on the server", 2*time.Minute)
+	sc = term.waitFor("on the server", 2*time.Minute)
+	if !regexp.MustCompile(`lease +none`).MatchString(sc) {
+		t.Errorf("after the hand back the lease is still shown:\n%s", sc)
+	}
 	if st := statusJSON(t); st.GuestHost != "server" || st.GuestIntegrity != "ok" {
 		t.Fatalf("after the hand back: %+v", st)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -211,5 +212,47 @@ func TestEtcdLeaseMirrorsTheImageLease(t *testing.T) {
 			t.Fatal("etcd kept a 1s lease for 10s")
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestHistoryOutgrowsOneRecord keeps committing past what one stored
+// value may hold (etcd refuses requests over 1.5 MiB): a change writes
+// only what it adds, and the whole history reads back in order.
+func TestHistoryOutgrowsOneRecord(t *testing.T) {
+	for name, open := range stores() {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			sv := &Service{Store: open(t)}
+			if err := sv.Create(ctx, "desktop"); err != nil {
+				t.Fatal(err)
+			}
+			l, err := sv.Acquire(ctx, "desktop", "laptop", time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			note := strings.Repeat("n", 60<<10) // near the API's body limit
+			head := ""
+			const n = 40 // 2.4 MB of history
+			for i := range n {
+				m := Manifest{Root: fmt.Sprintf("r%d", i), Meta: map[string]string{"note": note}}
+				c, err := sv.Commit(ctx, "desktop", CommitRequest{Parent: head, LeaseID: l.ID, Holder: "laptop", Manifest: m})
+				if err != nil {
+					t.Fatalf("commit %d: %v", i, err)
+				}
+				head = c.ID
+			}
+			st, err := sv.Status(ctx, "desktop")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Commits) != n || len(st.Log) != n+1 || st.Head != head {
+				t.Fatalf("%d commits, %d events, head %s; want %d, %d, %s", len(st.Commits), len(st.Log), st.Head, n, n+1, head)
+			}
+			for i, c := range st.Commits {
+				if c.Manifest.Root != fmt.Sprintf("r%d", i) || c.Manifest.Meta["note"] != note {
+					t.Fatalf("commit %d reads back as root %q", i, c.Manifest.Root)
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -36,11 +37,41 @@ func OpenEtcd(ctx context.Context, endpoints string) (*EtcdStore, error) {
 
 func (e *EtcdStore) key(image string) string { return e.prefix + image }
 
+// stateOps writes what a change appended to the history, each record
+// under its own key, and the head record.
+func (e *EtcdStore) stateOps(s *State) ([]clientv3.Op, error) {
+	head, commits, events := s.split()
+	var ops []clientv3.Op
+	put := func(key string, v any) error {
+		raw, err := json.Marshal(v)
+		ops = append(ops, clientv3.OpPut(key, string(raw)))
+		return err
+	}
+	for i, c := range commits {
+		if err := put(e.historyKey(s.Image, 'c', s.NCommits+i), c); err != nil {
+			return nil, err
+		}
+	}
+	for i, ev := range events {
+		if err := put(e.historyKey(s.Image, 'e', s.NEvents+i), ev); err != nil {
+			return nil, err
+		}
+	}
+	return ops, put(e.key(s.Image), head)
+}
+
+func (e *EtcdStore) historyKey(image string, kind byte, seq int) string {
+	return fmt.Sprintf("%s/%c/%016x", e.key(image), kind, seq)
+}
+
 func (e *EtcdStore) Create(ctx context.Context, image string) error {
-	raw, _ := json.Marshal(&State{Image: image})
+	ops, err := e.stateOps(&State{Image: image})
+	if err != nil {
+		return err
+	}
 	resp, err := e.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(e.key(image)), "=", 0)).
-		Then(clientv3.OpPut(e.key(image), string(raw))).Commit()
+		Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("create %s in etcd: %w", image, err)
 	}
@@ -64,7 +95,7 @@ func (e *EtcdStore) Update(ctx context.Context, image string, fn func(*State) er
 		if err := fn(s); err != nil {
 			return err
 		}
-		raw, err := json.Marshal(s)
+		writes, err := e.stateOps(s)
 		if err != nil {
 			return err
 		}
@@ -74,7 +105,7 @@ func (e *EtcdStore) Update(ctx context.Context, image string, fn func(*State) er
 		}
 		resp, err := e.c.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(e.key(image)), "=", rev)).
-			Then(append(ops, clientv3.OpPut(e.key(image), string(raw)))...).Commit()
+			Then(append(ops, writes...)...).Commit()
 		if err != nil || !resp.Succeeded {
 			if granted != clientv3.NoLease {
 				e.c.Revoke(context.WithoutCancel(ctx), granted)
@@ -140,8 +171,45 @@ func (e *EtcdStore) etcdLease(ctx context.Context, image string) (clientv3.Lease
 }
 
 func (e *EtcdStore) View(ctx context.Context, image string) (*State, error) {
-	s, _, err := e.get(ctx, image)
-	return s, err
+	// One transaction reads the head record and its history as of the
+	// same revision.
+	sorted := clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)
+	resp, err := e.c.Txn(ctx).Then(
+		clientv3.OpGet(e.key(image)),
+		clientv3.OpGet(e.historyKey(image, 'c', 0), clientv3.WithRange(e.historyKey(image, 'c', math.MaxInt64)), sorted),
+		clientv3.OpGet(e.historyKey(image, 'e', 0), clientv3.WithRange(e.historyKey(image, 'e', math.MaxInt64)), sorted),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read %s from etcd: %w", image, err)
+	}
+	head := resp.Responses[0].GetResponseRange().Kvs
+	if len(head) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNoImage, image)
+	}
+	var s State
+	if err := json.Unmarshal(head[0].Value, &s); err != nil {
+		return nil, fmt.Errorf("image %s is stored damaged in etcd: %w", image, err)
+	}
+	if s.Commits, err = decodeRecords[Commit](image, resp.Responses[1].GetResponseRange().Kvs, s.NCommits); err != nil {
+		return nil, err
+	}
+	if s.Log, err = decodeRecords[Event](image, resp.Responses[2].GetResponseRange().Kvs, s.NEvents); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func decodeRecords[T any](image string, kvs []*mvccpb.KeyValue, n int) ([]T, error) {
+	if len(kvs) != n {
+		return nil, fmt.Errorf("image %s: etcd holds %d history records where the head counts %d", image, len(kvs), n)
+	}
+	out := make([]T, n)
+	for i, kv := range kvs {
+		if err := json.Unmarshal(kv.Value, &out[i]); err != nil {
+			return nil, fmt.Errorf("image %s: history record %s is damaged: %w", image, kv.Key, err)
+		}
+	}
+	return out, nil
 }
 
 func (e *EtcdStore) get(ctx context.Context, image string) (*State, int64, error) {

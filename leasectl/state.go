@@ -16,7 +16,21 @@ type State struct {
 	Commits  []Commit `json:"commits"`
 	Log      []Event  `json:"log"`
 	BranchOf string   `json:"branch_of,omitempty"` // image@commit this one was branched from
-	NextSeq  uint64   `json:"next_seq"`
+	// How many commits and events are stored: a store keeps the history
+	// as records of their own, so that a change writes only what it adds.
+	NCommits int `json:"n_commits"`
+	NEvents  int `json:"n_events"`
+}
+
+// split takes out what a change appended to the history and leaves the
+// head record, which is all a Store rewrites per change: the cost of a
+// change does not grow with the image's history.
+func (s *State) split() (head State, commits []Commit, events []Event) {
+	head, commits, events = *s, s.Commits, s.Log
+	head.Commits, head.Log = nil, nil
+	head.NCommits += len(commits)
+	head.NEvents += len(events)
+	return head, commits, events
 }
 
 // Lease is a time-limited right to commit to an image.

@@ -230,9 +230,9 @@ func TestHistoryOutgrowsOneRecord(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			note := strings.Repeat("n", 60<<10) // near the API's body limit
+			note := strings.Repeat("n", maxMeta-len("note"))
 			head := ""
-			const n = 40 // 2.4 MB of history
+			const n = 120 // 2 MB of history
 			for i := range n {
 				m := Manifest{Root: fmt.Sprintf("r%d", i), Meta: map[string]string{"note": note}}
 				c, err := sv.Commit(ctx, "desktop", CommitRequest{Parent: head, LeaseID: l.ID, Holder: "laptop", Manifest: m})

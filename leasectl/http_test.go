@@ -93,6 +93,7 @@ func TestBadRequestsGetClearErrorsAndChangeNothing(t *testing.T) {
 		{"stale lease", "POST", "/v1/images/desktop/renew", `{"lease_id":"Lold","ttl_seconds":60}`, token, 410, "stolen or released"},
 		{"parent not head", "POST", "/v1/images/desktop/commits", `{"lease_id":"` + l.ID + `","parent":"c-none","holder":"laptop","manifest":{"root":"r"}}`, token, 412, "not the image's head"},
 		{"oversized body", "POST", "/v1/images/desktop/commits", `{"holder":"laptop","manifest":{"root":"` + strings.Repeat("x", maxBody) + `"}}`, token, 413, "over"},
+		{"manifest too big", "POST", "/v1/images/desktop/commits", `{"lease_id":"` + l.ID + `","holder":"laptop","manifest":{"root":"` + strings.Repeat("x", maxRoot+1) + `"}}`, token, 400, "manifest root"},
 		{"bad image name", "POST", "/v1/images/..%2fetc/acquire", `{"holder":"x","ttl_seconds":60}`, token, 400, "image name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

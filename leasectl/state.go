@@ -57,6 +57,35 @@ type Manifest struct {
 	Meta map[string]string `json:"meta,omitempty"`
 }
 
+// Limits on a manifest: it names content, it does not carry it.
+const (
+	maxRoot     = 128
+	maxMetaKeys = 32
+	maxMeta     = 16 << 10 // bytes of keys and values together
+)
+
+func (m Manifest) check() error {
+	if m.Root == "" || len(m.Root) > maxRoot {
+		return fmt.Errorf("%w: a manifest root of 1 to %d bytes is needed, got %d", ErrBadInput, maxRoot, len(m.Root))
+	}
+	size := 0
+	for k, v := range m.Meta {
+		size += len(k) + len(v)
+	}
+	if len(m.Meta) > maxMetaKeys || size > maxMeta {
+		return fmt.Errorf("%w: manifest metadata is %d entries, %d bytes; at most %d and %d: keep content in the chunk store", ErrBadInput, len(m.Meta), size, maxMetaKeys, maxMeta)
+	}
+	return nil
+}
+
+// check is what every commit and branch request needs.
+func (req CommitRequest) check() error {
+	if req.Holder == "" {
+		return fmt.Errorf("%w: a commit needs a holder", ErrBadInput)
+	}
+	return req.Manifest.check()
+}
+
 // Event is one line of an image's history.
 type Event struct {
 	Time   time.Time `json:"time"`
@@ -209,8 +238,8 @@ type CommitRequest struct {
 // lease is outstanding; otherwise ErrRefused, and the client saves it as a
 // branch instead.
 func (s *State) Commit(req CommitRequest, now time.Time, id string) (Commit, error) {
-	if req.Manifest.Root == "" || req.Holder == "" {
-		return Commit{}, fmt.Errorf("%w: a commit needs a holder and a manifest root", ErrBadInput)
+	if err := req.check(); err != nil {
+		return Commit{}, err
 	}
 	var epoch uint64
 	if l, err := s.current(req.LeaseID, now); err == nil && req.LeaseID != "" {
@@ -236,8 +265,8 @@ func (s *State) Commit(req CommitRequest, now time.Time, id string) (Commit, err
 // Branch starts a new image from a commit of s with the refused state, so
 // that work is never lost. dst must be new.
 func Branch(src, dst *State, req CommitRequest, now time.Time, id string) (Commit, error) {
-	if req.Manifest.Root == "" || req.Holder == "" {
-		return Commit{}, fmt.Errorf("%w: a branch needs a holder and a manifest root", ErrBadInput)
+	if err := req.check(); err != nil {
+		return Commit{}, err
 	}
 	if req.Parent != "" && !src.has(req.Parent) {
 		return Commit{}, fmt.Errorf("%w: %s has no commit %q", ErrBadInput, src.Image, req.Parent)

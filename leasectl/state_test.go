@@ -2,6 +2,8 @@ package leasectl
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -182,5 +184,35 @@ func TestBranchKeepsRefusedWork(t *testing.T) {
 	}
 	if _, err := Branch(src, &State{Image: "x"}, CommitRequest{Parent: "zz", Holder: "a", Manifest: root("r")}, t0, "c3"); !errors.Is(err, ErrBadInput) {
 		t.Errorf("branch from a missing commit: %v", err)
+	}
+}
+
+func TestManifestLimits(t *testing.T) {
+	many := map[string]string{}
+	for i := range maxMetaKeys + 1 {
+		many[fmt.Sprint(i)] = "v"
+	}
+	for _, tc := range []struct {
+		name string
+		m    Manifest
+		ok   bool
+	}{
+		{"root only", Manifest{Root: strings.Repeat("a", 64)}, true},
+		{"no root", Manifest{Meta: map[string]string{"k": "v"}}, false},
+		{"root too long", Manifest{Root: strings.Repeat("a", maxRoot+1)}, false},
+		{"meta at the limit", Manifest{Root: "r", Meta: map[string]string{"k": strings.Repeat("v", maxMeta-1)}}, true},
+		{"meta too big", Manifest{Root: "r", Meta: map[string]string{"k": strings.Repeat("v", maxMeta)}}, false},
+		{"too many keys", Manifest{Root: "r", Meta: many}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &State{Image: "desktop"}
+			_, err := s.Commit(CommitRequest{Holder: "reader", Manifest: tc.m}, t0, "c1")
+			if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrBadInput)) {
+				t.Fatalf("commit: %v, want ok=%v", err, tc.ok)
+			}
+			if !tc.ok && (len(s.Commits) != 0 || s.Head != "" || len(s.Log) != 0) {
+				t.Fatalf("a refused manifest changed the state: %+v", s)
+			}
+		})
 	}
 }

@@ -39,13 +39,19 @@ type GrabOptions struct {
 // VM from the server to the workstation under it, follows it there, and
 // hands it back on the user's word. It returns when the user quits.
 func Grab(ctx context.Context, o GrabOptions) error {
+	s := &grabSession{o: o, handBack: make(chan struct{}, 1)}
+	return s.run(ctx, s, s.drive)
+}
+
+// run shows the app on the terminal while work runs beside it, and stops
+// work when the user quits.
+func (s *grabSession) run(ctx context.Context, control Controller, work func(context.Context)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &grabSession{o: o, handBack: make(chan struct{}, 1)}
-	model := NewModel(Options{Domain: o.Domain, Keys: s, Control: s})
-	s.prog = tea.NewProgram(model, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(o.In), tea.WithOutput(o.Out))
+	model := NewModel(Options{Domain: s.o.Domain, Keys: s, Control: control})
+	s.prog = tea.NewProgram(model, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(s.o.In), tea.WithOutput(s.o.Out))
 	var wg sync.WaitGroup
-	wg.Go(func() { s.drive(ctx) })
+	wg.Go(func() { work(ctx) })
 	_, err := s.prog.Run()
 	cancel()
 	wg.Wait()
@@ -337,13 +343,8 @@ func (s *grabSession) closeView() {
 // View runs the app on one domain's screen alone: no migration, keys
 // forwarded. It returns when the user quits.
 func View(ctx context.Context, c *libvirt.Conn, domain string, in io.Reader, out io.Writer) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s := &grabSession{o: GrabOptions{Domain: domain}}
-	model := NewModel(Options{Domain: domain, Keys: s, Control: viewOnly{}})
-	s.prog = tea.NewProgram(model, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(in), tea.WithOutput(out))
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	s := &grabSession{o: GrabOptions{Domain: domain, In: in, Out: out}}
+	return s.run(ctx, viewOnly{}, func(ctx context.Context) {
 		defer s.closeView()
 		if err := s.showView(ctx, c); err != nil {
 			s.fail(err)
@@ -352,13 +353,6 @@ func View(ctx context.Context, c *libvirt.Conn, domain string, in io.Reader, out
 		}
 		<-ctx.Done()
 	})
-	_, err := s.prog.Run()
-	cancel()
-	wg.Wait()
-	if errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil {
-		err = nil
-	}
-	return err
 }
 
 // viewOnly refuses the commands that move a VM.

@@ -1,115 +1,26 @@
 package vnc
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"image"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/handoff-dev/handoff/testvm"
+	"github.com/handoff-dev/handoff/testvm/qemutest"
 )
 
-// guest is the real test guest under plain QEMU, its VNC server on a unix
-// socket and its HMP monitor on another.
-type guest struct {
-	dir, vncSock, serial string
-	mon                  net.Conn
-	monR                 *bufio.Reader
-	cmd                  *exec.Cmd
-}
-
-func startGuest(t *testing.T, dir string) *guest {
+// screendump is QEMU's own picture of the guest's screen, as an image.
+func screendump(t *testing.T, q *qemutest.Guest) *image.RGBA {
 	t.Helper()
-	g, err := testvm.Build(context.Background(), testvm.BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := &guest{dir: dir, vncSock: filepath.Join(dir, "vnc.sock"), serial: filepath.Join(dir, "serial.log")}
-	mon := filepath.Join(dir, "mon.sock")
-	q.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-no-reboot",
-		"-kernel", g.Kernel, "-initrd", g.Initrd, "-append", testvm.Params{}.KernelArgs(),
-		"-vga", "std", "-display", "none", "-vnc", "unix:"+q.vncSock,
-		"-serial", "file:"+q.serial, "-monitor", "unix:"+mon+",server,nowait")
-	if err := q.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.cmd.Process.Kill(); q.cmd.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("unix", mon); err == nil {
-			q.mon, q.monR = c, bufio.NewReader(c)
-			t.Cleanup(func() { c.Close() })
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("qemu's monitor never came up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	q.prompt(t)
-	return q
-}
-
-func (q *guest) prompt(t *testing.T) {
-	t.Helper()
-	q.mon.SetReadDeadline(time.Now().Add(30 * time.Second))
-	var b strings.Builder
-	for !strings.HasSuffix(b.String(), "(qemu) ") {
-		c, err := q.monR.ReadByte()
-		if err != nil {
-			t.Fatalf("qemu monitor: %v", err)
-		}
-		b.WriteByte(c)
-	}
-}
-
-func (q *guest) hmp(t *testing.T, cmd string) {
-	t.Helper()
-	fmt.Fprintf(q.mon, "%s\n", cmd)
-	q.prompt(t)
-}
-
-func (q *guest) status(t *testing.T) testvm.Status {
-	f, err := os.Open(q.serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := testvm.ParseSerialLog(f)
-	return st
-}
-
-func (q *guest) waitTick(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for q.status(t).Tick < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("guest never reached tick %d", n)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// screendump is QEMU's own picture of the screen, from a PPM file.
-func (q *guest) screendump(t *testing.T) *image.RGBA {
-	t.Helper()
-	path := filepath.Join(q.dir, "screen.ppm")
-	q.hmp(t, "screendump "+path)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := q.Screendump("screen.ppm")
 	var w, h, maxv int
-	r := bytes.NewReader(b)
-	if _, err := fmt.Fscanf(r, "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil {
+	if _, err := fmt.Fscanf(bytes.NewReader(b), "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil {
 		t.Fatalf("parse PPM: %v", err)
 	}
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
@@ -119,6 +30,12 @@ func (q *guest) screendump(t *testing.T) *image.RGBA {
 		img.Pix[i*4+3] = 0xff
 	}
 	return img
+}
+
+func bootWithVNC(t *testing.T, dir string) *qemutest.Guest {
+	q := qemutest.Boot(t, dir, testvm.Params{}, true)
+	q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 1 })
+	return q
 }
 
 func unixDialer(path string) Dialer {
@@ -148,14 +65,13 @@ func nextFrame(t *testing.T, c *Client, what string, ok func(Frame) bool) Frame 
 }
 
 func TestViewMatchesQEMUAndForwardsKeys(t *testing.T) {
-	q := startGuest(t, t.TempDir())
-	q.waitTick(t, 2)
+	q := bootWithVNC(t, t.TempDir())
 	for _, enc := range []string{"raw", "zlib"} {
 		t.Run(enc, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			start := time.Now()
-			c, err := Connect(ctx, Options{Dial: unixDialer(q.vncSock), Encodings: []string{enc}})
+			c, err := Connect(ctx, Options{Dial: unixDialer(q.VNCSocket), Encodings: []string{enc}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -171,7 +87,7 @@ func TestViewMatchesQEMUAndForwardsKeys(t *testing.T) {
 			nextFrame(t, c, "an incremental update", func(f Frame) bool { return f.Seq > first.Seq && !f.Dirty.Empty() })
 			var last Frame
 			for attempt := 0; ; attempt++ {
-				want := q.screendump(t)
+				want := screendump(t, q)
 				time.Sleep(300 * time.Millisecond) // let the update after the dump arrive
 				for drained := false; !drained; {
 					select {
@@ -197,7 +113,7 @@ func TestViewMatchesQEMUAndForwardsKeys(t *testing.T) {
 	// Keys typed through the view reach the guest's console.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := Connect(ctx, Options{Dial: unixDialer(q.vncSock)})
+	c, err := Connect(ctx, Options{Dial: unixDialer(q.VNCSocket)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,13 +130,7 @@ func TestViewMatchesQEMUAndForwardsKeys(t *testing.T) {
 	c.Tap(KeysymForRune('c'), ModCtrl) // Ctrl-C reaches the guest as a byte, not a signal to us
 	c.Tap(KeyReturn, 0)
 	c.Tap(KeyUp, 0)
-	deadline := time.Now().Add(20 * time.Second)
-	for want := "hiX\x03\r\x1b[A"; q.status(t).Keys != want; {
-		if time.Now().After(deadline) {
-			t.Fatalf("guest read keys %q, want %q", q.status(t).Keys, want)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	q.WaitFor("the typed keys", 20*time.Second, func(s testvm.Status) bool { return s.Keys == "hiX\x03\r\x1b[A" })
 }
 
 func diff(a, b []byte) int {
@@ -235,11 +145,10 @@ func diff(a, b []byte) int {
 
 func TestReconnectsWhenTheServerComesBack(t *testing.T) {
 	dir := t.TempDir()
-	q := startGuest(t, dir)
-	q.waitTick(t, 1)
+	q := bootWithVNC(t, dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := Connect(ctx, Options{Dial: unixDialer(q.vncSock), Reconnect: true})
+	c, err := Connect(ctx, Options{Dial: unixDialer(q.VNCSocket), Reconnect: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,10 +156,9 @@ func TestReconnectsWhenTheServerComesBack(t *testing.T) {
 	before := nextFrame(t, c, "a frame", func(Frame) bool { return true })
 
 	// As when a guest migrates away and another QEMU serves its screen.
-	q.cmd.Process.Kill()
-	q.cmd.Wait()
-	os.Remove(q.vncSock)
-	startGuest(t, dir)
+	q.Kill()
+	os.Remove(q.VNCSocket)
+	qemutest.Boot(t, dir, testvm.Params{}, true)
 	after := nextFrame(t, c, "a whole screen from the new server", func(f Frame) bool {
 		return f.Seq > before.Seq && f.Dirty == f.Image.Rect
 	})

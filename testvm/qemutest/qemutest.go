@@ -1,0 +1,154 @@
+// Package qemutest boots the test guest under plain QEMU (no libvirt) for
+// tests: serial log in a file, HMP monitor and, if asked, VNC on unix
+// sockets. Everything is removed when the test ends, even when it fails.
+package qemutest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/testvm"
+)
+
+// Guest is one booted test guest.
+type Guest struct {
+	Dir       string
+	Serial    string // the serial log
+	VNCSocket string // "" unless booted with VNC
+	t         testing.TB
+	cmd       *exec.Cmd
+	mon       net.Conn
+	monR      *bufio.Reader
+}
+
+// Boot builds (or takes from the cache) the test guest and starts it in
+// dir with params; vnc adds a VNC server on a unix socket.
+func Boot(t testing.TB, dir string, p testvm.Params, vnc bool) *Guest {
+	t.Helper()
+	g, err := testvm.Build(context.Background(), testvm.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &Guest{Dir: dir, Serial: filepath.Join(dir, "serial.log"), t: t}
+	mon := filepath.Join(dir, "mon.sock")
+	args := []string{"-accel", "tcg", "-m", "256", "-nodefaults", "-no-reboot",
+		"-kernel", g.Kernel, "-initrd", g.Initrd, "-append", p.KernelArgs(),
+		"-vga", "std", "-display", "none",
+		"-serial", "file:" + q.Serial, "-monitor", "unix:" + mon + ",server,nowait"}
+	if vnc {
+		q.VNCSocket = filepath.Join(dir, "vnc.sock")
+		args = append(args, "-vnc", "unix:"+q.VNCSocket)
+	}
+	q.cmd = exec.Command("qemu-system-x86_64", args...)
+	var stderr strings.Builder
+	q.cmd.Stderr = &stderr
+	if err := q.cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	t.Cleanup(func() {
+		q.Kill()
+		if t.Failed() {
+			log, _ := os.ReadFile(q.Serial)
+			t.Logf("qemu stderr: %s\nserial log:\n%s", stderr.String(), log)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("unix", mon); err == nil {
+			q.mon, q.monR = c, bufio.NewReader(c)
+			t.Cleanup(func() { c.Close() })
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("qemu's monitor never came up: %s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	q.prompt()
+	return q
+}
+
+// Kill stops QEMU at once, as a crash would.
+func (q *Guest) Kill() {
+	if q.cmd.ProcessState == nil {
+		q.cmd.Process.Kill()
+		q.cmd.Wait()
+	}
+}
+
+func (q *Guest) prompt() string {
+	q.t.Helper()
+	q.mon.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var b strings.Builder
+	for !strings.HasSuffix(b.String(), "(qemu) ") {
+		c, err := q.monR.ReadByte()
+		if err != nil {
+			q.t.Fatalf("read qemu monitor: %v (so far %q)", err, b.String())
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// HMP runs a monitor command and returns its output.
+func (q *Guest) HMP(cmd string) string {
+	q.t.Helper()
+	if _, err := fmt.Fprintf(q.mon, "%s\n", cmd); err != nil {
+		q.t.Fatalf("monitor %s: %v", cmd, err)
+	}
+	return q.prompt()
+}
+
+// Status is what the guest has said on its serial console so far.
+func (q *Guest) Status() testvm.Status {
+	q.t.Helper()
+	f, err := os.Open(q.Serial)
+	if err != nil {
+		q.t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := testvm.ParseSerialLog(f)
+	if err != nil {
+		q.t.Fatal(err)
+	}
+	return st
+}
+
+// WaitFor polls the serial log until cond holds, for at most limit.
+func (q *Guest) WaitFor(what string, limit time.Duration, cond func(testvm.Status) bool) testvm.Status {
+	q.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		st := q.Status()
+		if cond(st) {
+			return st
+		}
+		if st.Panic != "" {
+			q.t.Fatalf("the guest's kernel died waiting for %s: %s", what, st.Panic)
+		}
+		if time.Now().After(deadline) {
+			q.t.Fatalf("waited %v for %s; last status %+v", limit, what, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Screendump is QEMU's own picture of the screen (PPM bytes).
+func (q *Guest) Screendump(name string) []byte {
+	q.t.Helper()
+	path := filepath.Join(q.Dir, name)
+	q.HMP("screendump " + path)
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 1000 {
+		q.t.Fatalf("screendump %s: %d bytes, %v", name, len(b), err)
+	}
+	return b
+}

@@ -70,6 +70,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/images/", Handler(&Service{Store: store}))
 	for prefix, h := range cfg.Mounts {
+		if !strings.HasPrefix(prefix, "/v1/") || !strings.HasSuffix(prefix, "/") || strings.HasPrefix(prefix, "/v1/images/") {
+			return fmt.Errorf("mount %q: an API mounts under its own /v1/NAME/ prefix, not /v1/images/", prefix)
+		}
 		mux.Handle(prefix, h)
 	}
 	srv := &http.Server{

@@ -256,3 +256,34 @@ func TestHistoryOutgrowsOneRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedBranchLeavesNoImage: a branch that cannot be made leaves
+// neither an empty image behind nor a note in the source's log.
+func TestRefusedBranchLeavesNoImage(t *testing.T) {
+	for name, open := range stores() {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			sv := &Service{Store: open(t)}
+			if err := sv.Create(ctx, "desktop"); err != nil {
+				t.Fatal(err)
+			}
+			for _, req := range []CommitRequest{
+				{Parent: "c-unknown", Holder: "laptop", Manifest: root("r")},
+				{Holder: "laptop"},
+			} {
+				if _, err := sv.Branch(ctx, "desktop", "desktop-laptop", req); !errors.Is(err, ErrBadInput) {
+					t.Fatalf("branch %+v: %v, want bad input", req, err)
+				}
+			}
+			if _, err := sv.Status(ctx, "desktop-laptop"); !errors.Is(err, ErrNoImage) {
+				t.Fatalf("a refused branch left an image: %v", err)
+			}
+			if _, err := sv.Branch(ctx, "desktop", "desktop", CommitRequest{Holder: "laptop", Manifest: root("r")}); !errors.Is(err, ErrExists) {
+				t.Fatalf("branch onto an existing image: %v", err)
+			}
+			if st, _ := sv.Status(ctx, "desktop"); len(st.Log) != 0 || len(st.Commits) != 0 {
+				t.Fatalf("refused branches changed the source: %+v", st)
+			}
+		})
+	}
+}

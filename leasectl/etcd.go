@@ -64,8 +64,9 @@ func (e *EtcdStore) historyKey(image string, kind byte, seq int) string {
 	return fmt.Sprintf("%s/%c/%016x", e.key(image), kind, seq)
 }
 
-func (e *EtcdStore) Create(ctx context.Context, image string) error {
-	ops, err := e.stateOps(&State{Image: image})
+func (e *EtcdStore) Create(ctx context.Context, s *State) error {
+	image := s.Image
+	ops, err := e.stateOps(s)
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func (sv *Service) Create(ctx context.Context, image string) error {
 	if err := checkImage(image); err != nil {
 		return err
 	}
-	return sv.Store.Create(ctx, image)
+	return sv.Store.Create(ctx, &State{Image: image})
 }
 
 func (sv *Service) update(ctx context.Context, image string, fn func(*State) error) error {
@@ -98,21 +98,21 @@ func (sv *Service) Commit(ctx context.Context, image string, req CommitRequest) 
 }
 
 // Branch saves a commit the image refused as the first commit of a new
-// image, so the work is kept.
+// image, so the work is kept. The new image appears whole or not at all.
 func (sv *Service) Branch(ctx context.Context, image, newImage string, req CommitRequest) (Commit, error) {
+	if err := checkImage(newImage); err != nil {
+		return Commit{}, err
+	}
 	src, err := sv.Status(ctx, image)
 	if err != nil {
 		return Commit{}, err
 	}
-	if err := sv.Create(ctx, newImage); err != nil {
+	dst := &State{Image: newImage}
+	c, err := Branch(src, dst, req, sv.now(), newID("c"))
+	if err != nil {
 		return Commit{}, err
 	}
-	var c Commit
-	err = sv.update(ctx, newImage, func(dst *State) error {
-		c, err = Branch(src, dst, req, sv.now(), newID("c"))
-		return err
-	})
-	if err != nil {
+	if err := sv.Store.Create(ctx, dst); err != nil {
 		return Commit{}, err
 	}
 	// The source's log notes the branch; the branch itself stands even if

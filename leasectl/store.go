@@ -16,7 +16,9 @@ import (
 // history and the record saved, whole or not at all. View returns the
 // state with its full history.
 type Store interface {
-	Create(ctx context.Context, image string) error
+	// Create stores a new image's first state (a branch starts with a
+	// commit), refusing with ErrExists if the name is taken.
+	Create(ctx context.Context, s *State) error
 	Update(ctx context.Context, image string, fn func(*State) error) error
 	View(ctx context.Context, image string) (*State, error)
 	Close() error
@@ -52,12 +54,12 @@ func OpenBolt(path string) (*BoltStore, error) {
 	return &BoltStore{db: db}, nil
 }
 
-func (b *BoltStore) Create(_ context.Context, image string) error {
+func (b *BoltStore) Create(_ context.Context, s *State) error {
 	return b.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(imagesBucket).Get([]byte(image)) != nil {
-			return fmt.Errorf("%w: %s", ErrExists, image)
+		if tx.Bucket(imagesBucket).Get([]byte(s.Image)) != nil {
+			return fmt.Errorf("%w: %s", ErrExists, s.Image)
 		}
-		return putState(tx, &State{Image: image})
+		return putState(tx, s)
 	})
 }
 

@@ -5,66 +5,12 @@ import (
 	"net"
 	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/testvm/lab/labtest"
 )
-
-// tmux drives a terminal as a person would: send-keys to type and
-// capture-pane to read the screen.
-type tmux struct {
-	t       *testing.T
-	session string
-}
-
-func newTmux(t *testing.T, w, h int, command string) *tmux {
-	t.Helper()
-	s := &tmux{t: t, session: "handoff-test-grab"}
-	exec.Command("tmux", "kill-session", "-t", s.session).Run()
-	out, err := exec.Command("tmux", "new-session", "-d", "-s", s.session, "-x", strconv.Itoa(w), "-y", strconv.Itoa(h),
-		command+"; echo EXITED $?; sleep 600").CombinedOutput()
-	if err != nil {
-		t.Fatalf("tmux new-session: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("tmux", "kill-session", "-t", s.session).Run() })
-	return s
-}
-
-func (s *tmux) keys(keys ...string) {
-	s.t.Helper()
-	if out, err := exec.Command("tmux", append([]string{"send-keys", "-t", s.session}, keys...)...).CombinedOutput(); err != nil {
-		s.t.Fatalf("tmux send-keys: %v: %s", err, out)
-	}
-}
-
-// screen is the pane as shown, with its colours (-e) when escapes is set.
-func (s *tmux) screen(escapes bool) string {
-	args := []string{"capture-pane", "-p", "-t", s.session}
-	if escapes {
-		args = append(args, "-e")
-	}
-	out, err := exec.Command("tmux", args...).Output()
-	if err != nil {
-		s.t.Fatalf("tmux capture-pane: %v", err)
-	}
-	return string(out)
-}
-
-func (s *tmux) waitFor(want string, limit time.Duration) string {
-	s.t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		sc := s.screen(false)
-		if strings.Contains(sc, want) {
-			return sc
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("the screen never showed %q within %v; it shows:\n%s", want, limit, sc)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
 
 var loginFlags = regexp.MustCompile(`--token (\S+) --fingerprint (\S+)`)
 
@@ -117,16 +63,16 @@ func TestGrabInATerminal(t *testing.T) {
 		t.Fatalf("the guest runs on the %s, want the server", before.GuestHost)
 	}
 	home := leaseServer(t, "handoff-guest")
-	term := newTmux(t, 200, 60, "XDG_CONFIG_HOME="+home+" "+bin+" grab --lab "+theLab.Dir)
+	term := labtest.NewTerminal(t, "grab", 200, 60, "XDG_CONFIG_HOME="+home+" "+bin+" grab --lab "+theLab.Dir)
 
 	// The VM's screen shows at once, the migration runs under it, and the
 	// view follows the VM here.
-	term.waitFor("handoff · handoff-guest", 10*time.Second)
-	colours := term.screen(true)
+	term.WaitFor("handoff · handoff-guest", 10*time.Second)
+	colours := term.Screen(true)
 	if !strings.Contains(colours, "38;2;") || !strings.Contains(colours, "▀") {
 		t.Fatalf("no truecolor half blocks on screen:\n%s", colours)
 	}
-	sc := term.waitFor("running here", 2*time.Minute)
+	sc := term.WaitFor("running here", 2*time.Minute)
 	if !strings.Contains(sc, "downtime") {
 		t.Errorf("after the switch the dashboard shows no downtime:\n%s", sc)
 	}
@@ -138,7 +84,7 @@ func TestGrabInATerminal(t *testing.T) {
 	}
 
 	// Keys typed in the terminal reach the VM, Ctrl-C included.
-	term.keys("e", "c", "h", "o", "C-c")
+	term.Keys("e", "c", "h", "o", "C-c")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st, err := theLab.GuestSerial()
@@ -152,8 +98,8 @@ func TestGrabInATerminal(t *testing.T) {
 	}
 
 	// One key hands the VM back; the view follows it to the server.
-	term.keys("C-]", "h")
-	sc = term.waitFor("on the server", 2*time.Minute)
+	term.Keys("C-]", "h")
+	sc = term.WaitFor("on the server", 2*time.Minute)
 	if !regexp.MustCompile(`lease +none`).MatchString(sc) {
 		t.Errorf("after the hand back the lease is still shown:\n%s", sc)
 	}
@@ -164,8 +110,8 @@ func TestGrabInATerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	term.keys("C-]", "q")
-	term.waitFor("EXITED 0", 10*time.Second)
+	term.Keys("C-]", "q")
+	term.WaitFor("EXITED 0", 10*time.Second)
 }
 
 func TestGrabWithoutATerminalSaysWhatToUse(t *testing.T) {

@@ -139,3 +139,27 @@ func TestSSHMistakesGetClearErrorsAndLeaveTheGuestAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestGrabOverSSH runs handoff grab on the workstation behind NAT: the
+// server's screen comes through the same SSH connection as the migration.
+func TestGrabOverSSH(t *testing.T) {
+	if h := guestHost(t); h != "server" {
+		t.Fatalf("the guest runs on the %s, want the server", h)
+	}
+	term := labtest.NewTerminal(t, "grab-ssh", 160, 50, strings.Join([]string{
+		"ip", "netns", "exec", theLab.Workstation.Netns, bin, "grab",
+		"--server", "'" + theLab.ServerSSHURI + "'", "--workstation", "'" + theLab.Workstation.URI + "'", "--no-lease", lab.GuestName,
+	}, " "))
+	term.WaitFor("handoff · "+lab.GuestName, 15*time.Second)
+	if sc := term.Screen(true); !strings.Contains(sc, "38;2;") {
+		t.Fatalf("no screen drawn from the server through SSH:\n%s", sc)
+	}
+	term.WaitFor("running here", 2*time.Minute)
+	if h := guestHost(t); h != "workstation" {
+		t.Fatalf("the dashboard says running here, the lab says %s", h)
+	}
+	term.Keys("C-]", "h")
+	term.WaitFor("on the server", 2*time.Minute)
+	term.Keys("C-]", "q")
+	term.WaitFor("EXITED 0", 10*time.Second)
+}

@@ -141,6 +141,34 @@ func TestLeaseStateMachine(t *testing.T) {
 			{op: "acquire", who: "laptop", at: 2, lease: "L1"},
 			{op: "commit-ro", who: "reader", at: 3, parent: "c1", id: "c2", wantErr: ErrRefused},
 		}, nil},
+		{"release refused once expired", []step{
+			{op: "acquire", who: "laptop", lease: "L1"},
+			{op: "release", at: 60, lease: "L1", wantErr: ErrExpired},
+		}, nil},
+		{"an expired lease's commit is refused while another lease is live", []step{
+			{op: "acquire", who: "laptop", lease: "L1"},
+			{op: "acquire", who: "desktop", at: 61, lease: "L2"},
+			{op: "commit", who: "laptop", at: 62, lease: "L1", parent: "", id: "c1", wantErr: ErrRefused},
+		}, nil},
+		{"a released lease may commit if nothing happened since", []step{
+			{op: "acquire", who: "laptop", lease: "L1"},
+			{op: "release", at: 1, lease: "L1"},
+			{op: "commit", who: "laptop", at: 2, lease: "L1", parent: "", id: "c1"},
+		}, func(t *testing.T, s *State) {
+			if s.Head != "c1" || s.Commits[0].Epoch != 0 {
+				t.Errorf("state %+v", s)
+			}
+		}},
+		{"a read-only checkout's commit is refused after another commit", []step{
+			{op: "acquire", who: "laptop", lease: "L1"},
+			{op: "commit", who: "laptop", at: 1, lease: "L1", parent: "", id: "c1"},
+			{op: "release", at: 2, lease: "L1"},
+			{op: "commit-ro", who: "reader", at: 3, parent: "", id: "c2", wantErr: ErrRefused},
+		}, func(t *testing.T, s *State) {
+			if s.Head != "c1" || len(s.Commits) != 1 {
+				t.Errorf("state %+v", s)
+			}
+		}},
 		{"bad input", []step{
 			{op: "acquire", who: "", lease: "L1", wantErr: ErrBadInput},
 			{op: "commit-ro", who: "", id: "c1", wantErr: ErrBadInput},
@@ -154,6 +182,28 @@ func TestLeaseStateMachine(t *testing.T) {
 		})
 	}
 }
+
+func TestBadTTLsAndStealsAreRefused(t *testing.T) {
+	s := &State{Image: "desktop"}
+	l, _ := s.Acquire("laptop", ttl, t0, "L1")
+	before := fmt.Sprintf("%+v %+v", *s, *s.Lease)
+	for name, err := range map[string]error{
+		"acquire ttl 0":      second(s.Acquire("desktop", 0, t0, "L2")),
+		"acquire ttl 25h":    second(s.Acquire("desktop", 25*time.Hour, t0, "L2")),
+		"renew ttl negative": second(s.Renew(l.ID, -time.Second, t0)),
+		"steal no reason":    second(s.Steal("desktop", "", ttl, t0, "L2")),
+		"steal no holder":    second(s.Steal("", "lost", ttl, t0, "L2")),
+	} {
+		if !errors.Is(err, ErrBadInput) {
+			t.Errorf("%s: %v, want bad input", name, err)
+		}
+	}
+	if after := fmt.Sprintf("%+v %+v", *s, *s.Lease); after != before {
+		t.Errorf("refusals changed the state:\n%s\n%s", before, after)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
 
 func TestHeldErrorSaysWhoAndUntil(t *testing.T) {
 	s := &State{Image: "desktop"}

@@ -76,6 +76,9 @@ func TestBadRequestsGetClearErrorsAndChangeNothing(t *testing.T) {
 	ctx := context.Background()
 	sv.Create(ctx, "desktop")
 	l, _ := sv.Acquire(ctx, "desktop", "laptop", time.Minute)
+	sv.Create(ctx, "old")
+	gone, _ := sv.Acquire(ctx, "old", "laptop", time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
 	before, _ := sv.Status(ctx, "desktop")
 	client := srv.Client()
 	for _, tc := range []struct {
@@ -91,6 +94,7 @@ func TestBadRequestsGetClearErrorsAndChangeNothing(t *testing.T) {
 		{"bad ttl", "POST", "/v1/images/desktop/acquire", `{"holder":"x","ttl_seconds":-1}`, token, 400, "ttl"},
 		{"held", "POST", "/v1/images/desktop/acquire", `{"holder":"x","ttl_seconds":60}`, token, 409, "laptop holds it"},
 		{"stale lease", "POST", "/v1/images/desktop/renew", `{"lease_id":"Lold","ttl_seconds":60}`, token, 410, "stolen or released"},
+		{"expired lease", "POST", "/v1/images/old/renew", `{"lease_id":"` + gone.ID + `","ttl_seconds":60}`, token, 410, "expired"},
 		{"parent not head", "POST", "/v1/images/desktop/commits", `{"lease_id":"` + l.ID + `","parent":"c-none","holder":"laptop","manifest":{"root":"r"}}`, token, 412, "not the image's head"},
 		{"oversized body", "POST", "/v1/images/desktop/commits", `{"holder":"laptop","manifest":{"root":"` + strings.Repeat("x", maxBody) + `"}}`, token, 413, "over"},
 		{"manifest too big", "POST", "/v1/images/desktop/commits", `{"lease_id":"` + l.ID + `","holder":"laptop","manifest":{"root":"` + strings.Repeat("x", maxRoot+1) + `"}}`, token, 400, "manifest root"},

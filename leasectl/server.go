@@ -55,17 +55,20 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
 	if len(tokens) == 0 {
 		token, err := AddToken(cfg.Data, "first-device")
 		if err != nil {
 			return err
 		}
+		host, _ := os.Hostname()
+		url := fmt.Sprintf("https://%s:%d", host, ln.Addr().(*net.TCPAddr).Port)
 		say("first start: a token for your first device (shown only now):\n  %s", token)
-		say("on that device run:\n  handoff lease login --server https://HOST:PORT --token %s --fingerprint %s", token, fp)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		say("on that device run (with this server's name or address for %s):\n  handoff lease login --server %s --token %s --fingerprint %s", host, url, token, fp)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/images/", Handler(&Service{Store: store}))

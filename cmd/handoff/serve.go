@@ -24,12 +24,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runServeToken(args[1:], stdout, stderr)
 	}
 	fs := newFlagSet("serve", "[--data DIR] [--listen ADDR] [--store etcd://HOST:2379,...]", `
-Run the home server's daemon: leases, commits and the chunk store of VM images over
-HTTPS, one
-bearer token per device. On first start it makes a self-signed certificate and a
-token for your first device, and prints how to log in with them. 'handoff serve
-token add NAME' adds a device. Stop it with Ctrl-C; every acknowledged change is
-on disk.`, stdout, stderr)
+Run the home server's daemon: leases, commits and the chunk store of VM
+images over HTTPS, one bearer token per device. On first start it makes a
+self-signed certificate and a token for your first device, and prints how to
+log in with them. 'handoff serve token add NAME' adds a device. Stop it with
+Ctrl-C; every acknowledged change is on disk.`, stdout, stderr)
 	data := fs.String("data", defaultServeDir(), "state directory (store, tokens, TLS key)")
 	listen := fs.String("listen", ":7443", "address to listen on")
 	store := fs.String("store", "", "etcd://host:2379,... to keep state in etcd (several servers); default: a bbolt file in --data")

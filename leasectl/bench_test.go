@@ -99,3 +99,25 @@ func BenchmarkParallelCommits(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHTTPSCommit measures a commit as a device sees it: through the
+// pinned TLS client, the token check and the bbolt store.
+func BenchmarkHTTPSCommit(b *testing.B) {
+	srv, token, sv := apiServer(b)
+	ctx := context.Background()
+	sv.Create(ctx, "desktop")
+	c := NewClient(srv.URL, token, fingerprintOf(srv))
+	l, err := c.Acquire(ctx, "desktop", "laptop", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	head := ""
+	b.ResetTimer()
+	for range b.N {
+		cm, err := c.Commit(ctx, "desktop", CommitRequest{Parent: head, LeaseID: l.ID, Holder: "laptop", Manifest: root("r")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		head = cm.ID
+	}
+}

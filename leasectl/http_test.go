@@ -14,7 +14,7 @@ import (
 )
 
 // apiServer is the lease API over real TLS with one device's token.
-func apiServer(t *testing.T) (srv *httptest.Server, token string, sv *Service) {
+func apiServer(t testing.TB) (srv *httptest.Server, token string, sv *Service) {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := OpenBolt(filepath.Join(dir, "leases.db"))

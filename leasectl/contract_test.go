@@ -219,47 +219,63 @@ func TestEtcdLeaseMirrorsTheImageLease(t *testing.T) {
 // value may hold (etcd refuses requests over 1.5 MiB): a change writes
 // only what it adds, and the whole history reads back in order.
 func TestHistoryOutgrowsOneRecord(t *testing.T) {
-	for name, open := range stores() {
-		t.Run(name, func(t *testing.T) {
-			ctx := context.Background()
-			sv := &Service{Store: open(t)}
-			if err := sv.Create(ctx, "desktop"); err != nil {
-				t.Fatal(err)
-			}
-			l, err := sv.Acquire(ctx, "desktop", "laptop", time.Hour)
+	onEachStore(t, func(t *testing.T, ctx context.Context, sv *Service) {
+		l, err := sv.Acquire(ctx, "desktop", "laptop", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		note := strings.Repeat("n", maxMeta-len("note"))
+		head := ""
+		const n = 120 // 2 MB of history
+		for i := range n {
+			m := Manifest{Root: fmt.Sprintf("r%d", i), Meta: map[string]string{"note": note}}
+			c, err := sv.Commit(ctx, "desktop", CommitRequest{Parent: head, LeaseID: l.ID, Holder: "laptop", Manifest: m})
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("commit %d: %v", i, err)
 			}
-			note := strings.Repeat("n", maxMeta-len("note"))
-			head := ""
-			const n = 120 // 2 MB of history
-			for i := range n {
-				m := Manifest{Root: fmt.Sprintf("r%d", i), Meta: map[string]string{"note": note}}
-				c, err := sv.Commit(ctx, "desktop", CommitRequest{Parent: head, LeaseID: l.ID, Holder: "laptop", Manifest: m})
-				if err != nil {
-					t.Fatalf("commit %d: %v", i, err)
-				}
-				head = c.ID
+			head = c.ID
+		}
+		st, err := sv.Status(ctx, "desktop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Commits) != n || len(st.Log) != n+1 || st.Head != head {
+			t.Fatalf("%d commits, %d events, head %s; want %d, %d, %s", len(st.Commits), len(st.Log), st.Head, n, n+1, head)
+		}
+		for i, c := range st.Commits {
+			if c.Manifest.Root != fmt.Sprintf("r%d", i) || c.Manifest.Meta["note"] != note {
+				t.Fatalf("commit %d reads back as root %q", i, c.Manifest.Root)
 			}
-			st, err := sv.Status(ctx, "desktop")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(st.Commits) != n || len(st.Log) != n+1 || st.Head != head {
-				t.Fatalf("%d commits, %d events, head %s; want %d, %d, %s", len(st.Commits), len(st.Log), st.Head, n, n+1, head)
-			}
-			for i, c := range st.Commits {
-				if c.Manifest.Root != fmt.Sprintf("r%d", i) || c.Manifest.Meta["note"] != note {
-					t.Fatalf("commit %d reads back as root %q", i, c.Manifest.Root)
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // TestRefusedBranchLeavesNoImage: a branch that cannot be made leaves
 // neither an empty image behind nor a note in the source's log.
 func TestRefusedBranchLeavesNoImage(t *testing.T) {
+	onEachStore(t, func(t *testing.T, ctx context.Context, sv *Service) {
+		for _, req := range []CommitRequest{
+			{Parent: "c-unknown", Holder: "laptop", Manifest: root("r")},
+			{Holder: "laptop"},
+		} {
+			if _, err := sv.Branch(ctx, "desktop", "desktop-laptop", req); !errors.Is(err, ErrBadInput) {
+				t.Fatalf("branch %+v: %v, want bad input", req, err)
+			}
+		}
+		if _, err := sv.Status(ctx, "desktop-laptop"); !errors.Is(err, ErrNoImage) {
+			t.Fatalf("a refused branch left an image: %v", err)
+		}
+		if _, err := sv.Branch(ctx, "desktop", "desktop", CommitRequest{Holder: "laptop", Manifest: root("r")}); !errors.Is(err, ErrExists) {
+			t.Fatalf("branch onto an existing image: %v", err)
+		}
+		if st, _ := sv.Status(ctx, "desktop"); len(st.Log) != 0 || len(st.Commits) != 0 {
+			t.Fatalf("refused branches changed the source: %+v", st)
+		}
+	})
+}
+
+// onEachStore runs test on every store, with an image "desktop" made.
+func onEachStore(t *testing.T, test func(t *testing.T, ctx context.Context, sv *Service)) {
 	for name, open := range stores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
@@ -267,23 +283,7 @@ func TestRefusedBranchLeavesNoImage(t *testing.T) {
 			if err := sv.Create(ctx, "desktop"); err != nil {
 				t.Fatal(err)
 			}
-			for _, req := range []CommitRequest{
-				{Parent: "c-unknown", Holder: "laptop", Manifest: root("r")},
-				{Holder: "laptop"},
-			} {
-				if _, err := sv.Branch(ctx, "desktop", "desktop-laptop", req); !errors.Is(err, ErrBadInput) {
-					t.Fatalf("branch %+v: %v, want bad input", req, err)
-				}
-			}
-			if _, err := sv.Status(ctx, "desktop-laptop"); !errors.Is(err, ErrNoImage) {
-				t.Fatalf("a refused branch left an image: %v", err)
-			}
-			if _, err := sv.Branch(ctx, "desktop", "desktop", CommitRequest{Holder: "laptop", Manifest: root("r")}); !errors.Is(err, ErrExists) {
-				t.Fatalf("branch onto an existing image: %v", err)
-			}
-			if st, _ := sv.Status(ctx, "desktop"); len(st.Log) != 0 || len(st.Commits) != 0 {
-				t.Fatalf("refused branches changed the source: %+v", st)
-			}
+			test(t, ctx, sv)
 		})
 	}
 }

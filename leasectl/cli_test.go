@@ -31,6 +31,10 @@ func TestReadOnlyCheckoutBranchAndUsageFromTheCLI(t *testing.T) {
 	if err != nil || m == nil || m[1] == srv.token || m[2] != srv.fp {
 		t.Fatalf("serve token add: %v, %s", err, out)
 	}
+	// All three flags given, no login is needed.
+	if out, err := handoff("lease", "status", "desktop", "--server", "https://"+srv.addr, "--token", m[1], "--fingerprint", srv.fp); err == nil || !strings.Contains(out, "no such image") {
+		t.Fatalf("status with the server in flags, before login: %v, %s", err, out)
+	}
 	if out, err := handoff("lease", "login", "--server", "https://"+srv.addr, "--token", m[1], "--fingerprint", srv.fp); err != nil {
 		t.Fatalf("login with the added token: %v, %s", err, out)
 	}

@@ -68,12 +68,11 @@ func runLease(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	root := fs.String("root", "", "the commit's manifest root (from handoff sync push)")
 	newImage := fs.String("new-image", "", "the branch's name")
 	readOnly := fs.Bool("read-only", false, "checkout without a lease")
+	// login saves these; other commands take them over the saved ones.
 	var login serverConfig
-	if cmd == "login" {
-		fs.StringVar(&login.Server, "server", "", "the server's URL, https://host:7443")
-		fs.StringVar(&login.Token, "token", "", "this device's token (from handoff serve)")
-		fs.StringVar(&login.Fingerprint, "fingerprint", "", "the server certificate's SHA-256 fingerprint")
-	}
+	fs.StringVar(&login.Server, "server", "", "the server's URL, https://host:7443")
+	fs.StringVar(&login.Token, "token", "", "this device's token (from handoff serve)")
+	fs.StringVar(&login.Fingerprint, "fingerprint", "", "the server certificate's SHA-256 fingerprint")
 	if err := parseFlags(fs, flagsFirst(fs, args), stdout); err != nil {
 		return err
 	}
@@ -84,7 +83,7 @@ func runLease(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: lease %s takes one IMAGE", errUsage, cmd)
 	}
 	image := fs.Arg(0)
-	c, err := leaseClient()
+	c, err := leaseClientWith(login)
 	if err != nil {
 		return err
 	}
@@ -208,14 +207,25 @@ func saveLogin(c serverConfig, stdout io.Writer) error {
 	return nil
 }
 
-func leaseClient() (*leasectl.Client, error) {
-	raw, err := os.ReadFile(serverConfigPath())
-	if err != nil {
-		return nil, fmt.Errorf("no home server known (%v): run handoff lease login --server URL --token TOKEN --fingerprint FP", err)
-	}
+func leaseClient() (*leasectl.Client, error) { return leaseClientWith(serverConfig{}) }
+
+// leaseClientWith reaches the saved server, with what flags gave taking
+// the place of what was saved; all three given, no login is needed.
+func leaseClientWith(flags serverConfig) (*leasectl.Client, error) {
 	var c serverConfig
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+	if flags.Server == "" || flags.Token == "" || flags.Fingerprint == "" {
+		raw, err := os.ReadFile(serverConfigPath())
+		if err != nil {
+			return nil, fmt.Errorf("no home server known (%v): run handoff lease login --server URL --token TOKEN --fingerprint FP, or give all three", err)
+		}
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+		}
+	}
+	for _, f := range []struct{ saved, flag *string }{{&c.Server, &flags.Server}, {&c.Token, &flags.Token}, {&c.Fingerprint, &flags.Fingerprint}} {
+		if *f.flag != "" {
+			*f.saved = *f.flag
+		}
 	}
 	return leasectl.NewClient(c.Server, c.Token, c.Fingerprint), nil
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/handoff-dev/handoff/leasectl"
@@ -73,7 +71,7 @@ func runLease(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&login.Server, "server", "", "the server's URL, https://host:7443")
 	fs.StringVar(&login.Token, "token", "", "this device's token (from handoff serve)")
 	fs.StringVar(&login.Fingerprint, "fingerprint", "", "the server certificate's SHA-256 fingerprint")
-	if err := parseFlags(fs, flagsFirst(fs, args), stdout); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if cmd == "login" {
@@ -131,40 +129,6 @@ func runLease(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return json.NewEncoder(stdout).Encode(out)
 	}
 	return printLease(stdout, cmd, out)
-}
-
-// flagsFirst moves the flags ahead of the positional arguments, so that
-// "lease acquire desktop --ttl 5m" works as people type it; after "--"
-// everything stays positional.
-func flagsFirst(fs *flag.FlagSet, args []string) []string {
-	var flags, positional []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			positional = append(positional, args[i:]...)
-			i = len(args)
-		case strings.HasPrefix(a, "-") && len(a) > 1:
-			flags = append(flags, a)
-			name := strings.TrimLeft(a, "-")
-			if strings.Contains(name, "=") {
-				continue
-			}
-			// A flag that takes a value swallows the next argument.
-			if f := fs.Lookup(name); f != nil && i+1 < len(args) {
-				if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
-					i++
-					flags = append(flags, args[i])
-				}
-			}
-		default:
-			positional = append(positional, a)
-		}
-	}
-	if len(positional) > 0 && positional[0] != "--" {
-		positional = append([]string{"--"}, positional...)
-	}
-	return append(flags, positional...)
 }
 
 func printLease(w io.Writer, cmd string, out any) error {

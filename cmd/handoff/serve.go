@@ -46,7 +46,7 @@ func runServeToken(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "add" {
 		return fmt.Errorf("%w: usage: handoff serve token add NAME", errUsage)
 	}
-	if err := parseFlags(fs, flagsFirst(fs, args[1:]), stdout); err != nil {
+	if err := parseFlags(fs, args[1:], stdout); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

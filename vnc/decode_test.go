@@ -161,3 +161,14 @@ func benchmarkDecode(b *testing.B, enc int32) {
 
 func BenchmarkDecodeRaw720x400(b *testing.B)  { benchmarkDecode(b, encRaw) }
 func BenchmarkDecodeZlib720x400(b *testing.B) { benchmarkDecode(b, encZlib) }
+
+func TestFunctionKeysAreX11Keysyms(t *testing.T) {
+	for n, want := range map[int]uint32{1: 0xffbe, 5: 0xffc2, 12: 0xffc9} {
+		if got := KeyF(n); got != want {
+			t.Errorf("KeyF(%d) = %#x, want %#x", n, got, want)
+		}
+	}
+	if KeyF12 != KeyF(12) {
+		t.Errorf("KeyF12 = %#x, KeyF(12) = %#x", KeyF12, KeyF(12))
+	}
+}

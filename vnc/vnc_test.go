@@ -176,3 +176,28 @@ func TestConnectFailsClearly(t *testing.T) {
 		t.Errorf("unknown encoding: %v", err)
 	}
 }
+
+// BenchmarkConnectToFirstFrame is the time from Connect, against a running
+// guest, to the first whole frame in hand: what a user waits for when the
+// view opens.
+func BenchmarkConnectToFirstFrame(b *testing.B) {
+	q := qemutest.Boot(b, b.TempDir(), testvm.Params{}, true)
+	q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 1 })
+	ctx := b.Context()
+	b.ResetTimer()
+	for range b.N {
+		c, err := Connect(ctx, Options{Dial: unixDialer(q.VNCSocket)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case f := <-c.Frames():
+			if f.Image.Rect.Empty() {
+				b.Fatal("the first frame is empty")
+			}
+		case <-time.After(30 * time.Second):
+			b.Fatal("no first frame within 30s")
+		}
+		c.Close()
+	}
+}

@@ -16,7 +16,8 @@
 //
 // Reaching the screen: QEMU puts each guest's VNC server on a unix socket
 // (libvirt's <graphics type='vnc' socket=...>), which Options.Dial opens.
-// For a remote host the Dialer opens that socket through the workstation's
-// own SSH connection (streamlocal forwarding, as the migration does), so no
-// port is ever opened to the world.
+// For a remote host, SSHDialer opens that socket through the workstation's
+// own SSH connection (a direct-streamlocal channel, the same
+// workstation-initiated path as the migration), so no port is ever opened to
+// the world; sshd must allow AllowStreamLocalForwarding (its default).
 package vnc

@@ -197,16 +197,26 @@ func TestSmallChangeSendsLittle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Change 1% of the image's 4 KiB blocks, scattered.
-	f, _ := os.OpenFile(img, os.O_RDWR, 0)
-	fi, _ := f.Stat()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
 	blocks := fi.Size() / 4096
 	changed := blocks / 100
 	rng := rand.New(rand.NewPCG(1, 2))
 	block := bytes.Repeat([]byte("changed "), 512)
 	for range changed {
-		f.WriteAt(block, rng.Int64N(blocks)*4096)
+		if _, err := f.WriteAt(block, rng.Int64N(blocks)*4096); err != nil {
+			t.Fatal(err)
+		}
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	_, st, err := Push(ctx, img, srv.store, codec, 0, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -242,6 +242,11 @@ func (d *device) login(t *testing.T, url, token, fp string) {
 // stats are the numbers a push or pull reports with --json.
 type stats map[string]any
 
+func (s stats) String() string {
+	b, _ := json.Marshal(map[string]any(s))
+	return string(b)
+}
+
 // num is the first of the named fields present; the names are
 // alternatives, as the engine renames fields.
 func (s stats) num(t *testing.T, names ...string) int64 {
@@ -259,16 +264,19 @@ func (s stats) num(t *testing.T, names ...string) int64 {
 	return 0
 }
 
-// The stats fields the tests read, by meaning.
-func (s stats) chunks(t *testing.T) int64    { return s.num(t, "Chunks") }
-func (s stats) zero(t *testing.T) int64      { return s.num(t, "ZeroChunks") }
-func (s stats) fetched(t *testing.T) int64   { return s.num(t, "Sent") }
-func (s stats) fromCache(t *testing.T) int64 { return s.num(t, "FromCache") }
-func (s stats) size(t *testing.T) int64      { return s.num(t, "ImageBytes") }
+// The stats fields the tests read, by meaning, in the engine's JSON
+// spelling and in Go's (before the fields had tags).
+func (s stats) chunks(t *testing.T) int64    { return s.num(t, "chunks", "Chunks") }
+func (s stats) zero(t *testing.T) int64      { return s.num(t, "zero_chunks", "ZeroChunks") }
+func (s stats) fetched(t *testing.T) int64   { return s.num(t, "sent", "Sent") }
+func (s stats) fromCache(t *testing.T) int64 { return s.num(t, "from_cache", "FromCache") }
+func (s stats) size(t *testing.T) int64      { return s.num(t, "image_bytes", "ImageBytes") }
 
-// wireBytes is what crossed the network: WireBytes once the engine sends
-// parts of chunks, SentBytes (whole packed chunks) before.
-func (s stats) wireBytes(t *testing.T) int64 { return s.num(t, "WireBytes", "SentBytes") }
+// wireBytes is what crossed the network: requests and answers once the
+// engine counts them (wire_bytes), whole packed chunks (SentBytes) before.
+func (s stats) wireBytes(t *testing.T) int64 {
+	return s.num(t, "wire_bytes", "WireBytes", "SentBytes")
+}
 
 var rootLine = regexp.MustCompile(`^[0-9a-f]{64}$`)
 

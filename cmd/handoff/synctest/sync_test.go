@@ -41,8 +41,9 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 	if again != root {
 		t.Fatalf("pushing the same image again gave root %s, first %s", again, root)
 	}
-	if st.fetched(t) != 0 || st.wireBytes(t) != 0 {
-		t.Errorf("pushing an image the server has sent %d chunks, %d bytes; want none: %v", st.fetched(t), st.wireBytes(t), st)
+	// Asking what the server has costs a little; sending anything is wrong.
+	if st.fetched(t) != 0 || st.wireBytes(t) > fileSize(t, img)/100 {
+		t.Errorf("pushing an image the server has sent %d chunks, %d bytes; want no chunks and under 1%% of the image's bytes: %v", st.fetched(t), st.wireBytes(t), st)
 	}
 	if st.size(t) != fileSize(t, img) {
 		t.Errorf("push stats: ImageBytes %d, the image has %d", st.size(t), fileSize(t, img))
@@ -69,8 +70,8 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 		// The same image again from the same cache moves nothing.
 		warm := desktop.pullJSON(t, root, filepath.Join(filepath.Dir(out), "copy.ext4"))
 		sameFile(t, filepath.Join(filepath.Dir(out), "copy.ext4"), img)
-		if warm.fetched(t) != 0 || warm.wireBytes(t) != 0 || warm.fromCache(t) != fetched {
-			t.Errorf("pulling the same root again from a warm cache: %d fetched, %d bytes, %d from the cache; want 0, 0, %d: %v",
+		if warm.fetched(t) != 0 || warm.wireBytes(t) > size/100 || warm.fromCache(t) != fetched {
+			t.Errorf("pulling the same root again from a warm cache: %d fetched, %d bytes, %d from the cache; want 0, under 1%% of the image, %d: %v",
 				warm.fetched(t), warm.wireBytes(t), warm.fromCache(t), fetched, warm)
 		}
 	})
@@ -107,6 +108,7 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 		if upd.fromCache(t) == 0 {
 			t.Errorf("the update's pull took nothing from the cache that holds the previous version: %v", upd)
 		}
+		t.Logf("cold pull: %v\nupdate pull: %v", cold, upd)
 		limit := cold.wireBytes(t) * 15 / 100
 		if upd.wireBytes(t) >= limit {
 			t.Errorf("after changing %d of %d 4 KiB blocks (%.1f%%), the pull moved %d bytes (%d chunks); the cold pull moved %d (%d chunks); want under 15%% of it (%d)\nupdate: %v\ncold:   %v",

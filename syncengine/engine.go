@@ -3,31 +3,16 @@ package syncengine
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 )
 
-// Stats count what a push or pull moved.
-type Stats struct {
-	Chunks     int   // chunks in the image
-	ZeroChunks int   // chunks of zeroes: neither stored nor sent
-	Sent       int   // chunks transferred
-	SentBytes  int64 // packed bytes transferred
-	FromCache  int   // chunks a pull found in the local cache
-	Refetched  int   // chunks fetched again after a corrupt copy
-	ImageBytes int64
-}
-
-// Progress is called as work advances: done of total bytes of the image.
-type Progress func(done, total int64)
-
-// batchChunks is how many chunks one has/want round trip covers.
-const batchChunks = 64
+// indexBatch is how many chunks one read of an image covers while
+// indexing: 4 MiB at the default chunk size, hashed on all cores.
+const indexBatch = 64
 
 func isZero(b []byte) bool {
 	for len(b) >= 8 {
@@ -65,27 +50,14 @@ func hashChunks(buf []byte, chunkSize int) []Hash {
 	return out
 }
 
-// Index reads an image and returns its manifest without storing anything.
+// Index reads an image and returns its manifest, storing nothing.
 func Index(ctx context.Context, path string, chunkSize int) (*Manifest, error) {
-	return push(ctx, path, nil, nil, chunkSize, nil, &Stats{})
+	return indexFile(ctx, path, chunkSize, nil)
 }
 
-// Push stores an image's chunks and manifest in dst, sending only what dst
-// lacks, and returns the image's root.
-func Push(ctx context.Context, path string, dst Store, codec *Codec, chunkSize int, progress Progress) (Hash, Stats, error) {
-	var st Stats
-	m, err := push(ctx, path, dst, codec, chunkSize, progress, &st)
-	if err != nil {
-		return Hash{}, st, err
-	}
-	root := m.Root()
-	if err := dst.Put(ctx, root, codec.Encode(m.Encode())); err != nil {
-		return Hash{}, st, fmt.Errorf("store manifest: %w", err)
-	}
-	return root, st, nil
-}
-
-func push(ctx context.Context, path string, dst Store, codec *Codec, chunkSize int, progress Progress, st *Stats) (*Manifest, error) {
+// indexFile reads the image while the previous read is hashed, so reading
+// and hashing overlap.
+func indexFile(ctx context.Context, path string, chunkSize int, progress Progress) (*Manifest, error) {
 	if chunkSize <= 0 {
 		chunkSize = DefaultChunkSize
 	}
@@ -96,232 +68,66 @@ func push(ctx context.Context, path string, dst Store, codec *Codec, chunkSize i
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read image: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: give the image file itself", path)
 	}
 	m := &Manifest{Size: fi.Size(), ChunkSize: chunkSize}
-	st.ImageBytes = m.Size
-	buf := make([]byte, batchChunks*chunkSize)
-	var off int64
-	for off < m.Size {
+	bufs := [2][]byte{make([]byte, indexBatch*chunkSize), make([]byte, indexBatch*chunkSize)}
+	type read struct {
+		buf []byte
+		err error
+	}
+	reads := make(chan read, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx) // cancelled before the wait: the reader stops
+	defer cancel()
+	free := make(chan []byte, 2)
+	free <- bufs[0]
+	free <- bufs[1]
+	wg.Go(func() {
+		defer close(reads)
+		for off := int64(0); off < m.Size; {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return
+			}
+			n, err := io.ReadFull(f, buf[:min(int64(len(buf)), m.Size-off)])
+			if err != nil {
+				err = fmt.Errorf("read %s at %d: %w", path, off, err)
+			}
+			select {
+			case reads <- read{buf[:n], err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+			off += int64(n)
+		}
+	})
+	var done int64
+	for r := range reads {
+		if r.err != nil {
+			return nil, r.err
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), m.Size-off)])
-		if err != nil {
-			return nil, fmt.Errorf("read %s at %d: %w", path, off, err)
-		}
-		hashes := hashChunks(buf[:n], chunkSize)
-		m.Chunks = append(m.Chunks, hashes...)
-		if dst != nil {
-			if err := sendMissing(ctx, dst, codec, buf[:n], chunkSize, hashes, st); err != nil {
-				return nil, err
-			}
-		}
-		for _, h := range hashes {
-			if h.IsZero() {
-				st.ZeroChunks++
-			}
-		}
-		off += int64(n)
+		m.Chunks = append(m.Chunks, hashChunks(r.buf, chunkSize)...)
+		done += int64(len(r.buf))
+		free <- r.buf[:cap(r.buf)]
 		if progress != nil {
-			progress(off, m.Size)
+			progress("read", done, m.Size)
 		}
 	}
-	st.Chunks = len(m.Chunks)
+	if int64(len(m.Chunks)) != chunkCount(m.Size, chunkSize) {
+		return nil, fmt.Errorf("read %s: it changed size while being read", path)
+	}
 	return m, nil
-}
-
-// sendMissing asks dst which of a batch's chunks it lacks and sends those.
-func sendMissing(ctx context.Context, dst Store, codec *Codec, buf []byte, chunkSize int, hashes []Hash, st *Stats) error {
-	first := map[Hash]int{}
-	var ask []Hash
-	for i, h := range hashes {
-		if _, dup := first[h]; !h.IsZero() && !dup {
-			first[h] = i
-			ask = append(ask, h)
-		}
-	}
-	if len(ask) == 0 {
-		return nil
-	}
-	have, err := dst.Has(ctx, ask)
-	if err != nil {
-		return fmt.Errorf("ask the store what it has: %w", err)
-	}
-	var want []Hash
-	for i, h := range ask {
-		if !have[i] {
-			want = append(want, h)
-		}
-	}
-	var mu sync.Mutex
-	return parallel(ctx, want, func(h Hash) error {
-		i := first[h]
-		packed := codec.Encode(buf[i*chunkSize : min(len(buf), (i+1)*chunkSize)])
-		if err := dst.Put(ctx, h, packed); err != nil {
-			return fmt.Errorf("send chunk %s: %w", h, err)
-		}
-		mu.Lock()
-		st.Sent++
-		st.SentBytes += int64(len(packed))
-		mu.Unlock()
-		return nil
-	})
-}
-
-// transfers is how many chunks move at once: enough to fill a link with a
-// round trip, few enough for a home server.
-const transfers = 4
-
-func parallel(ctx context.Context, items []Hash, fn func(Hash) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	work := make(chan Hash)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	for range transfers {
-		wg.Go(func() {
-			for h := range work {
-				if err := fn(h); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		})
-	}
-	for _, h := range items {
-		select {
-		case work <- h:
-		case <-ctx.Done():
-		}
-	}
-	close(work)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return first
-}
-
-func loadManifest(ctx context.Context, s Store, codec *Codec, root Hash) (*Manifest, error) {
-	packed, err := s.Get(ctx, root)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", root, err)
-	}
-	b, err := codec.Decode(root, packed)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", root, err)
-	}
-	return DecodeManifest(b)
-}
-
-// Pull writes the image named root to path, taking chunks from the cache
-// first and fetching the rest from remote; every chunk is verified, and
-// what is fetched is kept in the cache, so a pull cut short resumes where
-// it stopped. path changes only when the whole image is written and
-// synced: on any failure the previous file stays as it was.
-func Pull(ctx context.Context, root Hash, remote Store, cache DirStore, codec *Codec, path string, progress Progress) (Stats, error) {
-	var st Stats
-	m, err := loadManifest(ctx, cache, codec, root)
-	if err != nil {
-		if m, err = loadManifest(ctx, remote, codec, root); err != nil {
-			return st, err
-		}
-		cache.Put(ctx, root, codec.Encode(m.Encode()))
-	}
-	st.Chunks, st.ImageBytes = len(m.Chunks), m.Size
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-")
-	if err != nil {
-		return st, fmt.Errorf("write image: %w", err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	// Holes for the zero chunks: the image stays sparse.
-	if err := tmp.Truncate(m.Size); err != nil {
-		return st, fmt.Errorf("size the image: %w", err)
-	}
-	where := map[Hash][]int{}
-	for i, h := range m.Chunks {
-		if h.IsZero() {
-			st.ZeroChunks++
-			continue
-		}
-		where[h] = append(where[h], i)
-	}
-	var mu sync.Mutex
-	var done int64
-	get := func(h Hash) error {
-		data, fromCache, refetched, sent, err := fetch(ctx, h, remote, cache, codec)
-		if err != nil {
-			return err
-		}
-		for _, i := range where[h] {
-			if _, err := tmp.WriteAt(data, int64(i)*int64(m.ChunkSize)); err != nil {
-				return fmt.Errorf("write image: %w (is the disk full?)", err)
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if fromCache {
-			st.FromCache++
-		} else {
-			st.Sent++
-			st.SentBytes += int64(sent)
-		}
-		st.Refetched += refetched
-		done += int64(len(data) * len(where[h]))
-		if progress != nil {
-			progress(done, m.Size)
-		}
-		return nil
-	}
-	if err := parallel(ctx, m.Missing(func(Hash) bool { return false }), get); err != nil {
-		return st, err
-	}
-	if err := tmp.Sync(); err != nil {
-		return st, fmt.Errorf("sync image: %w (is the disk full?)", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return st, fmt.Errorf("write image: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return st, fmt.Errorf("put the image in place: %w", err)
-	}
-	ok = true
-	return st, nil
-}
-
-// fetch returns a chunk's verified data, from the cache if it holds a good
-// copy, else from the remote, once more if the first copy was corrupt.
-func fetch(ctx context.Context, h Hash, remote Store, cache DirStore, codec *Codec) (data []byte, fromCache bool, refetched, sent int, err error) {
-	if packed, err := cache.Get(ctx, h); err == nil {
-		if data, err := codec.Decode(h, packed); err == nil {
-			return data, true, 0, 0, nil
-		}
-		os.Remove(cache.path(h)) // a damaged cache entry is dropped, then refetched
-	}
-	for attempt := 0; attempt < 2; attempt++ {
-		packed, err := remote.Get(ctx, h)
-		if err != nil {
-			return nil, false, refetched, 0, fmt.Errorf("fetch chunk %s: %w", h, err)
-		}
-		data, err := codec.Decode(h, packed)
-		if errors.Is(err, ErrCorrupt) {
-			refetched++
-			continue
-		}
-		if err != nil {
-			return nil, false, refetched, 0, err
-		}
-		if err := cache.Put(ctx, h, packed); err != nil {
-			return nil, false, refetched, 0, fmt.Errorf("cache chunk: %w (is the disk full?)", err)
-		}
-		return data, false, refetched, len(packed), nil
-	}
-	return nil, false, refetched, 0, fmt.Errorf("chunk %s arrived corrupt twice: the server's copy is damaged (%w); the image was not written", h, ErrCorrupt)
 }

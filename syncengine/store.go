@@ -2,29 +2,42 @@ package syncengine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-)
+	"strings"
+	"syscall"
+	"time"
 
-// Store keeps packed chunks and manifests by hash.
-type Store interface {
-	// Has reports, for each hash, whether the store holds it.
-	Has(ctx context.Context, hashes []Hash) ([]bool, error)
-	// Get returns the packed bytes stored under h (ErrNotFound if none).
-	Get(ctx context.Context, h Hash) ([]byte, error)
-	// Put stores packed bytes under h; the store may verify them.
-	Put(ctx context.Context, h Hash, packed []byte) error
-}
+	"golang.org/x/sys/unix"
+)
 
 // ErrNotFound means the store lacks an object.
 var ErrNotFound = errors.New("not in the store")
 
-// DirStore keeps objects as files under a directory: written to a temp
-// file, synced, then renamed, so an object is whole or absent. On a
-// workstation it is the cache that makes later checkouts cheap.
+// ErrDiskFull means a store or an image could not be written for lack of
+// space.
+var ErrDiskFull = errors.New("disk full")
+
+// Object is one packed object on its way into a store.
+type Object struct {
+	Hash   Hash
+	Packed []byte
+}
+
+// DirStore keeps packed objects as files under a directory. On the home
+// server it is the chunk store; on a workstation it is the cache that makes
+// later checkouts and checkpoints cheap.
+//
+// Objects are written in batches: each to a temporary file, then one
+// syncfs for the whole batch, then each renamed into place, then one more
+// syncfs. So an object is whole or absent, and once PutBatch returns its
+// objects survive a crash; a tree is stored only after its chunks, so a
+// stored tree never names a chunk a crash could lose.
 type DirStore struct{ Dir string }
 
 func (d DirStore) path(h Hash) string {
@@ -32,6 +45,7 @@ func (d DirStore) path(h Hash) string {
 	return filepath.Join(d.Dir, "objects", s[:2], s[2:])
 }
 
+// Has reports, for each hash, whether the store holds it.
 func (d DirStore) Has(_ context.Context, hashes []Hash) ([]bool, error) {
 	out := make([]bool, len(hashes))
 	for i, h := range hashes {
@@ -41,6 +55,7 @@ func (d DirStore) Has(_ context.Context, hashes []Hash) ([]bool, error) {
 	return out, nil
 }
 
+// Get returns the packed bytes stored under h.
 func (d DirStore) Get(_ context.Context, h Hash) ([]byte, error) {
 	b, err := os.ReadFile(d.path(h))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -49,51 +64,107 @@ func (d DirStore) Get(_ context.Context, h Hash) ([]byte, error) {
 	return b, err
 }
 
-func (d DirStore) Put(_ context.Context, h Hash, packed []byte) error {
-	p := d.path(h)
-	if _, err := os.Stat(p); err == nil {
-		return nil // content-addressed: the same name holds the same bytes
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("store %s: %w", h, err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
-	if err != nil {
-		return fmt.Errorf("store %s: %w", h, err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(packed); err != nil {
-		f.Close()
-		return fmt.Errorf("store %s: %w", h, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("store %s: %w", h, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("store %s: %w", h, err)
-	}
-	return os.Rename(f.Name(), p)
+// Put stores one packed object durably.
+func (d DirStore) Put(ctx context.Context, h Hash, packed []byte) error {
+	return d.PutBatch(ctx, []Object{{h, packed}})
 }
 
-// GC removes every object that none of the kept manifests refers to, and
-// returns how many it removed. Manifests are read from the store itself.
+// PutBatch stores packed objects durably, with two syncfs calls for the
+// whole batch instead of one fsync per object.
+func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
+	type staged struct{ tmp, final string }
+	var done []staged
+	defer func() {
+		for _, s := range done {
+			os.Remove(s.tmp) // no-op once renamed
+		}
+	}()
+	for _, o := range objs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := d.path(o.Hash)
+		if _, err := os.Stat(p); err == nil {
+			continue // content-addressed: the same name holds the same bytes
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return storeErr(d.Dir, err)
+		}
+		f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
+		if err != nil {
+			return storeErr(d.Dir, err)
+		}
+		_, werr := f.Write(o.Packed)
+		cerr := f.Close()
+		done = append(done, staged{f.Name(), p})
+		if err := errors.Join(werr, cerr); err != nil {
+			return storeErr(d.Dir, err)
+		}
+	}
+	if len(done) == 0 {
+		return nil
+	}
+	if err := d.syncfs(); err != nil {
+		return storeErr(d.Dir, err)
+	}
+	for _, s := range done {
+		if err := os.Rename(s.tmp, s.final); err != nil {
+			return storeErr(d.Dir, err)
+		}
+	}
+	if err := d.syncfs(); err != nil {
+		return storeErr(d.Dir, err)
+	}
+	return nil
+}
+
+// syncfs flushes the filesystem that holds the store: one call makes a
+// whole batch durable.
+func (d DirStore) syncfs() error {
+	f, err := os.Open(d.Dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// storeErr names the store, and says so when the disk is full.
+func storeErr(dir string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("write to the chunk store %s: %w (%w): free space there and run the same command again", dir, ErrDiskFull, err)
+	}
+	return fmt.Errorf("write to the chunk store %s: %w", dir, err)
+}
+
+// GC removes every object that none of the kept trees uses, and temporary
+// files an interrupted write left over an hour ago; it returns how many
+// objects it removed.
 func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error) {
 	live := map[Hash]bool{}
 	for _, root := range keep {
-		m, err := loadManifest(ctx, d, codec, root)
+		t, err := loadTree(ctx, d, codec, root)
 		if err != nil {
 			return 0, fmt.Errorf("gc: keep %s: %w", root, err)
 		}
-		live[root] = true
-		for _, h := range m.Chunks {
+		for _, h := range t.objects() {
 			live[h] = true
 		}
 	}
 	removed := 0
+	stale := time.Now().Add(-time.Hour)
 	err := filepath.WalkDir(filepath.Join(d.Dir, "objects"), func(p string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
 			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			if fi, err := e.Info(); err == nil && fi.ModTime().Before(stale) {
+				os.Remove(p)
+			}
+			return nil
 		}
 		h, perr := ParseHash(filepath.Base(filepath.Dir(p)) + e.Name())
 		if perr != nil || live[h] {
@@ -106,4 +177,38 @@ func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error
 		err = nil
 	}
 	return removed, err
+}
+
+// The cache remembers which tree it last wrote to (or pushed from) each
+// image path: the next transfer of that path sends only the differences
+// against it.
+
+func (d DirStore) refPath(image string) string {
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		abs = image
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(d.Dir, "refs", hex.EncodeToString(sum[:16]))
+}
+
+func (d DirStore) ref(image string) (Hash, bool) {
+	b, err := os.ReadFile(d.refPath(image))
+	if err != nil {
+		return Hash{}, false
+	}
+	h, err := ParseHash(strings.TrimSpace(string(b)))
+	return h, err == nil
+}
+
+func (d DirStore) setRef(image string, root Hash) error {
+	p := d.refPath(image)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(root.String()+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
 }

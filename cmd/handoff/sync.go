@@ -18,7 +18,9 @@ import (
 const syncUsage = `
 Disk images and checkpoints as content-addressed, compressed, verified chunks: a
 push sends only the chunks the store lacks, a pull fetches only what the local cache
-lacks, and a pull cut short resumes.
+lacks, and of a chunk that changed since the last push or pull of the same file, only
+its changed bytes. Every chunk is verified; a pull cut short resumes; a pulled file is
+replaced only when the new one is whole.
 
   push FILE         store FILE, print its root
   pull ROOT FILE    write the image ROOT to FILE (replaced only when complete)
@@ -50,20 +52,20 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil && cmd != "gc" && cmd != "diff" {
 		return err
 	}
-	progress := progressPrinter(stderr)
+	client := &syncengine.Client{Remote: remote, Cache: cache, Codec: codec, Progress: progressPrinter(stderr)}
 	var out any
 	switch cmd {
 	case "push":
 		if fs.NArg() != 1 {
 			return fmt.Errorf("%w: sync push FILE", errUsage)
 		}
-		root, st, err := syncengine.Push(ctx, fs.Arg(0), remote, codec, 0, progress)
+		root, st, err := client.Push(ctx, fs.Arg(0))
 		if err != nil {
 			return err
 		}
 		out = map[string]any{"root": root, "stats": st}
 		if !*jsonOut {
-			fmt.Fprintf(stdout, "%s\n%d chunks (%d zero), sent %d (%s)\n", root, st.Chunks, st.ZeroChunks, st.Sent, switchover.FormatBytes(uint64(st.SentBytes)))
+			fmt.Fprintf(stdout, "%s\n%s\n", root, describeTransfer(st))
 		}
 	case "pull":
 		if fs.NArg() != 2 {
@@ -73,23 +75,25 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		st, err := syncengine.Pull(ctx, root, remote, cache, codec, fs.Arg(1), progress)
+		st, err := client.Pull(ctx, root, fs.Arg(1))
 		if err != nil {
-			return fmt.Errorf("%w (chunks already fetched are kept: run the same pull again to resume)", err)
+			return err
 		}
 		out = st
 		if !*jsonOut {
-			fmt.Fprintf(stdout, "%s: %d chunks, %d from the cache, %d fetched (%s)\n", fs.Arg(1), st.Chunks, st.FromCache, st.Sent, switchover.FormatBytes(uint64(st.SentBytes)))
+			fmt.Fprintf(stdout, "%s: %s\n", fs.Arg(1), describeTransfer(st))
 		}
 	case "diff":
 		if fs.NArg() != 2 {
 			return fmt.Errorf("%w: sync diff ROOT1 ROOT2", errUsage)
 		}
-		src := syncengine.Store(cache)
-		if remote != nil {
-			src = remote
+		var roots [2]syncengine.Hash
+		for i := range roots {
+			if roots[i], err = syncengine.ParseHash(fs.Arg(i)); err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
+			}
 		}
-		ranges, err := syncengine.DiffRoots(ctx, src, codec, fs.Arg(0), fs.Arg(1))
+		ranges, err := client.Diff(ctx, roots[0], roots[1])
 		if err != nil {
 			return err
 		}
@@ -129,6 +133,15 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// describeTransfer says in a line what a push or pull moved.
+func describeTransfer(st syncengine.Stats) string {
+	s := fmt.Sprintf("%d chunks (%d zero, %d from the cache), sent %d", st.Chunks, st.ZeroChunks, st.FromCache, st.Sent)
+	if st.Patched > 0 {
+		s += fmt.Sprintf(" (%d as changes against %.12s)", st.Patched, st.Base)
+	}
+	return s + fmt.Sprintf(", %s on the wire", switchover.FormatBytes(uint64(st.WireBytes)))
+}
+
 func defaultCacheDir() string {
 	dir, err := os.UserCacheDir()
 	if err != nil {
@@ -138,7 +151,7 @@ func defaultCacheDir() string {
 }
 
 // syncStore is the directory store asked for, or the home server's.
-func syncStore(dir string) (syncengine.Store, error) {
+func syncStore(dir string) (syncengine.Remote, error) {
 	if dir != "" {
 		return syncengine.DirStore{Dir: dir}, nil
 	}
@@ -154,10 +167,11 @@ func syncStore(dir string) (syncengine.Store, error) {
 		Client: &http.Client{Transport: &http.Transport{TLSClientConfig: leasectl.PinnedTLS(c.Fingerprint)}}}, nil
 }
 
-// progressPrinter writes a progress line at most twice a second.
+// progressPrinter writes a progress line at most twice a second, and ends
+// each step's line when it completes.
 func progressPrinter(w io.Writer) syncengine.Progress {
 	var last time.Time
-	return func(done, total int64) {
+	return func(step string, done, total int64) {
 		if time.Since(last) < 500*time.Millisecond && done < total {
 			return
 		}
@@ -166,7 +180,11 @@ func progressPrinter(w io.Writer) syncengine.Progress {
 		if total > 0 {
 			pct = 100 * float64(done) / float64(total)
 		}
-		fmt.Fprintf(w, "\r%5.1f%% of %s", pct, switchover.FormatBytes(uint64(total)))
+		unit := switchover.FormatBytes(uint64(total))
+		if step == "send" {
+			unit = fmt.Sprintf("%d chunks", total)
+		}
+		fmt.Fprintf(w, "\r%s: %5.1f%% of %s", step, pct, unit)
 		if done >= total {
 			fmt.Fprintln(w)
 		}

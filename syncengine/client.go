@@ -1,0 +1,564 @@
+package syncengine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Stats count what a transfer moved.
+type Stats struct {
+	Chunks     int   `json:"chunks"`      // chunks in the image
+	ZeroChunks int   `json:"zero_chunks"` // chunks of zeroes: neither stored nor sent
+	Sent       int   `json:"sent"`        // chunks transferred
+	Patched    int   `json:"patched"`     // of those, sent as their changes against the base
+	FromCache  int   `json:"from_cache"`  // distinct chunks a pull found in the local cache
+	Refetched  int   `json:"refetched"`   // chunks asked for again after a damaged or cut transfer
+	WireBytes  int64 `json:"wire_bytes"`  // bytes of requests and answers, both ways
+	ImageBytes int64 `json:"image_bytes"`
+	Base       Hash  `json:"base"` // the image the differences were taken against (zero: none)
+}
+
+// Progress is called as a step of a transfer advances: done of total
+// bytes. A push reads its image ("read"), then sends ("send"); a pull
+// writes its image ("write"), from the cache and from the remote.
+type Progress func(step string, done, total int64)
+
+// Client moves images between local files, the local cache and a remote
+// store. Its transfers send only what the other side lacks, and of a chunk
+// that changed since the last transfer of the same path, only its changes.
+type Client struct {
+	Remote    Remote
+	Cache     DirStore // the workstation's chunk cache
+	Codec     *Codec
+	ChunkSize int      // for Push; 0 means DefaultChunkSize
+	Progress  Progress // may be nil
+}
+
+// transfers is how many requests a pull keeps under way: enough to fill a
+// link during a round trip, and to use both cores on each side.
+const transfers = 4
+
+// fetchBatch is how many chunks one request of a pull asks for.
+const fetchBatch = 256
+
+// base is the tree last transferred to or from path, if the cache holds it
+// and every chunk it names: what the next transfer sends differences
+// against.
+func (c *Client) base(ctx context.Context, path string) *tree {
+	root, ok := c.Cache.ref(path)
+	if !ok {
+		return nil
+	}
+	t, err := loadTree(ctx, c.Cache, c.Codec, root)
+	if err != nil {
+		return nil
+	}
+	if missing, err := missingChunks(ctx, c.Cache, t.Manifest); err != nil || len(missing) > 0 {
+		return nil
+	}
+	return t
+}
+
+func (t *tree) name() Hash {
+	if t == nil {
+		return Hash{}
+	}
+	return t.root
+}
+
+// Pull writes the image named root to path. Chunks come from the cache
+// first; the rest are fetched (as changes against the image last pulled to
+// path, where the cache holds it), verified, and kept in the cache, so a
+// pull cut short resumes where it stopped. path changes only when the
+// whole image is written and synced: on any failure the previous file
+// stays as it was.
+func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, err error) {
+	var wire atomic.Int64
+	defer func() { st.WireBytes = wire.Load() }()
+	base := c.base(ctx, path)
+	t, err := c.fetchTree(ctx, root, base, &wire)
+	if errors.Is(err, errBaseUnknown) {
+		base = nil
+		t, err = c.fetchTree(ctx, root, nil, &wire)
+	}
+	if err != nil {
+		return st, err
+	}
+	st.Base = base.name()
+	st.Chunks, st.ImageBytes = len(t.Chunks), t.Size
+	distinct, first := t.distinct()
+	have, err := c.Cache.Has(ctx, distinct)
+	if err != nil {
+		return st, err
+	}
+	var want []int
+	for i, h := range distinct {
+		if have[i] {
+			st.FromCache++
+		} else {
+			want = append(want, first[h])
+		}
+	}
+	sort.Ints(want)
+	st.ZeroChunks = len(t.Chunks) - countNonZero(t.Chunks)
+
+	img, err := newImageWriter(path, t.Manifest, c.Progress)
+	if err != nil {
+		return st, err
+	}
+	defer img.abandon()
+	var mu sync.Mutex
+	got := func(patched bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		st.Sent++
+		if patched {
+			st.Patched++
+		}
+	}
+	err = parallelBatches(ctx, want, fetchBatch, func(batch []int) error {
+		return c.fetchChunks(ctx, t, base, batch, img, got, &st, &mu, &wire)
+	})
+	if err != nil {
+		return st, err
+	}
+	// The rest from the cache, each distinct chunk read once.
+	var cached []int
+	for i, h := range distinct {
+		if have[i] {
+			cached = append(cached, first[h])
+		}
+	}
+	err = parallelBatches(ctx, cached, fetchBatch, func(batch []int) error {
+		for _, p := range batch {
+			data, err := loadObject(ctx, c.Cache, c.Codec, t.Chunks[p])
+			if err != nil {
+				return fmt.Errorf("the cache's copy of chunk %s: %w; run 'handoff sync gc' or delete %s and pull again", t.Chunks[p], err, c.Cache.Dir)
+			}
+			if err := img.put(t.Chunks[p], data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	if err := img.commit(); err != nil {
+		return st, err
+	}
+	// Its chunks are in the cache; now the tree, and the path's new base.
+	if err := storeTree(ctx, c.Cache, c.Codec, t); err != nil {
+		return st, err
+	}
+	return st, c.Cache.setRef(path, root)
+}
+
+func countNonZero(hs []Hash) int {
+	n := 0
+	for _, h := range hs {
+		if !h.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Client) fetchTree(ctx context.Context, root Hash, base *tree, wire *atomic.Int64) (*tree, error) {
+	from := base.name()
+	rr, done, err := exchange(ctx, c.Remote, c.Codec, "tree", bytes.NewReader(append(root[:], from[:]...)), wire)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	t, err := recvTree(rr, root, base)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%s has no image %s: check the root ('handoff lease status' shows an image's head): %w", c.Remote, root, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch the tree of %s from %s: %w", root, c.Remote, err)
+	}
+	return t, nil
+}
+
+// fetchChunks asks for the chunks at positions, writes each verified one
+// into the image and keeps it in the cache. A cut or damaged transfer is
+// asked again, from where it broke, twice at most; what arrived is kept.
+func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int, img *imageWriter, got func(patched bool), st *Stats, mu *sync.Mutex, wire *atomic.Int64) error {
+	for attempt := 1; ; attempt++ {
+		n, err := c.fetchOnce(ctx, t, base, positions, img, got, wire)
+		positions = positions[n:]
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// What broke on the way is asked again; what the server itself
+		// reports (a damaged copy, a missing image) is final.
+		var re *remoteError
+		damaged := errors.Is(err, ErrCorrupt) && !errors.As(err, &re)
+		if !damaged && !errors.Is(err, errCut) || errors.Is(err, ErrDiskFull) {
+			return err
+		}
+		if attempt == 3 {
+			if damaged {
+				return fmt.Errorf("%w: it arrived damaged %d times in a row: check the link or the server's copy; the image was not written", err, attempt)
+			}
+			return fmt.Errorf("%w (after %d tries; what arrived is kept: pull again to resume)", err, attempt)
+		}
+		mu.Lock()
+		st.Refetched += len(positions)
+		mu.Unlock()
+	}
+}
+
+// fetchOnce makes one request for positions and returns how many of them
+// arrived whole and were stored.
+func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, img *imageWriter, got func(patched bool), wire *atomic.Int64) (int, error) {
+	from := base.name()
+	req := appendPositions(append(t.root[:], from[:]...), positions)
+	rr, done, err := exchange(ctx, c.Remote, c.Codec, "chunks", bytes.NewReader(req), wire)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	var batch []Object
+	n := 0
+	for _, p := range positions {
+		h := t.Chunks[p]
+		data, patched, err := rr.object(h, chunkBase(ctx, c.Cache, c.Codec, base, p))
+		if err == nil {
+			err = img.put(h, data)
+		}
+		if err != nil {
+			// Keep what arrived: a second try, or the next pull, resumes.
+			return n, errors.Join(err, c.Cache.PutBatch(ctx, batch))
+		}
+		batch = append(batch, Object{h, c.Codec.Encode(data)})
+		got(patched)
+		n++
+	}
+	if err := c.Cache.PutBatch(ctx, batch); err != nil {
+		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
+	}
+	return n, nil
+}
+
+// parallelBatches runs fn over items cut into batches, transfers at a
+// time, and returns the first error, after every started batch ended.
+func parallelBatches(ctx context.Context, items []int, size int, fn func([]int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan []int)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for range transfers {
+		wg.Go(func() {
+			for b := range work {
+				if err := fn(b); err != nil {
+					once.Do(func() { first = err; cancel() })
+				}
+			}
+		})
+	}
+feed:
+	for len(items) > 0 {
+		n := min(size, len(items))
+		select {
+		case work <- items[:n]:
+			items = items[n:]
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return first
+}
+
+// imageWriter writes a pulled image beside its target and puts it in
+// place only when it is whole.
+type imageWriter struct {
+	m        *Manifest
+	f        *os.File
+	path     string
+	where    map[Hash][]int
+	progress Progress
+	mu       sync.Mutex
+	done     int64
+}
+
+func newImageWriter(path string, m *Manifest, progress Progress) (*imageWriter, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-")
+	if err != nil {
+		return nil, fmt.Errorf("write the image beside %s: %w", path, err)
+	}
+	w := &imageWriter{m: m, f: f, path: path, where: map[Hash][]int{}, progress: progress}
+	// Holes for the zero chunks: the image stays sparse.
+	if err := f.Truncate(m.Size); err != nil {
+		w.abandon()
+		return nil, fmt.Errorf("size the image %s: %w", path, diskErr(err))
+	}
+	for i, h := range m.Chunks {
+		if h.IsZero() {
+			w.done += int64(m.chunkLen(i))
+		} else {
+			w.where[h] = append(w.where[h], i)
+		}
+	}
+	return w, nil
+}
+
+func diskErr(err error) error {
+	if errors.Is(err, ErrDiskFull) || !errors.Is(err, syscall.ENOSPC) {
+		return err
+	}
+	return fmt.Errorf("%w (%w): free space and pull again; the previous image is untouched", ErrDiskFull, err)
+}
+
+// put writes a chunk at every position where the image has it.
+func (w *imageWriter) put(h Hash, data []byte) error {
+	for _, i := range w.where[h] {
+		if _, err := w.f.WriteAt(data, int64(i)*int64(w.m.ChunkSize)); err != nil {
+			return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
+		}
+	}
+	w.mu.Lock()
+	w.done += int64(len(data) * len(w.where[h]))
+	done := w.done
+	w.mu.Unlock()
+	if w.progress != nil {
+		w.progress("write", done, w.m.Size)
+	}
+	return nil
+}
+
+// commit syncs the image and puts it in place of the old one.
+func (w *imageWriter) commit() error {
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync the image %s: %w", w.path, diskErr(err))
+	}
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
+	}
+	if err := os.Rename(w.f.Name(), w.path); err != nil {
+		return fmt.Errorf("put the image in place at %s: %w", w.path, err)
+	}
+	w.f = nil
+	return nil
+}
+
+// abandon removes an image that was not committed.
+func (w *imageWriter) abandon() {
+	if w.f != nil {
+		w.f.Close()
+		os.Remove(w.f.Name())
+		w.f = nil
+	}
+}
+
+// Push stores the image at path in the remote, sending only the chunks it
+// lacks, and of those that changed since the last transfer of path only
+// their changes. It returns the image's root.
+func (c *Client) Push(ctx context.Context, path string) (_ Hash, st Stats, err error) {
+	var wire atomic.Int64
+	defer func() { st.WireBytes = wire.Load() }()
+	m, err := indexFile(ctx, path, c.ChunkSize, c.Progress)
+	if err != nil {
+		return Hash{}, st, err
+	}
+	t := m.tree()
+	st.Chunks, st.ImageBytes = len(m.Chunks), m.Size
+	st.ZeroChunks = len(m.Chunks) - countNonZero(m.Chunks)
+	base := c.base(ctx, path)
+	have, err := c.remoteHas(ctx, []Hash{t.root, base.name()}, &wire)
+	if err != nil {
+		return Hash{}, st, err
+	}
+	if have[0] {
+		return t.root, st, c.remember(ctx, path, t)
+	}
+	if base != nil && !have[1] {
+		base = nil
+	}
+	st.Base = base.name()
+	// Ask about the chunks the base does not already have in place.
+	distinct, first := m.distinct()
+	var ask []Hash
+	for _, h := range distinct {
+		if p := first[h]; base == nil || p >= len(base.Chunks) || base.Chunks[p] != h {
+			ask = append(ask, h)
+		}
+	}
+	var send []int
+	for i := 0; i < len(ask); i += maxHasBatch {
+		part := ask[i:min(len(ask), i+maxHasBatch)]
+		have, err := c.remoteHas(ctx, part, &wire)
+		if err != nil {
+			return Hash{}, st, err
+		}
+		for j, ok := range have {
+			if !ok {
+				send = append(send, first[part[j]])
+			}
+		}
+	}
+	sort.Ints(send)
+	if err := c.sendPush(ctx, path, t, base, send, &st, &wire); err != nil {
+		return Hash{}, st, err
+	}
+	return t.root, st, c.remember(ctx, path, t)
+}
+
+func (c *Client) remoteHas(ctx context.Context, hashes []Hash, wire *atomic.Int64) ([]bool, error) {
+	req := make([]byte, 0, 32*len(hashes))
+	for _, h := range hashes {
+		req = append(req, h[:]...)
+	}
+	rr, done, err := exchange(ctx, c.Remote, c.Codec, "has", bytes.NewReader(req), wire)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	_, b, err := rr.record()
+	if err != nil {
+		return nil, fmt.Errorf("ask %s what it has: %w", c.Remote, err)
+	}
+	return unbitmap(b, len(hashes))
+}
+
+// sendPush streams the tree and the chunks at positions. Each chunk is
+// read from the image again and must still hash to its name: an image that
+// changes under a push is refused, never stored half old, half new.
+func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, positions []int, st *Stats, wire *atomic.Int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var cached []Object
+	var readErr error // the image side's own failure, which explains a broken stream best
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		w := newRecordWriter(pw)
+		readErr = func() error {
+			from := base.name()
+			if err := w.bytes(append(t.root[:], from[:]...)); err != nil {
+				return err
+			}
+			if err := sendTree(w, t, base); err != nil {
+				return err
+			}
+			if err := w.uvarint(uint64(len(positions))); err != nil {
+				return err
+			}
+			last := 0
+			buf := make([]byte, t.ChunkSize)
+			for _, p := range positions {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				data := buf[:t.chunkLen(p)]
+				if _, err := f.ReadAt(data, int64(p)*int64(t.ChunkSize)); err != nil {
+					return fmt.Errorf("read %s at %d: %w", path, int64(p)*int64(t.ChunkSize), err)
+				}
+				if Sum(data) != t.Chunks[p] {
+					return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, int64(p)*int64(t.ChunkSize))
+				}
+				var b []byte
+				if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn != nil {
+					b, _ = fn()
+				}
+				if err := w.uvarint(uint64(p - last)); err != nil {
+					return err
+				}
+				last = p
+				patched, err := w.object(b, data)
+				if err != nil {
+					return err
+				}
+				st.Sent++
+				if patched {
+					st.Patched++
+				}
+				// Kept in the cache too, so the next push of this path
+				// sends only changes against this one.
+				cached = append(cached, Object{t.Chunks[p], c.Codec.Encode(data)})
+				if c.Progress != nil {
+					c.Progress("send", int64(st.Sent), int64(len(positions)))
+				}
+			}
+			return w.Close()
+		}()
+		pw.CloseWithError(readErr)
+	})
+	rr, done, err := exchange(ctx, c.Remote, c.Codec, "push", pr, wire)
+	if err == nil {
+		_, _, err = rr.record()
+		done()
+	}
+	// Whatever happened, the image side stops and is waited for.
+	if err != nil {
+		cancel()
+	}
+	pr.CloseWithError(errCut)
+	wg.Wait()
+	if readErr != nil && !errors.Is(readErr, io.ErrClosedPipe) && !errors.Is(readErr, errCut) && !errors.Is(readErr, context.Canceled) {
+		return readErr
+	}
+	if err != nil {
+		return fmt.Errorf("push %s to %s: %w", path, c.Remote, err)
+	}
+	if err := c.Cache.PutBatch(ctx, cached); err != nil {
+		return fmt.Errorf("keep pushed chunks in the cache: %w", err)
+	}
+	return nil
+}
+
+// remember stores t in the cache as path's base, if the cache holds every
+// chunk t names (a push keeps only what it sent).
+func (c *Client) remember(ctx context.Context, path string, t *tree) error {
+	missing, err := missingChunks(ctx, c.Cache, t.Manifest)
+	if err != nil || len(missing) > 0 {
+		return err
+	}
+	if err := storeTree(ctx, c.Cache, c.Codec, t); err != nil {
+		return err
+	}
+	return c.Cache.setRef(path, t.root)
+}
+
+// Diff lists the byte ranges where image b differs from image a; their
+// trees come from the cache where it holds them, else from the remote.
+func (c *Client) Diff(ctx context.Context, a, b Hash) ([]Range, error) {
+	var ms [2]*Manifest
+	for i, root := range []Hash{a, b} {
+		t, err := loadTree(ctx, c.Cache, c.Codec, root)
+		if err != nil && c.Remote != nil {
+			var wire atomic.Int64
+			t, err = c.fetchTree(ctx, root, nil, &wire)
+		}
+		if err != nil {
+			return nil, err
+		}
+		ms[i] = t.Manifest
+	}
+	return Diff(ms[0], ms[1])
+}

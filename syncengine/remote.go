@@ -1,0 +1,132 @@
+package syncengine
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+)
+
+// Remote is a store a Client pulls from and pushes to: the home server's
+// (HTTPStore) or a directory (DirStore), which run the same protocol.
+type Remote interface {
+	// call sends one operation's request and returns its record stream.
+	call(ctx context.Context, codec *Codec, op string, body io.Reader) (io.ReadCloser, error)
+	// String names the store in messages.
+	String() string
+}
+
+var (
+	_ Remote = HTTPStore{}
+	_ Remote = DirStore{}
+)
+
+func (d DirStore) String() string { return "the chunk store in " + d.Dir }
+
+// call runs the operation in this process, through a pipe, so a directory
+// store speaks exactly the protocol the home server does.
+func (d DirStore) call(ctx context.Context, codec *Codec, op string, body io.Reader) (io.ReadCloser, error) {
+	fn, ok := (&server{store: d, codec: codec}).operations()[op]
+	if !ok {
+		return nil, fmt.Errorf("unknown operation %q", op)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.CloseWithError(serve(ctx, fn, body, pw))
+	}()
+	return &pipeCloser{pr, cancel, done}, nil
+}
+
+// pipeCloser stops the operation behind a pipe when its reader is closed,
+// and waits for it.
+type pipeCloser struct {
+	*io.PipeReader
+	cancel context.CancelFunc
+	done   <-chan struct{}
+}
+
+func (p *pipeCloser) Close() error {
+	p.cancel()
+	err := p.PipeReader.Close()
+	<-p.done
+	return err
+}
+
+// HTTPStore is the home server's chunk store, reached through Handler.
+type HTTPStore struct {
+	Base   string // e.g. https://server:7443/v1/chunks
+	Token  string
+	Client *http.Client
+}
+
+func (s HTTPStore) String() string { return "the chunk store at " + s.Base }
+
+func (s HTTPStore) call(ctx context.Context, _ *Codec, op string, body io.Reader) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(s.Base, "/")+"/"+op, body)
+	if err != nil {
+		return nil, fmt.Errorf("chunk store address %q: %w", s.Base, err)
+	}
+	req.Header.Set("Content-Type", "application/x-handoff-records")
+	if s.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.Token)
+	}
+	c := s.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("reach %s: %w: %w (is the server running, and is the address right?)", s, errCut, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp.Body, nil
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	text := strings.TrimSpace(string(msg))
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return nil, fmt.Errorf("%s refused this device (%s: %s): log in again with 'handoff lease login'", s, resp.Status, text)
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return nil, fmt.Errorf("%s does not serve %q (%s): is the address the server's, and is the server up to date?", s, op, resp.Status)
+	}
+	return nil, fmt.Errorf("%s: %s: %s", s, resp.Status, text)
+}
+
+// counter counts the bytes that pass through a reader.
+type counter struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c counter) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// exchange sends one request and opens its answer's record stream,
+// counting the bytes both ways in *wire.
+func exchange(ctx context.Context, r Remote, codec *Codec, op string, body io.Reader, wire *atomic.Int64) (*recordReader, func(), error) {
+	rc, err := r.call(ctx, codec, op, counter{body, wire})
+	if err != nil {
+		return nil, nil, err
+	}
+	rr, err := newRecordReader(counter{rc, wire})
+	if err != nil {
+		rc.Close()
+		return nil, nil, err
+	}
+	return rr, func() {
+		rr.Close()
+		rc.Close()
+	}, nil
+}

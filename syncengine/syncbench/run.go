@@ -1,0 +1,349 @@
+package syncbench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config says what Run measures and where it works.
+type Config struct {
+	// Dir is where Run makes its working directory (default: the system's
+	// temp dir). It needs about five times Size free.
+	Dir string
+	// Size of the image in bytes (default 2 GiB).
+	Size int64
+	// Fraction of the image's 4 KiB blocks the update changes (default 1%).
+	Fraction float64
+	// Seed chooses the changed blocks and their new contents (default 1).
+	Seed uint64
+	// Keep leaves the working directory in place afterwards.
+	Keep bool
+	// Sources are the directories the image's files and the new blocks'
+	// contents come from (default /usr/bin, /usr/lib, /usr/share).
+	Sources []string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Size == 0 {
+		c.Size = 2 << 30
+	}
+	if c.Fraction == 0 {
+		c.Fraction = 0.01
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	if len(c.Sources) == 0 {
+		c.Sources = defaultSources()
+	}
+	return c
+}
+
+// The rows of a Table, by case and tool.
+const (
+	CaseServerPush = "server push (local)"
+	CaseCold       = "cold pull"
+	CaseIndex      = "index local image"
+	CaseUpdate     = "update"
+
+	ToolHandoff   = "handoff"
+	ToolReference = "reference: zstd -3 of the changed blocks"
+	ToolRsyncZ    = "rsync -z"
+	ToolRsync     = "rsync"
+	ToolZstd      = "zstd -3 full copy"
+)
+
+// Row is one measurement. Bytes are counted at the socket, through a
+// proxy: Down to the workstation, Up to the server. Negative means the row
+// moved nothing over a socket.
+type Row struct {
+	Case, Tool string
+	Down, Up   int64
+	Time       time.Duration
+	Rate       float64       // image bytes per second
+	CPU        time.Duration // see Note for whose
+	Note       string
+}
+
+// Table is what Run measured.
+type Table struct {
+	Image         ImageInfo
+	ChangedBlocks int
+	ChangedBytes  int64
+	Reference     int64 // the changed blocks' new contents through zstd -3
+	Rows          []Row
+	// UpdateRatio is handoff's update, both directions, over Reference.
+	UpdateRatio float64
+	// IndexRate is bytes per second indexing the local image.
+	IndexRate float64
+	// Elapsed is the whole run, image making included.
+	Elapsed time.Duration
+	// ColdWireRate is the cold pull's bytes on the wire per second of
+	// wall time: on loopback the CPU is the limit, so a link slower than
+	// this is what limits a real pull.
+	ColdWireRate float64
+}
+
+// Row returns the row for a case and tool.
+func (t Table) Row(c, tool string) (Row, bool) {
+	for _, r := range t.Rows {
+		if r.Case == c && r.Tool == tool {
+			return r, true
+		}
+	}
+	return Row{}, false
+}
+
+// Run measures, in one go, on an ext4 image of real files: a cold pull of
+// it from a chunk server over HTTPS, indexing it, and after a fraction of
+// its blocks changed on the server, the update by handoff, by rsync (with
+// and without -z) against an rsync daemon, and as a full zstd copy. Every
+// transfer runs over 127.0.0.1 through a counting proxy, and every pulled
+// image is compared with the server's byte for byte. Progress goes to
+// progress; the caller prints the Table. Processes and temporary files
+// are removed when Run returns, whether it failed or ctx ended.
+func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err error) {
+	cfg = cfg.withDefaults()
+	start := time.Now()
+	defer func() { t.Elapsed = time.Since(start) }()
+	if err := needTools("mkfs.ext4", "dumpe2fs", "rsync", "zstd"); err != nil {
+		return t, err
+	}
+	work, err := os.MkdirTemp(cfg.Dir, "handoff-syncbench-")
+	if err != nil {
+		return t, fmt.Errorf("make the bench's directory: %w", err)
+	}
+	if cfg.Keep {
+		defer fmt.Fprintf(progress, "syncbench: kept %s\n", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	d := layout(work)
+	for _, dir := range []string{d.server, d.store, d.serverCache, d.certs, d.ws, d.wsCache, d.rsync, d.rsyncWS, d.zstdWS} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return t, fmt.Errorf("make the bench's directories: %w", err)
+		}
+	}
+	say := func(format string, a ...any) { fmt.Fprintf(progress, "syncbench: "+format+"\n", a...) }
+
+	// The server's image and its first version in the server's store.
+	if t.Image, err = makeImage(ctx, d.serverImage, cfg.Size, cfg.Sources, progress); err != nil {
+		return t, err
+	}
+	say("push the image into the server's store")
+	root, row, err := timedPush(ctx, d.serverImage, d.store, d.serverCache, cfg.Size)
+	if err != nil {
+		return t, err
+	}
+	t.Rows = append(t.Rows, row)
+
+	srv, err := startChunkServer(ctx, d.store, d.certs)
+	if err != nil {
+		return t, err
+	}
+	defer srv.close()
+
+	say("cold pull over HTTPS")
+	row, err = oursPull(ctx, srv, root, d, CaseCold, cfg.Size)
+	if err != nil {
+		return t, err
+	}
+	t.Rows = append(t.Rows, row)
+	t.ColdWireRate = float64(row.Down+row.Up) / row.Time.Seconds()
+
+	say("index the local image")
+	elapsed, cpu, err := index(ctx, d.wsImage)
+	if err != nil {
+		return t, err
+	}
+	t.IndexRate = float64(cfg.Size) / elapsed.Seconds()
+	t.Rows = append(t.Rows, Row{Case: CaseIndex, Tool: ToolHandoff, Down: -1, Up: -1, Time: elapsed,
+		Rate: t.IndexRate, CPU: cpu, Note: "page cache warm; CPU of the whole process"})
+
+	// rsync's basis: the workstation's old image, kept aside before the
+	// update replaces it.
+	// Synced, so that the engine's syncs during the update do not flush
+	// this copy and count its time.
+	if err := copyFile(ctx, d.wsImage, d.oldImage); err != nil {
+		return t, fmt.Errorf("keep the old image for rsync: %w", err)
+	}
+	if err := syncFile(d.oldImage); err != nil {
+		return t, fmt.Errorf("keep the old image for rsync: %w", err)
+	}
+
+	say("change %.2g%% of the server's blocks", 100*cfg.Fraction)
+	ch, err := changeBlocks(ctx, d.serverImage, cfg.Fraction, cfg.Seed, cfg.Sources)
+	if err != nil {
+		return t, err
+	}
+	t.ChangedBlocks, t.ChangedBytes = len(ch.Offsets), int64(len(ch.Data))
+	if t.Reference, err = ReferenceSize(ctx, ch.Data); err != nil {
+		return t, err
+	}
+	t.Rows = append(t.Rows, Row{Case: CaseUpdate, Tool: ToolReference, Down: t.Reference, Up: -1,
+		Note: fmt.Sprintf("%d blocks, %s before compression", t.ChangedBlocks, formatBytes(t.ChangedBytes))})
+
+	say("push the new version into the server's store")
+	root, row, err = timedPush(ctx, d.serverImage, d.store, d.serverCache, cfg.Size)
+	if err != nil {
+		return t, err
+	}
+	row.Note = "new version; " + row.Note
+	t.Rows = append(t.Rows, row)
+
+	say("update pull over HTTPS")
+	row, err = oursPull(ctx, srv, root, d, CaseUpdate, cfg.Size)
+	if err != nil {
+		return t, err
+	}
+	t.UpdateRatio = float64(row.Down+row.Up) / float64(t.Reference)
+	row.Note = fmt.Sprintf("%.2f × reference; ", t.UpdateRatio) + row.Note
+	t.Rows = append(t.Rows, row)
+
+	daemon, err := startRsyncDaemon(ctx, d.rsync, d.server)
+	if err != nil {
+		return t, err
+	}
+	defer daemon.stop()
+	for _, tool := range []string{ToolRsyncZ, ToolRsync} {
+		say("%s of the update", tool)
+		dst := filepath.Join(d.rsyncWS, filepath.Base(d.serverImage))
+		// A link is enough: rsync writes a new file and renames it over
+		// dst, reading the old one as its basis.
+		os.Remove(dst)
+		if err := os.Link(d.oldImage, dst); err != nil {
+			return t, fmt.Errorf("give rsync the old image: %w", err)
+		}
+		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (time.Duration, error) {
+			return rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
+		})
+		if err != nil {
+			return t, err
+		}
+		if err := sameFiles(ctx, dst, d.serverImage); err != nil {
+			return t, fmt.Errorf("%s: %w", tool, err)
+		}
+		t.Rows = append(t.Rows, transferRow(CaseUpdate, tool, m, cfg.Size, "verified; CPU of the rsync client"))
+		os.Remove(dst)
+	}
+
+	say("zstd -3 full copy of the new image")
+	dst := filepath.Join(d.zstdWS, "image.img")
+	m, err := zstdCopy(ctx, d.serverImage, dst)
+	if err != nil {
+		return t, err
+	}
+	if err := sameFiles(ctx, dst, d.serverImage); err != nil {
+		return t, fmt.Errorf("zstd copy: %w", err)
+	}
+	os.Remove(dst)
+	t.Rows = append(t.Rows, transferRow(CaseUpdate, ToolZstd, m, cfg.Size, "verified; CPU of both zstd ends; same as a cold copy"))
+	return t, nil
+}
+
+// dirs is where everything of one run lives.
+type dirs struct {
+	server, serverImage, store, serverCache, certs string
+	ws, wsImage, wsCache, oldImage                 string
+	rsync, rsyncWS, zstdWS                         string
+}
+
+func layout(work string) dirs {
+	j := filepath.Join
+	return dirs{
+		server: j(work, "server"), serverImage: j(work, "server", "image.img"),
+		store: j(work, "server-store"), serverCache: j(work, "server-cache"), certs: j(work, "server-tls"),
+		ws: j(work, "ws"), wsImage: j(work, "ws", "image.img"), wsCache: j(work, "ws-cache"),
+		oldImage: j(work, "ws-old.img"),
+		rsync:    j(work, "rsyncd"), rsyncWS: j(work, "ws-rsync"), zstdWS: j(work, "ws-zstd"),
+	}
+}
+
+func timedPush(ctx context.Context, image, store, cache string, size int64) (rootHash, Row, error) {
+	cpu0, start := selfCPU(), time.Now()
+	root, err := pushLocal(ctx, image, store, cache)
+	if err != nil {
+		return root, Row{}, err
+	}
+	elapsed := time.Since(start)
+	return root, Row{Case: CaseServerPush, Tool: ToolHandoff, Down: -1, Up: -1, Time: elapsed,
+		Rate: float64(size) / elapsed.Seconds(), CPU: selfCPU() - cpu0, Note: "no network"}, nil
+}
+
+// oursPull pulls root onto the workstation's image through a counting
+// proxy and checks the result against the server's image.
+func oursPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, name string, size int64) (Row, error) {
+	var st engineStats
+	m, err := throughProxy(ctx, srv.Addr, func(addr string) (time.Duration, error) {
+		var cpu time.Duration
+		var err error
+		st, cpu, err = pullRemote(ctx, srv, addr, root, d.wsCache, d.wsImage)
+		return cpu, err
+	})
+	if err != nil {
+		return Row{}, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := sameFiles(ctx, d.wsImage, d.serverImage); err != nil {
+		return Row{}, fmt.Errorf("%s: %w", name, err)
+	}
+	note := fmt.Sprintf("verified; %d of %d chunks fetched (%d as changes only), engine counted %s; CPU of the whole process (client, server, proxy)",
+		st.Sent, st.Chunks, st.Patched, formatBytes(st.WireBytes))
+	return transferRow(name, ToolHandoff, m, size, note), nil
+}
+
+func transferRow(name, tool string, m measured, size int64, note string) Row {
+	return Row{Case: name, Tool: tool, Down: m.Down, Up: m.Up, Time: m.Time,
+		Rate: float64(size) / m.Time.Seconds(), CPU: m.CPU, Note: note}
+}
+
+// sameFiles checks that two files hold the same bytes: a bench that moved
+// the wrong bytes measured nothing.
+func sameFiles(ctx context.Context, got, want string) error {
+	a, err := os.Open(got)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	defer a.Close()
+	b, err := os.Open(want)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	defer b.Close()
+	bufA, bufB := make([]byte, 4<<20), make([]byte, 4<<20)
+	var off int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		na, errA := io.ReadFull(a, bufA)
+		nb, errB := io.ReadFull(b, bufB)
+		if na != nb || !bytes.Equal(bufA[:na], bufB[:nb]) {
+			i := 0
+			for i < min(na, nb) && bufA[i] == bufB[i] {
+				i++
+			}
+			return fmt.Errorf("verify: %s differs from the server's image %s at byte %d: the transfer is wrong", got, want, off+int64(i))
+		}
+		off += int64(na)
+		if errA != nil || errB != nil {
+			if errA == io.ErrUnexpectedEOF || errA == io.EOF {
+				return nil
+			}
+			return fmt.Errorf("verify %s: %v %v", got, errA, errB)
+		}
+	}
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

@@ -1,0 +1,89 @@
+package syncbench
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+)
+
+// The targets.
+const (
+	targetUpdateRatio = 1.1 // update bytes over the reference
+	targetIndexRate   = 1e9 // bytes per second
+	// targetLinkRate is the link a cold pull should fill: 1 Gbit/s, the
+	// lab's default, in bytes per second.
+	targetLinkRate = 125e6
+)
+
+// WriteMarkdown prints the table, then how the targets fared.
+func (t Table) WriteMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "Image: %s ext4, %.0f%% used, %d real files (%s); the update changed %d of its 4 KiB blocks (%s), uniformly at random.\n",
+		formatBytes(t.Image.Size), 100*t.Image.Used, t.Image.Files, formatBytes(t.Image.FileBytes), t.ChangedBlocks, formatBytes(t.ChangedBytes))
+	fmt.Fprintln(w, "Bytes are counted at the socket (TLS, HTTP and rsync's protocol included) by a proxy on 127.0.0.1; rates are image bytes per second.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| case | tool | to workstation | to server | time | rate | CPU | note |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---|")
+	for _, r := range t.Rows {
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Case, r.Tool,
+			cellBytes(r.Down), cellBytes(r.Up), cellDuration(r.Time), cellRate(r.Rate), cellDuration(r.CPU), r.Note)
+	}
+	fmt.Fprintln(w)
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	fmt.Fprintf(w, "- update at most %.1f × the changed data compressed: %.2f × %s, %s\n",
+		targetUpdateRatio, t.UpdateRatio, formatBytes(t.Reference), verdict(t.UpdateRatio > 0 && t.UpdateRatio <= targetUpdateRatio))
+	fmt.Fprintf(w, "- indexing a local image at least %s/s: %s/s, %s\n",
+		formatBytes(targetIndexRate), formatBytes(int64(t.IndexRate)), verdict(t.IndexRate >= targetIndexRate))
+	if r, ok := t.Row(CaseCold, ToolHandoff); ok {
+		busy := r.CPU.Seconds() / (r.Time.Seconds() * float64(runtime.NumCPU()))
+		limit := "the CPU was the limit here"
+		if busy < 0.8 {
+			limit = "neither the link nor the CPU was the limit here: the pull waited (on disk syncs or round trips)"
+		}
+		fmt.Fprintf(w, "- a cold pull limited by the link, not the CPU, on a %.0f Gbit/s link: on loopback it moved %s/s on the wire (%.2f Gbit/s), %s/s of image, with the CPU %.0f%% busy on %d cores (client, server and proxy together); %s. %s\n",
+			targetLinkRate*8/1e9, formatBytes(int64(t.ColdWireRate)), t.ColdWireRate*8/1e9, formatBytes(int64(r.Rate)),
+			100*busy, runtime.NumCPU(), limit, "Target "+verdict(t.ColdWireRate >= targetLinkRate)+".")
+	}
+	if t.Elapsed > 0 {
+		fmt.Fprintf(w, "\nThe whole run took %.0f s on %d cores, making the image included.\n", t.Elapsed.Seconds(), runtime.NumCPU())
+	}
+}
+
+func cellBytes(n int64) string {
+	if n < 0 {
+		return "–"
+	}
+	return formatBytes(n)
+}
+
+func cellDuration(d time.Duration) string {
+	if d <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func cellRate(r float64) string {
+	if r <= 0 {
+		return "–"
+	}
+	return formatBytes(int64(r)) + "/s"
+}
+
+// formatBytes is decimal, as link speeds are.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -2,21 +2,49 @@
 // chunks, so that a checkout sends only what the workstation lacks, a
 // checkpoint only what changed, and every byte is verified.
 //
-// An image is cut into fixed, aligned chunks (DefaultChunkSize): disk
-// images change in place, block by block, so aligned chunks keep unchanged
-// blocks' chunks identical without the cost of content-defined cutting.
-// Each chunk is named by its BLAKE3 hash; chunks of zeroes are named by the
-// zero Hash and never stored or sent, and a pulled image keeps them as
-// holes. The Manifest lists the chunk names in order and its own hash, the
-// root, names the whole image (a two-level Merkle tree).
+// # Images
 //
-// Chunks are packed with zstd where that saves at least a sixteenth. A
-// Store holds packed objects by hash: DirStore on disk (written to a temp
-// file, synced, renamed: an object is whole or absent), and HTTPStore, a
-// client of Handler, which the home server mounts under /v1/chunks/ behind
-// its device tokens. Push asks the store in batches which chunks it has and
-// sends the rest in parallel; Pull takes chunks from the local cache first,
-// fetches the rest, verifies every one (fetching a corrupt one once more),
-// keeps them in the cache (so a cut pull resumes), and replaces the target
-// file only when the whole image is written and synced.
+// An image is cut into fixed, aligned chunks (DefaultChunkSize, 64 KiB):
+// disk images change in place, block by block, so aligned chunks keep the
+// unchanged blocks' chunks identical, which content-defined cutting would
+// only approximate at a higher cost. Each chunk is named by its BLAKE3
+// hash; chunks of zeroes have the zero Hash and are never stored or sent,
+// and a pulled image keeps them as holes. The chunk names form a Merkle
+// tree: nodes of 1024 names, and a root object that holds the image's size,
+// its chunk size and its nodes' names. The root's hash names the image.
+//
+// # Stores
+//
+// Objects (chunks, nodes, roots) are packed with zstd where that saves at
+// least a sixteenth (Codec) and kept in a DirStore: the home server's
+// store, and each workstation's cache. A DirStore writes a batch of objects
+// to temporary files, makes them durable with one syncfs, and renames them
+// into place, so an object is whole or absent; a tree is stored only after
+// every chunk it names, so a stored tree is always whole.
+//
+// # Transfers
+//
+// A Client moves images between files, its cache and a Remote: the home
+// server (HTTPStore, a client of Handler, which `handoff serve` mounts
+// under /v1/chunks/ behind its device tokens) or a directory (DirStore,
+// which runs the same protocol in-process). The cache remembers which tree
+// it last moved for each file path. The next transfer of that path names
+// it as its base: tree nodes and changed chunks then travel as patches
+// against their counterparts in the base, so a scattered 4 KiB change costs
+// about 4 KiB, not a chunk. Every answer is one zstd stream of records, so
+// a batch of changes compresses as well as the changes alone would.
+//
+// The caller's contract:
+//
+//  1. Push(path) indexes the file, asks the remote which chunks it lacks,
+//     and sends those, then the tree. The remote verifies every chunk
+//     against the tree and stores the tree last. A file that changes during
+//     the push is refused: push a snapshot.
+//  2. Pull(root, path) fetches the tree, takes every chunk it can from the
+//     cache and fetches the rest in parallel batches, verifying each.
+//     Fetched chunks go into the cache at once, so a pull that was cut
+//     short resumes without fetching them again. A damaged or cut answer is
+//     asked for again (twice); a chunk the server itself holds damaged is
+//     a final error. path is replaced only by a whole, synced image.
+//  3. GC(keep) removes what none of the kept trees uses.
 package syncengine

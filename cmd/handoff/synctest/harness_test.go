@@ -529,6 +529,19 @@ func startSlowProxy(t *testing.T, target string, rate float64) *slowProxy {
 
 func (p *slowProxy) addr() string { return p.ln.Addr().String() }
 
+// cut drops every connection at once, as a power cut of the server does:
+// nothing the server had sent but the client had not read arrives.
+func (p *slowProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset, not a polite close
+		}
+		c.Close()
+	}
+}
+
 func (p *slowProxy) track(c net.Conn, on bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -94,9 +94,14 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 	// guest writing files would.
 	oldRoot := root
 	changed := changeBlocks(t, img, 0.01)
-	newRoot := laptop.push(t, img)
+	newRoot, updPush := laptop.pushJSON(t, img)
 	if newRoot == oldRoot {
 		t.Fatalf("changing %d blocks left the root at %s", len(changed), oldRoot)
+	}
+	// The push back home moves as little as the pull: the same image's cold
+	// pull is the measure of what a whole transfer costs.
+	if cold != nil && updPush.wireBytes(t) >= cold.wireBytes(t)*15/100 {
+		t.Errorf("pushing the 1%% change moved %d bytes; moving the whole image moved %d; want under 15%% of it: %v", updPush.wireBytes(t), cold.wireBytes(t), updPush)
 	}
 
 	t.Run("pull of the update moves little", func(t *testing.T) {
@@ -259,8 +264,11 @@ func TestSyncPullResumesAfterServerKill(t *testing.T) {
 	link := startSlowProxy(t, srv.addr, 24e6)
 	desktop.login(t, "https://"+link.addr(), srv.token, srv.fp)
 
+	start := time.Now()
 	img := makeExt4(t, t.TempDir(), "big.ext4", "112M", 80<<20)
+	made := time.Now()
 	root, pushed := laptop.pushJSON(t, img)
+	t.Logf("made the image in %v, pushed it in %v", made.Sub(start).Round(time.Millisecond), time.Since(made).Round(time.Millisecond))
 	nonZero := pushed.chunks(t) - pushed.zero(t)
 	t.Logf("image: %d bytes, %d chunks, %d of them zeroes; pushed %d bytes", pushed.size(t), pushed.chunks(t), pushed.zero(t), pushed.wireBytes(t))
 
@@ -290,6 +298,7 @@ wait:
 		case <-tick.C:
 			if countFiles(desktop.cache) >= threshold {
 				srv.kill9(t)
+				link.cut()
 				pullErr = <-exited
 				break wait
 			}
@@ -297,7 +306,7 @@ wait:
 	}
 	kept := countFiles(desktop.cache)
 	cut := result{args: cmd.Args[1:], stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
-	t.Logf("killed the server with %d objects in the cache; the pull ended with %v, %d objects kept", threshold, pullErr, kept)
+	t.Logf("killed the server with %d objects in the cache; the pull ended with %v, %d objects kept; it said:\n%s", threshold, pullErr, kept, cut.stderr)
 	if cut.code == 0 {
 		t.Fatalf("the pull succeeded although the server was killed in the middle:\n%s", cut)
 	}
@@ -315,6 +324,7 @@ wait:
 	startServe(t, data, srv.addr)
 	st := desktop.pullJSON(t, root, out)
 	sameFile(t, out, img)
+	t.Logf("resumed pull: %v", st)
 	if st.fromCache(t) == 0 {
 		t.Errorf("the resumed pull took nothing from the cache, which kept %d objects of the cut one: %v", kept, st)
 	}
@@ -375,11 +385,15 @@ func TestSyncBadInput(t *testing.T) {
 			name: "server down", dev: down,
 			args: func(o string) []string { return []string{"pull", root, filepath.Join(o, target)} },
 			code: 1, want: []string{regexp.QuoteMeta(downAddr), `reach|(could not|cannot|can't) connect`, `refused`},
+			// Nothing started, so nothing was cut short.
+			forbid: []string{`cut short`},
 		},
 		{
 			name: "server down, push", dev: down,
 			args: func(string) []string { return []string{"push", small} },
 			code: 1, want: []string{regexp.QuoteMeta(downAddr), `reach|(could not|cannot|can't) connect`, `refused`},
+			// Nothing started, so nothing was cut short.
+			forbid: []string{`cut short`},
 		},
 		{
 			name: "not logged in", dev: fresh,
@@ -428,6 +442,7 @@ func TestSyncBadInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := c.dev.sync(t, c.args(outDir)...)
+			t.Logf("exit %d: %s", r.code, strings.TrimSpace(r.stderr))
 			if r.code != c.code {
 				t.Errorf("exit %d, want %d:\n%s", r.code, c.code, r)
 			}

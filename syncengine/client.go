@@ -236,7 +236,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 	n := 0
 	for _, p := range positions {
 		h := t.Chunks[p]
-		data, patched, err := rr.object(h, chunkBase(ctx, c.Cache, c.Codec, base, p))
+		data, packed, patched, err := rr.object(h, chunkBase(ctx, c.Cache, c.Codec, base, p))
 		if err == nil {
 			err = img.put(h, data)
 		}
@@ -244,7 +244,10 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 			// Keep what arrived: a second try, or the next pull, resumes.
 			return n, errors.Join(err, c.Cache.PutBatch(ctx, batch))
 		}
-		batch = append(batch, Object{h, c.Codec.Encode(data)})
+		if packed == nil {
+			packed = c.Codec.Encode(data)
+		}
+		batch = append(batch, Object{h, packed})
 		got(patched)
 		n++
 	}
@@ -457,7 +460,7 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 	var readErr error // the image side's own failure, which explains a broken stream best
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		w := newRecordWriter(pw)
+		w := newRecordWriter(pw, c.Codec)
 		readErr = func() error {
 			from := base.name()
 			if err := w.bytes(append(t.root[:], from[:]...)); err != nil {
@@ -466,10 +469,9 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 			if err := sendTree(w, t, base); err != nil {
 				return err
 			}
-			if err := w.uvarint(uint64(len(positions))); err != nil {
+			if err := w.bytes(appendPositions(nil, positions)); err != nil {
 				return err
 			}
-			last := 0
 			buf := make([]byte, t.ChunkSize)
 			for _, p := range positions {
 				if err := ctx.Err(); err != nil {
@@ -482,15 +484,14 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 				if Sum(data) != t.Chunks[p] {
 					return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, int64(p)*int64(t.ChunkSize))
 				}
-				var b []byte
-				if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn != nil {
-					b, _ = fn()
+				packed := c.Codec.Encode(data)
+				patched := false
+				if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn == nil {
+					err = w.packed(packed) // new to the server: as it will be stored
+				} else {
+					b, _ := fn() // without its base it goes whole
+					patched, err = w.object(b, data)
 				}
-				if err := w.uvarint(uint64(p - last)); err != nil {
-					return err
-				}
-				last = p
-				patched, err := w.object(b, data)
 				if err != nil {
 					return err
 				}
@@ -500,7 +501,7 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 				}
 				// Kept in the cache too, so the next push of this path
 				// sends only changes against this one.
-				cached = append(cached, Object{t.Chunks[p], c.Codec.Encode(data)})
+				cached = append(cached, Object{t.Chunks[p], packed})
 				if c.Progress != nil {
 					c.Progress("send", int64(st.Sent), int64(len(positions)))
 				}

@@ -3,6 +3,7 @@ package syncengine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -20,14 +21,17 @@ var ErrCorrupt = errors.New("chunk does not match its hash")
 // Codec compresses and verifies chunks; one per process, safe for
 // concurrent use.
 type Codec struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	enc   *zstd.Encoder // objects, one by one: fast, as they are stored
+	group *zstd.Encoder // groups of differences on the wire: smaller, as they are few
+	dec   *zstd.Decoder
 }
 
 func NewCodec() *Codec {
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(64<<20))
-	return &Codec{enc: enc, dec: dec}
+	cores := runtime.GOMAXPROCS(0)
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(cores))
+	group, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores), zstd.WithWindowSize(groupSize))
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(cores), zstd.WithDecoderMaxMemory(maxObject))
+	return &Codec{enc: enc, group: group, dec: dec}
 }
 
 // Encode packs a chunk for storage and transfer.

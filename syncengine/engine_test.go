@@ -363,16 +363,16 @@ func TestTheServerStoresOnlyWhatMatchesItsName(t *testing.T) {
 	good := bytes.Repeat([]byte("good"), 1024)
 	m := &Manifest{Size: int64(len(good)), ChunkSize: DefaultChunkSize, Chunks: []Hash{Sum(good)}}
 	tr := m.tree()
+	codec := NewCodec()
 	var body bytes.Buffer
-	w := newRecordWriter(&body)
+	w := newRecordWriter(&body, codec)
 	w.bytes(append(tr.root[:], make([]byte, 32)...))
 	sendTree(w, tr, nil)
-	w.uvarint(1)
-	w.uvarint(0)
-	w.object(nil, bytes.Repeat([]byte("evil"), 1024))
+	w.bytes(appendPositions(nil, []int{0}))
+	w.packed(codec.Encode(bytes.Repeat([]byte("evil"), 1024)))
 	w.Close()
 	var wire atomic.Int64
-	rr, done, err := exchange(ctx, srv.store, nil, "push", &body, &wire)
+	rr, done, err := exchange(ctx, srv.store, codec, "push", &body, &wire)
 	if err != nil {
 		t.Fatal(err)
 	}

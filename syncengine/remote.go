@@ -37,7 +37,7 @@ func (d DirStore) call(ctx context.Context, codec *Codec, op string, body io.Rea
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pw.CloseWithError(serve(ctx, fn, body, pw))
+		pw.CloseWithError(serve(ctx, codec, fn, body, pw))
 	}()
 	return &pipeCloser{pr, cancel, done}, nil
 }
@@ -120,13 +120,5 @@ func exchange(ctx context.Context, r Remote, codec *Codec, op string, body io.Re
 	if err != nil {
 		return nil, nil, err
 	}
-	rr, err := newRecordReader(counter{rc, wire})
-	if err != nil {
-		rc.Close()
-		return nil, nil, err
-	}
-	return rr, func() {
-		rr.Close()
-		rc.Close()
-	}, nil
+	return newRecordReader(counter{rc, wire}, codec), func() { rc.Close() }, nil
 }

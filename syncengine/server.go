@@ -50,15 +50,15 @@ func Handler(s DirStore, codec *Codec) http.Handler {
 	for name, op := range srv.operations() {
 		mux.HandleFunc("POST /"+name, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/x-handoff-records")
-			serve(r.Context(), op, r.Body, w)
+			serve(r.Context(), codec, op, r.Body, w)
 		})
 	}
 	return mux
 }
 
 // serve runs an operation, turning its failure into an error record.
-func serve(ctx context.Context, op operation, body io.Reader, out io.Writer) error {
-	w := newRecordWriter(out)
+func serve(ctx context.Context, codec *Codec, op operation, body io.Reader, out io.Writer) error {
+	w := newRecordWriter(out, codec)
 	if err := op(ctx, body, w); err != nil {
 		w.fail(err)
 	}
@@ -91,7 +91,7 @@ func (s *server) has(ctx context.Context, body io.Reader, w *recordWriter) error
 	if err != nil {
 		return err
 	}
-	return w.record(recWhole, bitmap(have))
+	return w.whole(bitmap(have))
 }
 
 // baseTree loads the tree a request names as its base.
@@ -176,15 +176,22 @@ func (s *server) chunks(ctx context.Context, body io.Reader, w *recordWriter) er
 		if p >= len(t.Chunks) || t.Chunks[p].IsZero() {
 			return fmt.Errorf("image %s has no stored chunk at position %d", to, p)
 		}
-		data, err := loadObject(ctx, s.store, s.codec, t.Chunks[p])
+		packed, err := s.store.Get(ctx, t.Chunks[p])
+		var data []byte
+		if err == nil {
+			data, err = s.codec.Decode(t.Chunks[p], packed)
+		}
 		if err != nil {
 			return fmt.Errorf("chunk %s at byte %d of image %s in the server's store: %w; push the image again from a device that has it", t.Chunks[p], int64(p)*int64(t.ChunkSize), to, err)
 		}
-		var b []byte
-		if fn := chunkBase(ctx, s.store, s.codec, base, p); fn != nil {
-			b, _ = fn() // no base to patch against: send it whole
+		fn := chunkBase(ctx, s.store, s.codec, base, p)
+		if fn == nil {
+			err = w.packed(packed) // new to the client: as stored
+		} else {
+			b, _ := fn() // without its base it goes whole
+			_, err = w.object(b, data)
 		}
-		if _, err := w.object(b, data); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -205,11 +212,7 @@ func chunkBase(ctx context.Context, s objectGetter, codec *Codec, base *tree, p 
 }
 
 func (s *server) push(ctx context.Context, body io.Reader, w *recordWriter) error {
-	r, err := newRecordReader(body)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
+	r := newRecordReader(body, s.codec)
 	hdr, err := r.bytes(64)
 	if err != nil {
 		return fmt.Errorf("push: %w", err)
@@ -224,12 +227,6 @@ func (s *server) push(ctx context.Context, body io.Reader, w *recordWriter) erro
 		return fmt.Errorf("push: %w", err)
 	}
 	stored, err := receiveChunks(ctx, r, t, base, s.store, s.codec)
-	if err == nil {
-		// The stream's end carries zstd's checksum of all of it.
-		if _, err = io.Copy(io.Discard, r.r); err != nil {
-			err = cut(err)
-		}
-	}
 	if err != nil {
 		return fmt.Errorf("push: %w (the %d chunks that arrived are kept: push again to send the rest)", err, stored)
 	}
@@ -242,16 +239,16 @@ func (s *server) push(ctx context.Context, body io.Reader, w *recordWriter) erro
 	if err := storeTree(ctx, s.store, s.codec, t); err != nil {
 		return err
 	}
-	return w.record(recWhole, binary.AppendUvarint(nil, uint64(stored)))
+	return w.whole(binary.AppendUvarint(nil, uint64(stored)))
 }
 
-// receiveChunks reads a count of (position delta, chunk) records for tree
-// t, verifies each chunk against t, and stores them in batches. It returns
-// how many it stored, also on failure: what arrived is kept.
+// receiveChunks reads the positions of the chunks that follow, then the
+// chunks, verifies each against tree t, and stores them in batches. It
+// returns how many it stored, also on failure: what arrived is kept.
 func receiveChunks(ctx context.Context, r *recordReader, t, base *tree, dst DirStore, codec *Codec) (int, error) {
-	n, err := r.uvarint()
-	if err != nil || n > maxChunks {
-		return 0, fmt.Errorf("chunk count: %w", cut(err))
+	positions, err := r.positions(maxChunks)
+	if err != nil {
+		return 0, err
 	}
 	var batch []Object
 	stored := 0
@@ -263,22 +260,19 @@ func receiveChunks(ctx context.Context, r *recordReader, t, base *tree, dst DirS
 		batch = batch[:0]
 		return err
 	}
-	p := uint64(0)
-	for i := uint64(0); i < n; i++ {
-		d, err := r.uvarint()
-		if err == nil && (i > 0 && d == 0 || p+d >= uint64(len(t.Chunks)) || t.Chunks[p+d].IsZero()) {
-			err = fmt.Errorf("chunk record %d names no chunk of the image: %w", i, ErrCorrupt)
+	for _, p := range positions {
+		if p >= len(t.Chunks) || t.Chunks[p].IsZero() {
+			return stored, errors.Join(fmt.Errorf("position %d names no chunk of the image: %w", p, ErrCorrupt), flush())
 		}
-		if err != nil {
-			return stored, errors.Join(err, flush())
-		}
-		p += d
 		h := t.Chunks[p]
-		data, _, err := r.object(h, chunkBase(ctx, dst, codec, base, int(p)))
+		data, packed, _, err := r.object(h, chunkBase(ctx, dst, codec, base, p))
 		if err != nil {
 			return stored, errors.Join(err, flush())
 		}
-		batch = append(batch, Object{h, codec.Encode(data)})
+		if packed == nil {
+			packed = codec.Encode(data)
+		}
+		batch = append(batch, Object{h, packed})
 		if len(batch) >= storeBatch {
 			if err := flush(); err != nil {
 				return stored, err

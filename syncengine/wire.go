@@ -8,21 +8,29 @@ import (
 	"io"
 	"syscall"
 
-	"github.com/klauspost/compress/zstd"
 )
 
 // maxObject bounds one object or patch on the wire or in a store.
 const maxObject = 64 << 20
 
-// Every answer, and a push's body, is one zstd stream of records: an
-// object sent whole, a patch against the object the receiver already holds
-// in its place, or an error. One stream per request compresses a batch of
-// changed blocks together, as well as zstd does the changed data alone.
+// Every answer, and a push's body, is a stream of records. A new chunk
+// travels as it is stored (packed): neither side compresses it again, so a
+// cold pull costs the server a read and the client a check. Differences
+// against a base, and tree objects, travel in groups of up to groupSize
+// bytes compressed together, so a batch of scattered changed blocks
+// compresses about as well as zstd does the changed data alone.
 const (
-	recWhole byte = 1
-	recPatch byte = 2
-	recError byte = 3
+	recPacked byte = 1 // a packed object (Codec.Encode)
+	recGroup  byte = 2 // a zstd frame of inner records
+	recError  byte = 3 // code byte, then the message
+	// Inside a group:
+	recWhole byte = 4 // an object's bytes
+	recPatch byte = 5 // a patch against the object the receiver holds in its place
 )
+
+// groupSize bounds a group: large enough to compress well, small enough to
+// keep a stream moving and memory flat.
+const groupSize = 1 << 20
 
 // Error codes carried by error records, so a sentinel error crosses the
 // wire intact.
@@ -81,68 +89,106 @@ var errCut = errors.New("the transfer was cut short")
 
 // recordWriter writes a record stream.
 type recordWriter struct {
-	z   *zstd.Encoder
-	buf []byte
+	w     *bufio.Writer
+	codec *Codec
+	group []byte // inner records not yet sent
+	buf   []byte
 }
 
-func newRecordWriter(w io.Writer) *recordWriter {
-	z, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(2<<20))
-	return &recordWriter{z: z}
+func newRecordWriter(w io.Writer, codec *Codec) *recordWriter {
+	return &recordWriter{w: bufio.NewWriterSize(w, 256<<10), codec: codec}
 }
 
-func (w *recordWriter) uvarint(v uint64) error {
-	w.buf = binary.AppendUvarint(w.buf[:0], v)
-	_, err := w.z.Write(w.buf)
+func appendRecord(b []byte, kind byte, payload []byte) []byte {
+	return append(binary.AppendUvarint(append(b, kind), uint64(len(payload))), payload...)
+}
+
+// flushGroup sends the pending inner records as one compressed group.
+func (w *recordWriter) flushGroup() error {
+	if len(w.group) == 0 {
+		return nil
+	}
+	w.buf = w.codec.group.EncodeAll(w.group, w.buf[:0])
+	w.group = w.group[:0]
+	return w.outer(recGroup, w.buf)
+}
+
+func (w *recordWriter) outer(kind byte, payload []byte) error {
+	var hdr [binary.MaxVarintLen64 + 1]byte
+	h := binary.AppendUvarint(append(hdr[:0], kind), uint64(len(payload)))
+	if _, err := w.w.Write(h); err != nil {
+		return err
+	}
+	_, err := w.w.Write(payload)
 	return err
+}
+
+func (w *recordWriter) inner(kind byte, payload []byte) error {
+	w.group = appendRecord(w.group, kind, payload)
+	if len(w.group) >= groupSize {
+		return w.flushGroup()
+	}
+	return nil
+}
+
+// uvarint and bytes write plain values between records.
+func (w *recordWriter) uvarint(v uint64) error {
+	return w.bytes(binary.AppendUvarint(nil, v))
 }
 
 func (w *recordWriter) bytes(b []byte) error {
-	_, err := w.z.Write(b)
-	return err
-}
-
-func (w *recordWriter) record(kind byte, payload []byte) error {
-	w.buf = binary.AppendUvarint(append(w.buf[:0], kind), uint64(len(payload)))
-	if _, err := w.z.Write(w.buf); err != nil {
+	if err := w.flushGroup(); err != nil {
 		return err
 	}
-	_, err := w.z.Write(payload)
+	_, err := w.w.Write(b)
 	return err
 }
 
-// object sends target, as a patch against base where that is smaller.
-// It returns whether it sent a patch.
+// whole sends a small value, such as an answer.
+func (w *recordWriter) whole(b []byte) error { return w.inner(recWhole, b) }
+
+// packed sends a new object as it is stored.
+func (w *recordWriter) packed(p []byte) error {
+	if err := w.flushGroup(); err != nil {
+		return err
+	}
+	return w.outer(recPacked, p)
+}
+
+// object sends target in a group, as a patch against base where that is
+// smaller. It returns whether it sent a patch.
 func (w *recordWriter) object(base, target []byte) (bool, error) {
 	if base != nil {
 		if p := makePatch(base, target); p != nil {
-			return true, w.record(recPatch, p)
+			return true, w.inner(recPatch, p)
 		}
 	}
-	return false, w.record(recWhole, target)
+	return false, w.inner(recWhole, target)
 }
 
 // fail sends an error in place of what was promised.
 func (w *recordWriter) fail(err error) error {
-	return w.record(recError, append([]byte{errorCode(err)}, err.Error()...))
+	w.group = w.group[:0] // what was promised is not coming
+	return w.outer(recError, append([]byte{errorCode(err)}, err.Error()...))
 }
 
-func (w *recordWriter) Close() error { return w.z.Close() }
+func (w *recordWriter) Close() error {
+	if err := w.flushGroup(); err != nil {
+		return err
+	}
+	return w.w.Flush()
+}
 
 // recordReader reads a record stream.
 type recordReader struct {
-	z *zstd.Decoder
-	r *bufio.Reader
+	r     *bufio.Reader
+	codec *Codec
+	group []byte // inner records not yet read
 }
 
-func newRecordReader(r io.Reader) (*recordReader, error) {
-	z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
-	if err != nil {
-		return nil, err
-	}
-	return &recordReader{z: z, r: bufio.NewReaderSize(z, 64<<10)}, nil
+func newRecordReader(r io.Reader, codec *Codec) *recordReader {
+	return &recordReader{r: bufio.NewReaderSize(r, 256<<10), codec: codec}
 }
-
-func (r *recordReader) Close() { r.z.Close() }
 
 // cut turns the end or breakage of a stream into errCut; errors from the
 // other side and the context pass as they are.
@@ -154,77 +200,121 @@ func cut(err error) error {
 		return fmt.Errorf("%w (the stream ended early)", errCut)
 	}
 	var re *remoteError
-	if errors.As(err, &re) {
+	if errors.As(err, &re) || errors.Is(err, errCut) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", errCut, err)
 }
 
+func (r *recordReader) plain() error {
+	if len(r.group) > 0 {
+		return fmt.Errorf("%w: a value where records were due", errCut)
+	}
+	return nil
+}
+
 func (r *recordReader) uvarint() (uint64, error) {
+	if err := r.plain(); err != nil {
+		return 0, err
+	}
 	v, err := binary.ReadUvarint(r.r)
 	return v, cut(err)
 }
 
 func (r *recordReader) bytes(n int) ([]byte, error) {
+	if err := r.plain(); err != nil {
+		return nil, err
+	}
 	b := make([]byte, n)
 	_, err := io.ReadFull(r.r, b)
 	return b, cut(err)
 }
 
-// record reads the next record; an error record becomes the error it
-// carries.
+// positions reads a list written by appendPositions.
+func (r *recordReader) positions(limit int) ([]int, error) {
+	if err := r.plain(); err != nil {
+		return nil, err
+	}
+	return readPositions(r.r, limit)
+}
+
+// record reads the next record, from the current group or the stream; an
+// error record becomes the error it carries.
 func (r *recordReader) record() (byte, []byte, error) {
-	kind, err := r.r.ReadByte()
-	if err != nil {
-		return 0, nil, cut(err)
-	}
-	n, err := r.uvarint()
-	if err != nil {
-		return 0, nil, err
-	}
-	if n > maxObject {
-		return 0, nil, fmt.Errorf("%w: a record of %d bytes", errCut, n)
-	}
-	payload, err := r.bytes(int(n))
-	if err != nil {
-		return 0, nil, err
-	}
-	switch kind {
-	case recWhole, recPatch:
-		return kind, payload, nil
-	case recError:
-		if len(payload) == 0 {
-			return 0, nil, codeError(codeOther, "the other side failed without saying why")
+	for len(r.group) == 0 {
+		kind, err := r.r.ReadByte()
+		if err != nil {
+			return 0, nil, cut(err)
 		}
-		return 0, nil, codeError(payload[0], string(payload[1:]))
+		n, err := binary.ReadUvarint(r.r)
+		if err != nil {
+			return 0, nil, cut(err)
+		}
+		if n > maxObject {
+			return 0, nil, fmt.Errorf("%w: a record of %d bytes", errCut, n)
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(r.r, payload); err != nil {
+			return 0, nil, cut(err)
+		}
+		switch kind {
+		case recPacked:
+			return kind, payload, nil
+		case recGroup:
+			if r.group, err = r.codec.dec.DecodeAll(payload, nil); err != nil {
+				return 0, nil, fmt.Errorf("%w: a damaged group (%v)", errCut, err)
+			}
+		case recError:
+			if len(payload) == 0 {
+				return 0, nil, codeError(codeOther, "the other side failed without saying why")
+			}
+			return 0, nil, codeError(payload[0], string(payload[1:]))
+		default:
+			return 0, nil, fmt.Errorf("%w: unknown record kind %d", errCut, kind)
+		}
 	}
-	return 0, nil, fmt.Errorf("%w: unknown record kind %d", errCut, kind)
+	kind := r.group[0]
+	n, k := binary.Uvarint(r.group[1:])
+	if k <= 0 || n > uint64(len(r.group)-1-k) || kind != recWhole && kind != recPatch {
+		return 0, nil, fmt.Errorf("%w: a damaged group", errCut)
+	}
+	payload := r.group[1+k : 1+k+int(n)]
+	r.group = r.group[1+k+int(n):]
+	return kind, payload, nil
 }
 
 // object reads the object named want, rebuilding it from base (fetched
-// only if the sender patched) and verifying its hash.
-func (r *recordReader) object(want Hash, base func() ([]byte, error)) (data []byte, patched bool, err error) {
+// only if the sender patched) and verifying its hash. packed is the
+// object's stored form when it came as one.
+func (r *recordReader) object(want Hash, base func() ([]byte, error)) (data, packed []byte, patched bool, err error) {
 	kind, payload, err := r.record()
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	data = payload
-	if kind == recPatch {
+	switch kind {
+	case recPacked:
+		if data, err = r.codec.Decode(want, payload); err != nil {
+			return nil, nil, false, err
+		}
+		return data, payload, false, nil
+	case recPatch:
 		if base == nil {
-			return nil, true, fmt.Errorf("object %s: a patch with no base: %w", want, ErrCorrupt)
+			return nil, nil, true, fmt.Errorf("object %s: a patch with no base: %w", want, ErrCorrupt)
 		}
 		b, err := base()
 		if err != nil {
-			return nil, true, fmt.Errorf("object %s: read its base: %w", want, err)
+			return nil, nil, true, fmt.Errorf("object %s: read its base: %w", want, err)
 		}
 		if data, err = applyPatch(b, payload); err != nil {
-			return nil, true, fmt.Errorf("object %s: %w", want, err)
+			return nil, nil, true, fmt.Errorf("object %s: %w", want, err)
 		}
+	default:
+		data = payload
 	}
 	if Sum(data) != want {
-		return nil, kind == recPatch, fmt.Errorf("object %s: %w", want, ErrCorrupt)
+		return nil, nil, kind == recPatch, fmt.Errorf("object %s: %w", want, ErrCorrupt)
 	}
-	return data, kind == recPatch, nil
+	return data, nil, kind == recPatch, nil
 }
 
 func fixed(b []byte) func() ([]byte, error) {
@@ -271,7 +361,7 @@ func recvTree(r *recordReader, root Hash, base *tree) (*tree, error) {
 	if base != nil {
 		baseRoot = base.rootRaw
 	}
-	rootRaw, _, err := r.object(root, fixed(baseRoot))
+	rootRaw, _, _, err := r.object(root, fixed(baseRoot))
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", root, err)
 	}
@@ -287,7 +377,7 @@ func recvTree(r *recordReader, root Hash, base *tree) (*tree, error) {
 		case h == bh:
 			nodeRaw[i] = braw
 		default:
-			if nodeRaw[i], _, err = r.object(h, fixed(braw)); err != nil {
+			if nodeRaw[i], _, _, err = r.object(h, fixed(braw)); err != nil {
 				return nil, fmt.Errorf("image %s, node %d: %w", root, i, err)
 			}
 		}

@@ -28,7 +28,7 @@ type Codec struct {
 
 func NewCodec() *Codec {
 	cores := runtime.GOMAXPROCS(0)
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(cores))
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores))
 	group, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores), zstd.WithWindowSize(groupSize))
 	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(cores), zstd.WithDecoderMaxMemory(maxObject))
 	return &Codec{enc: enc, group: group, dec: dec}

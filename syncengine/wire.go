@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"syscall"
-
 )
 
 // maxObject bounds one object or patch on the wire or in a store.

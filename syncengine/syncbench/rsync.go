@@ -1,6 +1,7 @@
 package syncbench
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -114,16 +116,30 @@ func freePort(ctx context.Context) (int, error) {
 
 // rsyncPull fetches the daemon's file name through addr (the proxy) onto
 // dst, which holds the old version: rsync's delta transfer against it.
-// It returns the client's CPU time.
-func rsyncPull(ctx context.Context, addr, name, dst string, compress bool) (time.Duration, error) {
+// It returns the client's CPU time and, with -z, the compression rsync
+// negotiated (3.2 and later choose zstd, not zlib).
+func rsyncPull(ctx context.Context, addr, name, dst string, compress bool) (time.Duration, string, error) {
 	args := []string{"--no-whole-file", "--ignore-times"}
 	if compress {
-		args = append(args, "-z")
+		args = append(args, "-z", "--debug=nstr")
 	}
 	args = append(args, "rsync://"+addr+"/"+rsyncModule+"/"+name, dst)
 	cmd := command(ctx, "rsync", args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
 	if err := runQuiet(cmd); err != nil {
-		return 0, fmt.Errorf("rsync the update: %w", err)
+		return 0, "", fmt.Errorf("rsync the update: %w", err)
 	}
-	return cpuOf(cmd), nil
+	return cpuOf(cmd), negotiatedCompression(out.String()), nil
+}
+
+// negotiatedCompression finds "Client negotiated compress: zstd (level 3)"
+// in rsync's --debug=nstr output.
+func negotiatedCompression(out string) string {
+	for line := range strings.Lines(out) {
+		if _, c, ok := strings.Cut(line, "negotiated compress: "); ok {
+			return strings.TrimSpace(c)
+		}
+	}
+	return ""
 }

@@ -219,8 +219,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		if err := os.Link(d.oldImage, dst); err != nil {
 			return t, fmt.Errorf("give rsync the old image: %w", err)
 		}
-		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (time.Duration, error) {
-			return rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
+		var compression string
+		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (cpu time.Duration, err error) {
+			cpu, compression, err = rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
+			return cpu, err
 		})
 		if err != nil {
 			return t, err
@@ -228,7 +230,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		if err := sameFiles(ctx, dst, d.serverImage); err != nil {
 			return t, fmt.Errorf("%s: %w", tool, err)
 		}
-		t.Rows = append(t.Rows, transferRow(CaseUpdate, tool, m, cfg.Size, "verified; CPU of the rsync client"))
+		note := "verified; CPU of the rsync client"
+		if compression != "" {
+			note = "compressed with " + compression + "; " + note
+		}
+		t.Rows = append(t.Rows, transferRow(CaseUpdate, tool, m, cfg.Size, note))
 		os.Remove(dst)
 	}
 

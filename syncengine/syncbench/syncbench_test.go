@@ -260,3 +260,13 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestNegotiatedCompression(t *testing.T) {
+	out := "Client negotiated checksum: xxh128\nClient negotiated compress: zstd (level 3)\n"
+	if got := negotiatedCompression(out); got != "zstd (level 3)" {
+		t.Errorf("negotiatedCompression = %q", got)
+	}
+	if got := negotiatedCompression("nothing\n"); got != "" {
+		t.Errorf("negotiatedCompression of nothing = %q", got)
+	}
+}

@@ -110,7 +110,13 @@ func (t Table) Row(c, tool string) (Row, bool) {
 func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err error) {
 	cfg = cfg.withDefaults()
 	start := time.Now()
-	defer func() { t.Elapsed = time.Since(start) }()
+	defer func() {
+		t.Elapsed = time.Since(start)
+		// A killed rsync or zstd says "signal: killed"; say why instead.
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("stopped: %w (everything the bench started was stopped)", context.Cause(ctx))
+		}
+	}()
 	if err := needTools("mkfs.ext4", "dumpe2fs", "rsync", "zstd"); err != nil {
 		return t, err
 	}

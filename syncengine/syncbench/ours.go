@@ -122,12 +122,21 @@ func pullRemote(ctx context.Context, s *chunkServer, addr string, root syncengin
 	return engineStats{Chunks: st.Chunks, Sent: st.Sent, Patched: st.Patched, FromCache: st.FromCache, WireBytes: st.WireBytes}, cpu, nil
 }
 
-// index hashes an image without storing anything and returns the time and
-// CPU time it took.
-func index(ctx context.Context, image string) (time.Duration, time.Duration, error) {
-	cpu0, start := selfCPU(), time.Now()
-	if _, err := syncengine.Index(ctx, image, 0); err != nil {
-		return 0, 0, fmt.Errorf("index %s: %w", image, err)
+// indexRuns is how many times index reads the image: the best of a few
+// runs is the engine's speed, not another process's moment on the CPU.
+const indexRuns = 3
+
+// index hashes an image without storing anything and returns the fastest
+// run's time and CPU time.
+func index(ctx context.Context, image string) (best, bestCPU time.Duration, err error) {
+	for range indexRuns {
+		cpu0, start := selfCPU(), time.Now()
+		if _, err := syncengine.Index(ctx, image, 0); err != nil {
+			return 0, 0, fmt.Errorf("index %s: %w", image, err)
+		}
+		if elapsed := time.Since(start); best == 0 || elapsed < best {
+			best, bestCPU = elapsed, selfCPU()-cpu0
+		}
 	}
-	return time.Since(start), selfCPU() - cpu0, nil
+	return best, bestCPU, nil
 }

@@ -214,7 +214,7 @@ func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int
 			if damaged {
 				return fmt.Errorf("%w: it arrived damaged %d times in a row: check the link or the server's copy; the image was not written", err, attempt)
 			}
-			return fmt.Errorf("%w (after %d tries; what arrived is kept: pull again to resume)", err, attempt)
+			return fmt.Errorf("%w; tried %d times: what arrived is kept, so pull again to resume", err, attempt)
 		}
 		mu.Lock()
 		st.Refetched += len(positions)
@@ -306,9 +306,13 @@ type imageWriter struct {
 }
 
 func newImageWriter(path string, m *Manifest, progress Progress) (*imageWriter, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-")
+	dir := filepath.Dir(path)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("write the image to %s: the folder %s does not exist: create it, or pull to another path", path, dir)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".partial-")
 	if err != nil {
-		return nil, fmt.Errorf("write the image beside %s: %w", path, err)
+		return nil, fmt.Errorf("write the image to %s: %w", path, diskErr(err))
 	}
 	w := &imageWriter{m: m, f: f, path: path, where: map[Hash][]int{}, progress: progress}
 	// Holes for the zero chunks: the image stays sparse.

@@ -2,9 +2,13 @@ package syncengine
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 )
@@ -84,7 +88,15 @@ func (s HTTPStore) call(ctx context.Context, _ *Codec, op string, body io.Reader
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("reach %s: %w: %w (is the server running, and is the address right?)", s, errCut, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL and method say nothing the store's name does not
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, linkError{fmt.Errorf("reach %s: %w: is the server running, and is the address right?", s, err)}
+		}
+		return nil, linkError{fmt.Errorf("the link to %s broke: %w", s, err)}
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp.Body, nil
@@ -92,14 +104,27 @@ func (s HTTPStore) call(ctx context.Context, _ *Codec, op string, body io.Reader
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	text := strings.TrimSpace(string(msg))
+	var reason struct{ Error string }
+	if json.Unmarshal(msg, &reason) == nil && reason.Error != "" {
+		text = reason.Error
+	}
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return nil, fmt.Errorf("%s refused this device (%s: %s): log in again with 'handoff lease login'", s, resp.Status, text)
+		if text == "" {
+			text = "log in again with 'handoff lease login'"
+		}
+		return nil, fmt.Errorf("%s refused this device's token: %s", s, text)
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
 		return nil, fmt.Errorf("%s does not serve %q (%s): is the address the server's, and is the server up to date?", s, op, resp.Status)
 	}
 	return nil, fmt.Errorf("%s: %s: %s", s, resp.Status, text)
 }
+
+// linkError is a failure of the link itself: worth another try, and told
+// in the link's words, not the protocol's.
+type linkError struct{ error }
+
+func (e linkError) Unwrap() []error { return []error{errCut, e.error} }
 
 // counter counts the bytes that pass through a reader.
 type counter struct {

@@ -30,6 +30,14 @@ replaced only when the new one is whole.
 The store is the home server's (after 'handoff lease login'), or a directory with
 --store DIR. The local cache is --cache (default ~/.cache/handoff/chunks).`
 
+// syncCommands holds each sync command's arguments and what it does.
+var syncCommands = map[string][2]string{
+	"push": {"FILE", "Store FILE in the store and print its root (the name of this version of it)."},
+	"pull": {"ROOT FILE", "Write the image ROOT to FILE, from the local cache first; FILE is replaced only when the new image is whole."},
+	"diff": {"ROOT1 ROOT2", "Print the byte ranges (offset +length) where ROOT2 differs from ROOT1."},
+	"gc":   {"ROOT...", "Remove from the local cache (or --store DIR) every object no given root uses."},
+}
+
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
 		fmt.Fprintln(stdout, "Usage: handoff sync push|pull|diff|gc [flags] ARGS\n"+syncUsage)
@@ -39,7 +47,11 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return nil
 	}
 	cmd, args := args[0], args[1:]
-	fs := newFlagSet("sync "+cmd, "[flags] ARGS", "See 'handoff sync --help'.", stdout, stderr)
+	use, ok := syncCommands[cmd]
+	if !ok {
+		return fmt.Errorf("%w: unknown sync command %q (see handoff sync --help)", errUsage, cmd)
+	}
+	fs := newFlagSet("sync "+cmd, use[0]+" [flags]", use[1]+"\n\nSee 'handoff sync --help' for how transfers work.", stdout, stderr)
 	storeDir := fs.String("store", "", "a directory to use as the store instead of the home server")
 	cacheDir := fs.String("cache", defaultCacheDir(), "the local chunk cache")
 	jsonOut := fs.Bool("json", false, "print JSON")
@@ -52,7 +64,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil && cmd != "gc" && cmd != "diff" {
 		return err
 	}
-	client := &syncengine.Client{Remote: remote, Cache: cache, Codec: codec, Progress: progressPrinter(stderr)}
+	progress := &progressLine{w: stderr}
+	defer progress.end() // an error then starts on a line of its own
+	client := &syncengine.Client{Remote: remote, Cache: cache, Codec: codec, Progress: progress.show}
 	var out any
 	switch cmd {
 	case "push":
@@ -124,9 +138,8 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if !*jsonOut {
 			fmt.Fprintf(stdout, "removed %d objects from %s\n", n, dir.Dir)
 		}
-	default:
-		return fmt.Errorf("%w: unknown sync command %q (see handoff sync --help)", errUsage, cmd)
 	}
+	progress.end()
 	if *jsonOut {
 		return json.NewEncoder(stdout).Encode(out)
 	}
@@ -135,7 +148,11 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // describeTransfer says in a line what a push or pull moved.
 func describeTransfer(st syncengine.Stats) string {
-	s := fmt.Sprintf("%d chunks (%d zero, %d from the cache), sent %d", st.Chunks, st.ZeroChunks, st.FromCache, st.Sent)
+	s := fmt.Sprintf("%d chunks (%d zero", st.Chunks, st.ZeroChunks)
+	if st.FromCache > 0 {
+		s += fmt.Sprintf(", %d from the cache", st.FromCache)
+	}
+	s += fmt.Sprintf("), sent %d", st.Sent)
 	if st.Patched > 0 {
 		s += fmt.Sprintf(" (%d as changes against %.12s)", st.Patched, st.Base)
 	}
@@ -167,26 +184,37 @@ func syncStore(dir string) (syncengine.Remote, error) {
 		Client: &http.Client{Transport: &http.Transport{TLSClientConfig: leasectl.PinnedTLS(c.Fingerprint)}}}, nil
 }
 
-// progressPrinter writes a progress line at most twice a second, and ends
-// each step's line when it completes.
-func progressPrinter(w io.Writer) syncengine.Progress {
-	var last time.Time
-	return func(step string, done, total int64) {
-		if time.Since(last) < 500*time.Millisecond && done < total {
-			return
-		}
-		last = time.Now()
-		pct := 100.0
-		if total > 0 {
-			pct = 100 * float64(done) / float64(total)
-		}
-		unit := switchover.FormatBytes(uint64(total))
-		if step == "send" {
-			unit = fmt.Sprintf("%d chunks", total)
-		}
-		fmt.Fprintf(w, "\r%s: %5.1f%% of %s", step, pct, unit)
-		if done >= total {
-			fmt.Fprintln(w)
-		}
+// progressLine keeps one line of progress on stderr, at most twice a
+// second, and ends it when a step completes or the command stops.
+type progressLine struct {
+	w    io.Writer
+	last time.Time
+	open bool
+}
+
+func (p *progressLine) show(step string, done, total int64) {
+	if time.Since(p.last) < 500*time.Millisecond && done < total {
+		return
+	}
+	p.last = time.Now()
+	pct := 100.0
+	if total > 0 {
+		pct = 100 * float64(done) / float64(total)
+	}
+	unit := switchover.FormatBytes(uint64(total))
+	if step == "send" {
+		unit = fmt.Sprintf("%d chunks", total)
+	}
+	fmt.Fprintf(p.w, "\r%s: %5.1f%% of %s", step, pct, unit)
+	p.open = true
+	if done >= total {
+		p.end()
+	}
+}
+
+func (p *progressLine) end() {
+	if p.open {
+		fmt.Fprintln(p.w)
+		p.open = false
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -460,7 +461,6 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var cached []Object
 	var readErr error // the image side's own failure, which explains a broken stream best
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -476,36 +476,34 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 			if err := w.bytes(appendPositions(nil, positions)); err != nil {
 				return err
 			}
-			buf := make([]byte, t.ChunkSize)
-			for _, p := range positions {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				data := buf[:t.chunkLen(p)]
-				if _, err := f.ReadAt(data, int64(p)*int64(t.ChunkSize)); err != nil {
-					return fmt.Errorf("read %s at %d: %w", path, int64(p)*int64(t.ChunkSize), err)
-				}
-				if Sum(data) != t.Chunks[p] {
-					return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, int64(p)*int64(t.ChunkSize))
-				}
-				packed := c.Codec.Encode(data)
-				patched := false
-				if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn == nil {
-					err = w.packed(packed) // new to the server: as it will be stored
-				} else {
-					b, _ := fn() // without its base it goes whole
-					patched, err = w.object(b, data)
-				}
+			for i := 0; i < len(positions); i += pushWindow {
+				part := positions[i:min(len(positions), i+pushWindow)]
+				items, err := c.preparePush(ctx, f, path, t, base, part)
 				if err != nil {
 					return err
 				}
-				st.Sent++
-				if patched {
-					st.Patched++
+				batch := make([]Object, len(items))
+				for j, it := range items {
+					patched := false
+					if it.base == nil {
+						err = w.packed(it.packed) // new to the server: as it will be stored
+					} else {
+						patched, err = w.object(it.base, it.data)
+					}
+					if err != nil {
+						return err
+					}
+					st.Sent++
+					if patched {
+						st.Patched++
+					}
+					batch[j] = Object{t.Chunks[part[j]], it.packed}
 				}
 				// Kept in the cache too, so the next push of this path
 				// sends only changes against this one.
-				cached = append(cached, Object{t.Chunks[p], packed})
+				if err := c.Cache.PutBatch(ctx, batch); err != nil {
+					return fmt.Errorf("keep pushed chunks in the cache: %w", err)
+				}
 				if c.Progress != nil {
 					c.Progress("send", int64(st.Sent), int64(len(positions)))
 				}
@@ -531,10 +529,70 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 	if err != nil {
 		return fmt.Errorf("push %s to %s: %w", path, c.Remote, err)
 	}
-	if err := c.Cache.PutBatch(ctx, cached); err != nil {
-		return fmt.Errorf("keep pushed chunks in the cache: %w", err)
-	}
 	return nil
+}
+
+// pushWindow is how many chunks a push prepares at once, on all cores.
+const pushWindow = 64
+
+// pushItem is a chunk ready to send: its bytes, its stored form, and its
+// base's bytes where it goes as a patch.
+type pushItem struct{ data, packed, base []byte }
+
+// preparePush reads the chunks at positions from the image and packs them
+// on all cores. Each must still hash to its name: an image that changes
+// under a push is refused, never stored half old, half new.
+func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, base *tree, positions []int) ([]pushItem, error) {
+	items := make([]pushItem, len(positions))
+	err := parallelFor(ctx, len(positions), func(j int) error {
+		p := positions[j]
+		off := int64(p) * int64(t.ChunkSize)
+		data := make([]byte, t.chunkLen(p))
+		if _, err := f.ReadAt(data, off); err != nil {
+			return fmt.Errorf("read %s at %d: %w", path, off, err)
+		}
+		if Sum(data) != t.Chunks[p] {
+			return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, off)
+		}
+		it := pushItem{data: data, packed: c.Codec.Encode(data)}
+		if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn != nil {
+			var err error
+			if it.base, err = fn(); err != nil {
+				it.base = nil // without its base it goes whole
+			}
+			if it.base == nil {
+				it.base = []byte{} // still in a group: the transfer has a base
+			}
+		}
+		items[j] = it
+		return nil
+	})
+	return items, err
+}
+
+// parallelFor runs fn(0..n-1) on all cores and returns the first error.
+func parallelFor(ctx context.Context, n int, fn func(int) error) error {
+	var next atomic.Int64
+	errs := make([]error, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for w := range errs {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if errs[w] = fn(i); errs[w] != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 // remember stores t in the cache as path's base, if the cache holds every

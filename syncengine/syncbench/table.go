@@ -42,8 +42,8 @@ func (t Table) WriteMarkdown(w io.Writer) {
 	if r, ok := t.Row(CaseCold, ToolHandoff); ok {
 		busy := r.CPU.Seconds() / (r.Time.Seconds() * float64(runtime.NumCPU()))
 		limit := "the CPU was the limit here"
-		if busy < 0.8 {
-			limit = "neither the link nor the CPU was the limit here: the pull waited (on disk syncs or round trips)"
+		if busy < 0.9 {
+			limit = fmt.Sprintf("the CPU was idle %.0f%% of the time: the pull also waited (on disk syncs or round trips)", 100*(1-busy))
 		}
 		fmt.Fprintf(w, "- a cold pull limited by the link, not the CPU, on a %.0f Gbit/s link: on loopback it moved %s/s on the wire (%.2f Gbit/s), %s/s of image, with the CPU %.0f%% busy on %d cores (client, server and proxy together); %s. %s\n",
 			targetLinkRate*8/1e9, formatBytes(int64(t.ColdWireRate)), t.ColdWireRate*8/1e9, formatBytes(int64(r.Rate)),

@@ -185,9 +185,11 @@ func loadObject(ctx context.Context, s objectGetter, codec *Codec, h Hash) ([]by
 	return codec.Decode(h, packed)
 }
 
-// loadTree reads the tree named root from a store, verifying every object.
-func loadTree(ctx context.Context, s objectGetter, codec *Codec, root Hash) (*tree, error) {
-	rootRaw, err := loadObject(ctx, s, codec, root)
+// readTree assembles the tree named root from its objects, got one by one
+// in order: the root (node -1), then each non-zero node. get verifies
+// what it returns against the name it is given.
+func readTree(root Hash, get func(node int, h Hash) ([]byte, error)) (*tree, error) {
+	rootRaw, err := get(-1, root)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", root, err)
 	}
@@ -200,11 +202,16 @@ func loadTree(ctx context.Context, s objectGetter, codec *Codec, root Hash) (*tr
 		if h.IsZero() {
 			continue
 		}
-		if nodeRaw[i], err = loadObject(ctx, s, codec, h); err != nil {
+		if nodeRaw[i], err = get(i, h); err != nil {
 			return nil, fmt.Errorf("image %s, node %d: %w", root, i, err)
 		}
 	}
 	return buildTree(root, rootRaw, nodeRaw)
+}
+
+// loadTree reads the tree named root from a store, verifying every object.
+func loadTree(ctx context.Context, s objectGetter, codec *Codec, root Hash) (*tree, error) {
+	return readTree(root, func(_ int, h Hash) ([]byte, error) { return loadObject(ctx, s, codec, h) })
 }
 
 // storeTree puts a tree's root and nodes in a store, after its chunks.

@@ -106,16 +106,21 @@ func (s *server) baseTree(ctx context.Context, from Hash) (*tree, error) {
 	return t, err
 }
 
+// trees loads the tree a request names and its base.
+func (s *server) trees(ctx context.Context, to, from Hash) (t, base *tree, err error) {
+	if t, err = loadTree(ctx, s.store, s.codec, to); err != nil {
+		return nil, nil, err
+	}
+	base, err = s.baseTree(ctx, from)
+	return t, base, err
+}
+
 func (s *server) tree(ctx context.Context, body io.Reader, w *recordWriter) error {
 	to, from, err := readPair(body)
 	if err != nil {
 		return err
 	}
-	t, err := loadTree(ctx, s.store, s.codec, to)
-	if err != nil {
-		return err
-	}
-	base, err := s.baseTree(ctx, from)
+	t, base, err := s.trees(ctx, to, from)
 	if err != nil {
 		return err
 	}
@@ -161,11 +166,7 @@ func (s *server) chunks(ctx context.Context, body io.Reader, w *recordWriter) er
 	if err != nil {
 		return err
 	}
-	t, err := loadTree(ctx, s.store, s.codec, to)
-	if err != nil {
-		return err
-	}
-	base, err := s.baseTree(ctx, from)
+	t, base, err := s.trees(ctx, to, from)
 	if err != nil {
 		return err
 	}

@@ -356,30 +356,17 @@ func sendTree(w *recordWriter, t, base *tree) error {
 // recvTree reads what sendTree wrote and verifies every object against the
 // root's name.
 func recvTree(r *recordReader, root Hash, base *tree) (*tree, error) {
-	var baseRoot []byte
-	if base != nil {
-		baseRoot = base.rootRaw
-	}
-	rootRaw, _, _, err := r.object(root, fixed(baseRoot))
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", root, err)
-	}
-	_, _, nodes, err := parseRoot(rootRaw)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", root, err)
-	}
-	nodeRaw := make([][]byte, len(nodes))
-	for i, h := range nodes {
-		bh, braw := base.baseNode(i)
-		switch {
-		case h.IsZero():
-		case h == bh:
-			nodeRaw[i] = braw
-		default:
-			if nodeRaw[i], _, _, err = r.object(h, fixed(braw)); err != nil {
-				return nil, fmt.Errorf("image %s, node %d: %w", root, i, err)
+	return readTree(root, func(node int, h Hash) ([]byte, error) {
+		var braw []byte
+		if node < 0 && base != nil {
+			braw = base.rootRaw
+		} else if node >= 0 {
+			var bh Hash
+			if bh, braw = base.baseNode(node); bh == h {
+				return braw, nil // the same node as the base's: not sent
 			}
 		}
-	}
-	return buildTree(root, rootRaw, nodeRaw)
+		data, _, _, err := r.object(h, fixed(braw))
+		return data, err
+	})
 }

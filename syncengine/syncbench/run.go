@@ -172,9 +172,8 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		Rate: t.IndexRate, CPU: cpu, Note: fmt.Sprintf("best of %d, page cache warm", indexRuns)})
 
 	// rsync's basis: the workstation's old image, kept aside before the
-	// update replaces it.
-	// Synced, so that the engine's syncs during the update do not flush
-	// this copy and count its time.
+	// update replaces it, and synced, so that the engine's syncs during the
+	// update do not count the time of writing this copy.
 	if err := copyFile(ctx, d.wsImage, d.oldImage); err != nil {
 		return t, fmt.Errorf("keep the old image for rsync: %w", err)
 	}
@@ -211,37 +210,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	row.Note = fmt.Sprintf("%.2f × reference; ", t.UpdateRatio) + row.Note
 	t.Rows = append(t.Rows, row)
 
-	daemon, err := startRsyncDaemon(ctx, d.rsync, d.server)
+	rows, err := rsyncUpdates(ctx, d, cfg.Size, say)
+	t.Rows = append(t.Rows, rows...)
 	if err != nil {
 		return t, err
-	}
-	defer daemon.stop()
-	for _, tool := range []string{ToolRsyncZ, ToolRsync} {
-		say("%s of the update", tool)
-		dst := filepath.Join(d.rsyncWS, filepath.Base(d.serverImage))
-		// A link is enough: rsync writes a new file and renames it over
-		// dst, reading the old one as its basis.
-		os.Remove(dst)
-		if err := os.Link(d.oldImage, dst); err != nil {
-			return t, fmt.Errorf("give rsync the old image: %w", err)
-		}
-		var compression string
-		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (cpu time.Duration, err error) {
-			cpu, compression, err = rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
-			return cpu, err
-		})
-		if err != nil {
-			return t, err
-		}
-		if err := sameFiles(ctx, dst, d.serverImage); err != nil {
-			return t, fmt.Errorf("%s: %w", tool, err)
-		}
-		note := "verified; CPU of the rsync client"
-		if compression != "" {
-			note = "compressed with " + compression + "; " + note
-		}
-		t.Rows = append(t.Rows, transferRow(CaseUpdate, tool, m, cfg.Size, note))
-		os.Remove(dst)
 	}
 
 	say("zstd -3 full copy of the new image")
@@ -358,4 +330,43 @@ func syncFile(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// rsyncUpdates pulls the new image with rsync, with and without -z, from a
+// daemon serving the server's directory, each time onto the old image.
+func rsyncUpdates(ctx context.Context, d dirs, size int64, say func(string, ...any)) ([]Row, error) {
+	var rows []Row
+	daemon, err := startRsyncDaemon(ctx, d.rsync, d.server)
+	if err != nil {
+		return rows, err
+	}
+	defer daemon.stop()
+	for _, tool := range []string{ToolRsyncZ, ToolRsync} {
+		say("%s of the update", tool)
+		dst := filepath.Join(d.rsyncWS, filepath.Base(d.serverImage))
+		// A link is enough: rsync writes a new file and renames it over
+		// dst, reading the old one as its basis.
+		os.Remove(dst)
+		if err := os.Link(d.oldImage, dst); err != nil {
+			return rows, fmt.Errorf("give rsync the old image: %w", err)
+		}
+		var compression string
+		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (cpu time.Duration, err error) {
+			cpu, compression, err = rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
+			return cpu, err
+		})
+		if err != nil {
+			return rows, err
+		}
+		if err := sameFiles(ctx, dst, d.serverImage); err != nil {
+			return rows, fmt.Errorf("%s: %w", tool, err)
+		}
+		note := "verified; CPU of the rsync client"
+		if compression != "" {
+			note = "compressed with " + compression + "; " + note
+		}
+		rows = append(rows, transferRow(CaseUpdate, tool, m, size, note))
+		os.Remove(dst)
+	}
+	return rows, nil
 }

@@ -2,13 +2,11 @@ package syncbench
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/subtle"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/handoff-dev/handoff/leasectl"
@@ -20,62 +18,69 @@ import (
 // rootHash names an image version in the store.
 type rootHash = syncengine.Hash
 
-// chunkServer is the home server's chunk store over HTTPS on 127.0.0.1,
-// set up as 'handoff serve' does: TLS 1.3 with a self-signed certificate
-// the client pins, the store under /v1/chunks/, a bearer token per request.
+// chunkServer is the home server's chunk store over HTTPS on 127.0.0.1 as
+// 'handoff serve' runs it: TLS 1.3 with a self-signed certificate the
+// client pins, the store under /v1/chunks/ behind the device tokens file.
+// It runs in this process (startChunkServer) or is a real 'handoff serve'
+// of its own (startServeProcess), whose CPU time can then be told apart
+// from the workstation's.
 type chunkServer struct {
 	Addr   string
 	client *tls.Config
 	token  string
-	srv    *http.Server
-	served chan struct{}
+	stop   func()
+	// cpu is the server's CPU time so far; nil when the server runs in
+	// this process and its CPU time is counted with the workstation's.
+	cpu func() (time.Duration, error)
 }
 
-func startChunkServer(ctx context.Context, storeDir, certDir string) (*chunkServer, error) {
-	cert, fp, _, err := leasectl.ServerCert(certDir)
+// serverIdentity makes the server directory's certificate and a token for
+// the bench's workstation, as 'handoff serve' and 'serve token add' do.
+func serverIdentity(dataDir string) (cert tls.Certificate, client *tls.Config, token string, err error) {
+	cert, fp, _, err := leasectl.ServerCert(dataDir)
 	if err != nil {
-		return nil, fmt.Errorf("start the chunk server: %w", err)
+		return cert, nil, "", fmt.Errorf("start the chunk server: %w", err)
 	}
-	var b [24]byte
-	rand.Read(b[:])
-	token := hex.EncodeToString(b[:])
-	chunks := http.StripPrefix("/v1/chunks", syncengine.Handler(syncengine.DirStore{Dir: storeDir}, syncengine.NewCodec()))
+	token, err = leasectl.AddToken(dataDir, "syncbench")
+	if err != nil {
+		return cert, nil, "", fmt.Errorf("start the chunk server: add a device token: %w", err)
+	}
+	return cert, leasectl.PinnedTLS(fp), token, nil
+}
+
+// storeDir is where the server in dataDir keeps its chunks, as
+// 'handoff serve --data' does.
+func storeDir(dataDir string) string { return filepath.Join(dataDir, "chunks") }
+
+// startChunkServer serves dataDir's store in this process.
+func startChunkServer(ctx context.Context, dataDir string) (*chunkServer, error) {
+	cert, client, token, err := serverIdentity(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/chunks/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
-			http.Error(w, "unknown device token", http.StatusUnauthorized)
-			return
-		}
-		chunks.ServeHTTP(w, r)
-	}))
+	mux.Handle("/v1/chunks/", http.StripPrefix("/v1/chunks", syncengine.Handler(syncengine.DirStore{Dir: storeDir(dataDir)}, syncengine.NewCodec())))
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("start the chunk server: %w", err)
 	}
-	s := &chunkServer{
-		Addr:   ln.Addr().String(),
-		client: leasectl.PinnedTLS(fp),
-		token:  token,
-		srv: &http.Server{
-			Handler:           mux,
-			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
-			ReadHeaderTimeout: 10 * time.Second,
-		},
-		served: make(chan struct{}),
+	srv := &http.Server{
+		Handler:           leasectl.RequireToken(leasectl.TokenFile(dataDir), mux),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
+		ReadHeaderTimeout: 10 * time.Second,
 	}
+	served := make(chan struct{})
 	go func() {
-		defer close(s.served)
-		s.srv.ServeTLS(ln, "", "")
+		defer close(served)
+		srv.ServeTLS(ln, "", "")
 	}()
-	return s, nil
+	return &chunkServer{Addr: ln.Addr().String(), client: client, token: token,
+		stop: func() { srv.Close(); <-served }}, nil
 }
 
 // close stops the server, cutting its connections, and waits for it.
-func (s *chunkServer) close() {
-	s.srv.Close()
-	<-s.served
-}
+func (s *chunkServer) close() { s.stop() }
 
 // remote is the workstation's view of the server's store, reached at addr
 // (the counting proxy), with its own connections.
@@ -96,8 +101,8 @@ type engineStats struct {
 // pushLocal stores an image in the server's own store, as the server does
 // when a VM's disk changed there: no network. cacheDir is the server-side
 // client's cache, which remembers the last version pushed from image.
-func pushLocal(ctx context.Context, image, storeDir, cacheDir string) (rootHash, error) {
-	c := &syncengine.Client{Remote: syncengine.DirStore{Dir: storeDir}, Cache: syncengine.DirStore{Dir: cacheDir}, Codec: syncengine.NewCodec()}
+func pushLocal(ctx context.Context, image, dataDir, cacheDir string) (rootHash, error) {
+	c := &syncengine.Client{Remote: syncengine.DirStore{Dir: storeDir(dataDir)}, Cache: syncengine.DirStore{Dir: cacheDir}, Codec: syncengine.NewCodec()}
 	root, _, err := c.Push(ctx, image)
 	if err != nil {
 		return root, fmt.Errorf("push %s into the server's store: %w", image, err)
@@ -106,10 +111,10 @@ func pushLocal(ctx context.Context, image, storeDir, cacheDir string) (rootHash,
 }
 
 // pullRemote pulls root to image on the workstation through addr (the
-// counting proxy), with cacheDir as the workstation's chunk cache. The
-// CPU time is the whole process's: the workstation's client, but also the
-// server's handlers and the proxy, which run in this process too.
-func pullRemote(ctx context.Context, s *chunkServer, addr string, root syncengine.Hash, cacheDir, image string) (engineStats, time.Duration, error) {
+// counting proxy), with cacheDir as the workstation's chunk cache, and
+// returns this process's CPU time: the client's and the proxy's, and the
+// server's too when it runs in this process.
+func pullRemote(ctx context.Context, s *chunkServer, addr string, root rootHash, cacheDir, image string) (engineStats, time.Duration, error) {
 	remote, tr := s.remote(addr)
 	defer tr.CloseIdleConnections()
 	cpu0 := selfCPU()

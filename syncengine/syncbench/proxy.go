@@ -208,18 +208,24 @@ func pipe(dst, src net.Conn, n *atomic.Int64) {
 	}
 }
 
+// cpuTimes is the CPU time a transfer took on each side. Server is zero
+// when it cannot be told apart (a server in this process).
+type cpuTimes struct {
+	Workstation, Server time.Duration
+}
+
 // measured is one transfer: the bytes through the proxy, the time it
-// took, and the CPU time of whoever did the work.
+// took, and the CPU time on each side.
 type measured struct {
 	Counts
+	cpuTimes
 	Time time.Duration
-	CPU  time.Duration
 }
 
 // throughProxy runs transfer against a fresh counting proxy to target and
 // measures it. transfer gets the proxy's address and returns the CPU time
-// it spent; the bytes are counted once every connection has closed.
-func throughProxy(ctx context.Context, target string, transfer func(addr string) (time.Duration, error)) (measured, error) {
+// it knows of; the bytes are counted once every connection has closed.
+func throughProxy(ctx context.Context, target string, transfer func(addr string) (cpuTimes, error)) (measured, error) {
 	p, err := StartProxy(ctx, target)
 	if err != nil {
 		return measured{}, err
@@ -234,5 +240,5 @@ func throughProxy(ctx context.Context, target string, transfer func(addr string)
 	if err := p.WaitIdle(ctx); err != nil {
 		return measured{}, err
 	}
-	return measured{Counts: p.Counts(), Time: elapsed, CPU: cpu}, nil
+	return measured{Counts: p.Counts(), cpuTimes: cpu, Time: elapsed}, nil
 }

@@ -96,6 +96,8 @@ func (d *rsyncDaemon) waitListening(ctx context.Context) error {
 	}
 }
 
+func (d *rsyncDaemon) pid() int { return d.cmd.Process.Pid }
+
 // stop kills the daemon and every child it forked, and waits for it.
 func (d *rsyncDaemon) stop() {
 	signalGroup(d.cmd)

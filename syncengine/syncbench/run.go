@@ -26,6 +26,10 @@ type Config struct {
 	// Sources are the directories the image's files and the new blocks'
 	// contents come from (default /usr/bin, /usr/lib, /usr/share).
 	Sources []string
+	// Server is a handoff binary to run as the home server ('handoff
+	// serve'), so that its CPU time is apart from the workstation's.
+	// Empty: the same handlers run in this process.
+	Server string
 }
 
 func (c Config) withDefaults() Config {
@@ -60,14 +64,20 @@ const (
 
 // Row is one measurement. Bytes are counted at the socket, through a
 // proxy: Down to the workstation, Up to the server. Negative means the row
-// moved nothing over a socket.
+// moved nothing over a socket. A CPU time of zero was not measured apart.
 type Row struct {
 	Case, Tool string
 	Down, Up   int64
 	Time       time.Duration
-	Rate       float64       // image bytes per second
-	CPU        time.Duration // see Note for whose
-	Note       string
+	Rate       float64 // image bytes per second
+	// WorkstationCPU is the CPU time on the workstation's side: handoff's
+	// client and the counting proxy (and the server's handlers when they
+	// run in the same process), the rsync client, zstd -d.
+	WorkstationCPU time.Duration
+	// ServerCPU is the CPU time on the server's side: 'handoff serve',
+	// the rsync daemon and its children, zstd -3.
+	ServerCPU time.Duration
+	Note      string
 }
 
 // Table is what Run measured.
@@ -84,9 +94,11 @@ type Table struct {
 	// Elapsed is the whole run, image making included.
 	Elapsed time.Duration
 	// ColdWireRate is the cold pull's bytes on the wire per second of
-	// wall time: on loopback the CPU is the limit, so a link slower than
-	// this is what limits a real pull.
+	// wall time on loopback: a link slower than this limits a real pull.
 	ColdWireRate float64
+	// ColdCoreRate is the cold pull's bytes on the wire per CPU second on
+	// the workstation's side: what one of its cores can carry.
+	ColdCoreRate float64
 }
 
 // Row returns the row for a case and tool.
@@ -130,7 +142,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		defer os.RemoveAll(work)
 	}
 	d := layout(work)
-	for _, dir := range []string{d.server, d.store, d.serverCache, d.certs, d.ws, d.wsCache, d.rsync, d.rsyncWS, d.zstdWS} {
+	for _, dir := range []string{d.server, d.serverData, d.serverCache, d.ws, d.wsCache, d.rsync, d.rsyncWS, d.zstdWS} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return t, fmt.Errorf("make the bench's directories: %w", err)
 		}
@@ -142,13 +154,18 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		return t, err
 	}
 	say("push the image into the server's store")
-	root, row, err := timedPush(ctx, d.serverImage, d.store, d.serverCache, cfg.Size)
+	root, row, err := timedPush(ctx, d.serverImage, d.serverData, d.serverCache, cfg.Size)
 	if err != nil {
 		return t, err
 	}
 	t.Rows = append(t.Rows, row)
 
-	srv, err := startChunkServer(ctx, d.store, d.certs)
+	var srv *chunkServer
+	if cfg.Server != "" {
+		srv, err = startServeProcess(ctx, cfg.Server, d.serverData)
+	} else {
+		srv, err = startChunkServer(ctx, d.serverData)
+	}
 	if err != nil {
 		return t, err
 	}
@@ -161,6 +178,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	}
 	t.Rows = append(t.Rows, row)
 	t.ColdWireRate = float64(row.Down+row.Up) / row.Time.Seconds()
+	t.ColdCoreRate = float64(row.Down+row.Up) / row.WorkstationCPU.Seconds()
 
 	say("index the local image")
 	elapsed, cpu, err := index(ctx, d.wsImage)
@@ -169,7 +187,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	}
 	t.IndexRate = float64(cfg.Size) / elapsed.Seconds()
 	t.Rows = append(t.Rows, Row{Case: CaseIndex, Tool: ToolHandoff, Down: -1, Up: -1, Time: elapsed,
-		Rate: t.IndexRate, CPU: cpu, Note: fmt.Sprintf("best of %d, page cache warm", indexRuns)})
+		Rate: t.IndexRate, WorkstationCPU: cpu, Note: fmt.Sprintf("best of %d, page cache warm", indexRuns)})
 
 	// rsync's basis: the workstation's old image, kept aside before the
 	// update replaces it, and synced, so that the engine's syncs during the
@@ -194,7 +212,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		Note: fmt.Sprintf("%d blocks, %s before compression", t.ChangedBlocks, formatBytes(t.ChangedBytes))})
 
 	say("push the new version into the server's store")
-	root, row, err = timedPush(ctx, d.serverImage, d.store, d.serverCache, cfg.Size)
+	root, row, err = timedPush(ctx, d.serverImage, d.serverData, d.serverCache, cfg.Size)
 	if err != nil {
 		return t, err
 	}
@@ -226,63 +244,79 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		return t, fmt.Errorf("zstd copy: %w", err)
 	}
 	os.Remove(dst)
-	t.Rows = append(t.Rows, transferRow(CaseUpdate, ToolZstd, m, cfg.Size, "verified; CPU of both zstd ends; same as a cold copy"))
+	t.Rows = append(t.Rows, transferRow(CaseUpdate, ToolZstd, m, cfg.Size, "verified; the same as a cold copy"))
 	return t, nil
 }
 
 // dirs is where everything of one run lives.
 type dirs struct {
-	server, serverImage, store, serverCache, certs string
-	ws, wsImage, wsCache, oldImage                 string
-	rsync, rsyncWS, zstdWS                         string
+	server, serverImage, serverData, serverCache string
+	ws, wsImage, wsCache, oldImage               string
+	rsync, rsyncWS, zstdWS                       string
 }
 
 func layout(work string) dirs {
 	j := filepath.Join
 	return dirs{
 		server: j(work, "server"), serverImage: j(work, "server", "image.img"),
-		store: j(work, "server-store"), serverCache: j(work, "server-cache"), certs: j(work, "server-tls"),
+		serverData: j(work, "server-data"), serverCache: j(work, "server-cache"),
 		ws: j(work, "ws"), wsImage: j(work, "ws", "image.img"), wsCache: j(work, "ws-cache"),
 		oldImage: j(work, "ws-old.img"),
 		rsync:    j(work, "rsyncd"), rsyncWS: j(work, "ws-rsync"), zstdWS: j(work, "ws-zstd"),
 	}
 }
 
-func timedPush(ctx context.Context, image, store, cache string, size int64) (rootHash, Row, error) {
+func timedPush(ctx context.Context, image, dataDir, cache string, size int64) (rootHash, Row, error) {
 	cpu0, start := selfCPU(), time.Now()
-	root, err := pushLocal(ctx, image, store, cache)
+	root, err := pushLocal(ctx, image, dataDir, cache)
 	if err != nil {
 		return root, Row{}, err
 	}
 	elapsed := time.Since(start)
 	return root, Row{Case: CaseServerPush, Tool: ToolHandoff, Down: -1, Up: -1, Time: elapsed,
-		Rate: float64(size) / elapsed.Seconds(), CPU: selfCPU() - cpu0, Note: "no network"}, nil
+		Rate: float64(size) / elapsed.Seconds(), ServerCPU: selfCPU() - cpu0, Note: "no network"}, nil
 }
 
 // oursPull pulls root onto the workstation's image through a counting
 // proxy and checks the result against the server's image.
 func oursPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, name string, size int64) (Row, error) {
 	var st engineStats
-	m, err := throughProxy(ctx, srv.Addr, func(addr string) (time.Duration, error) {
+	var server0 time.Duration
+	if srv.cpu != nil {
+		var err error
+		if server0, err = srv.cpu(); err != nil {
+			return Row{}, err
+		}
+	}
+	m, err := throughProxy(ctx, srv.Addr, func(addr string) (cpuTimes, error) {
 		var cpu time.Duration
 		var err error
 		st, cpu, err = pullRemote(ctx, srv, addr, root, d.wsCache, d.wsImage)
-		return cpu, err
+		return cpuTimes{Workstation: cpu}, err
 	})
 	if err != nil {
 		return Row{}, fmt.Errorf("%s: %w", name, err)
 	}
+	where := "the server runs in this process: its CPU time is in the workstation's"
+	if srv.cpu != nil {
+		server1, err := srv.cpu()
+		if err != nil {
+			return Row{}, err
+		}
+		m.Server = server1 - server0
+		where = "server: handoff serve"
+	}
 	if err := sameFiles(ctx, d.wsImage, d.serverImage); err != nil {
 		return Row{}, fmt.Errorf("%s: %w", name, err)
 	}
-	note := fmt.Sprintf("verified; %d of %d chunks fetched (%d as changes only), engine counted %s; CPU of the whole process (client, server, proxy)",
-		st.Sent, st.Chunks, st.Patched, formatBytes(st.WireBytes))
+	note := fmt.Sprintf("verified; %d of %d chunks fetched (%d as changes only), engine counted %s; %s",
+		st.Sent, st.Chunks, st.Patched, formatBytes(st.WireBytes), where)
 	return transferRow(name, ToolHandoff, m, size, note), nil
 }
 
 func transferRow(name, tool string, m measured, size int64, note string) Row {
 	return Row{Case: name, Tool: tool, Down: m.Down, Up: m.Up, Time: m.Time,
-		Rate: float64(size) / m.Time.Seconds(), CPU: m.CPU, Note: note}
+		Rate: float64(size) / m.Time.Seconds(), WorkstationCPU: m.Workstation, ServerCPU: m.Server, Note: note}
 }
 
 // sameFiles checks that two files hold the same bytes: a bench that moved
@@ -350,18 +384,33 @@ func rsyncUpdates(ctx context.Context, d dirs, size int64, say func(string, ...a
 		if err := os.Link(d.oldImage, dst); err != nil {
 			return rows, fmt.Errorf("give rsync the old image: %w", err)
 		}
+		server0, err := procCPU(daemon.pid())
+		if err != nil {
+			return rows, err
+		}
 		var compression string
-		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (cpu time.Duration, err error) {
-			cpu, compression, err = rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
-			return cpu, err
+		m, err := throughProxy(ctx, daemon.Addr, func(addr string) (cpuTimes, error) {
+			cpu, c, err := rsyncPull(ctx, addr, filepath.Base(d.serverImage), dst, tool == ToolRsyncZ)
+			compression = c
+			return cpuTimes{Workstation: cpu}, err
 		})
 		if err != nil {
 			return rows, err
 		}
+		// The daemon's child for the connection did the work; its CPU
+		// time is the daemon's once the child has exited.
+		if err := waitNoChildren(ctx, daemon.pid()); err != nil {
+			return rows, fmt.Errorf("%s: %w", tool, err)
+		}
+		server1, err := procCPU(daemon.pid())
+		if err != nil {
+			return rows, err
+		}
+		m.Server = server1 - server0
 		if err := sameFiles(ctx, dst, d.serverImage); err != nil {
 			return rows, fmt.Errorf("%s: %w", tool, err)
 		}
-		note := "verified; CPU of the rsync client"
+		note := "verified"
 		if compression != "" {
 			note = "compressed with " + compression + "; " + note
 		}

@@ -21,7 +21,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestRunSmallImage runs the whole bench on a 64 MiB image.
+// TestRunSmallImage runs the whole bench on a 64 MiB image, with the real
+// 'handoff serve' as the server when make test gives the binary in
+// HANDOFF_BIN, else with the server's handlers in the test process.
 func TestRunSmallImage(t *testing.T) {
 	if err := needTools("mkfs.ext4", "dumpe2fs", "rsync", "zstd"); err != nil {
 		t.Fatal(err)
@@ -29,7 +31,7 @@ func TestRunSmallImage(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	tab, err := Run(ctx, Config{Dir: dir, Size: 64 << 20}, logWriter{t})
+	tab, err := Run(ctx, Config{Dir: dir, Size: 64 << 20, Server: os.Getenv("HANDOFF_BIN")}, logWriter{t})
 	var md bytes.Buffer
 	tab.WriteMarkdown(&md)
 	t.Logf("\n%s", md.String())
@@ -65,6 +67,9 @@ func TestRunSmallImage(t *testing.T) {
 		if transfer && r[1] != ToolZstd && row.Up <= 0 {
 			t.Errorf("%s by %s: nothing went to the server", r[0], r[1])
 		}
+	}
+	if cold, _ := tab.Row(CaseCold, ToolHandoff); os.Getenv("HANDOFF_BIN") != "" && cold.ServerCPU <= 0 {
+		t.Error("handoff serve ran apart, but its CPU time was not measured")
 	}
 	if tab.Image.Used < 0.75 || tab.Image.Used > 0.95 {
 		t.Errorf("the image is %.0f%% full, want 80-90%%", 100*tab.Image.Used)
@@ -268,5 +273,30 @@ func TestNegotiatedCompression(t *testing.T) {
 	}
 	if got := negotiatedCompression("nothing\n"); got != "" {
 		t.Errorf("negotiatedCompression of nothing = %q", got)
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// A command name with spaces and a parenthesis; utime 150, stime 50,
+	// cutime 100, cstime 0 ticks: 3 s.
+	stat := "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 150 50 100 0 20 0 3 0 100 1000 10"
+	if got, err := parseStatCPU(stat); err != nil || got != 3*time.Second {
+		t.Errorf("parseStatCPU = %v, %v; want 3s", got, err)
+	}
+	if _, err := parseStatCPU("4242 (x) S 1"); err == nil {
+		t.Error("parseStatCPU took a short line")
+	}
+	self, err := procCPU(os.Getpid())
+	if err != nil || self < 0 {
+		t.Errorf("procCPU(self) = %v, %v", self, err)
+	}
+}
+
+func TestServeAddr(t *testing.T) {
+	if got, ok := serveAddr("handoff serve: https://127.0.0.1:40123, certificate fingerprint ab12"); !ok || got != "127.0.0.1:40123" {
+		t.Errorf("serveAddr = %q, %v", got, ok)
+	}
+	if _, ok := serveAddr("first start: a token for your first device"); ok {
+		t.Error("serveAddr took another line")
 	}
 }

@@ -107,19 +107,19 @@ func zstdReceive(ctx context.Context, addr, dst string) (time.Duration, error) {
 }
 
 // zstdCopy copies src to dst as zstd -3 over one TCP connection through a
-// counting proxy; the CPU time is both ends' zstd.
+// counting proxy; the CPU times are each end's zstd.
 func zstdCopy(ctx context.Context, src, dst string) (measured, error) {
 	s, err := startZstdServer(ctx, src)
 	if err != nil {
 		return measured{}, err
 	}
 	defer s.close()
-	return throughProxy(ctx, s.Addr(), func(addr string) (time.Duration, error) {
+	return throughProxy(ctx, s.Addr(), func(addr string) (cpuTimes, error) {
 		recvCPU, err := zstdReceive(ctx, addr, dst)
 		if err != nil {
-			return 0, err
+			return cpuTimes{}, err
 		}
 		sendCPU, err := s.wait()
-		return sendCPU + recvCPU, err
+		return cpuTimes{Workstation: recvCPU, Server: sendCPU}, err
 	})
 }

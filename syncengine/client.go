@@ -101,23 +101,50 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 	if err != nil {
 		return st, err
 	}
-	var want []int
-	for i, h := range distinct {
-		if have[i] {
-			st.FromCache++
-		} else {
-			want = append(want, first[h])
-		}
-	}
-	sort.Ints(want)
-	st.ZeroChunks = len(t.Chunks) - countNonZero(t.Chunks)
-
 	img, err := newImageWriter(path, t.Manifest, c.Progress)
 	if err != nil {
 		return st, err
 	}
 	defer img.abandon()
+	st.ZeroChunks = len(t.Chunks) - countNonZero(t.Chunks)
+
+	// What the cache holds first, each distinct chunk read once. A copy
+	// damaged there (a crash, a bad disk) is dropped and fetched again.
+	var want, cached []int
+	for i, h := range distinct {
+		if have[i] {
+			cached = append(cached, first[h])
+		} else {
+			want = append(want, first[h])
+		}
+	}
 	var mu sync.Mutex
+	err = parallelBatches(ctx, cached, fetchBatch, func(batch []int) error {
+		for _, p := range batch {
+			data, err := loadObject(ctx, c.Cache, c.Codec, t.Chunks[p])
+			if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
+				c.Cache.drop(t.Chunks[p])
+				mu.Lock()
+				want = append(want, p)
+				mu.Unlock()
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read the cache's copy of chunk %s: %w", t.Chunks[p], err)
+			}
+			if err := img.put(t.Chunks[p], data); err != nil {
+				return err
+			}
+			mu.Lock()
+			st.FromCache++
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	sort.Ints(want)
 	got := func(patched bool) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -128,28 +155,6 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 	}
 	err = parallelBatches(ctx, want, fetchBatch, func(batch []int) error {
 		return c.fetchChunks(ctx, t, base, batch, img, got, &st, &mu, &wire)
-	})
-	if err != nil {
-		return st, err
-	}
-	// The rest from the cache, each distinct chunk read once.
-	var cached []int
-	for i, h := range distinct {
-		if have[i] {
-			cached = append(cached, first[h])
-		}
-	}
-	err = parallelBatches(ctx, cached, fetchBatch, func(batch []int) error {
-		for _, p := range batch {
-			data, err := loadObject(ctx, c.Cache, c.Codec, t.Chunks[p])
-			if err != nil {
-				return fmt.Errorf("the cache's copy of chunk %s: %w; run 'handoff sync gc' or delete %s and pull again", t.Chunks[p], err, c.Cache.Dir)
-			}
-			if err := img.put(t.Chunks[p], data); err != nil {
-				return err
-			}
-		}
-		return nil
 	})
 	if err != nil {
 		return st, err
@@ -204,6 +209,15 @@ func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if errors.Is(err, errBadBase) && len(positions) > 0 {
+			// That one chunk comes whole; the rest as before.
+			if n, err = c.fetchOnce(ctx, t, nil, positions[:1], img, got, wire); err != nil {
+				return err
+			}
+			positions = positions[n:]
+			attempt--
+			continue
+		}
 		// What broke on the way is asked again; what the server itself
 		// reports (a damaged copy, a missing image) is final.
 		var re *remoteError
@@ -237,7 +251,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 	n := 0
 	for _, p := range positions {
 		h := t.Chunks[p]
-		data, packed, patched, err := rr.object(h, chunkBase(ctx, c.Cache, c.Codec, base, p))
+		data, packed, patched, err := rr.object(h, c.cachedBase(ctx, base, p))
 		if err == nil {
 			err = img.put(h, data)
 		}
@@ -256,6 +270,26 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
 	}
 	return n, nil
+}
+
+// errBadBase means the cache's copy of a base chunk is damaged: the chunk
+// it was to patch is asked for whole instead.
+var errBadBase = errors.New("the cache's copy of the base chunk is damaged")
+
+// cachedBase is chunkBase from the cache, which drops a damaged copy.
+func (c *Client) cachedBase(ctx context.Context, base *tree, p int) func() ([]byte, error) {
+	fn := chunkBase(ctx, c.Cache, c.Codec, base, p)
+	if fn == nil {
+		return nil
+	}
+	return func() ([]byte, error) {
+		b, err := fn()
+		if err != nil {
+			c.Cache.drop(base.Chunks[p])
+			return nil, fmt.Errorf("%w: %w", errBadBase, err)
+		}
+		return b, nil
+	}
 }
 
 // parallelBatches runs fn over items cut into batches, transfers at a

@@ -355,6 +355,62 @@ func TestCorruptionIsCaughtAndNeverWritten(t *testing.T) {
 	}
 }
 
+// TestADamagedCacheHealsItself damages the workstation's cached copy of an
+// unchanged chunk and of a chunk the next version patches: the pull of that
+// version fetches both whole and writes the right image.
+func TestADamagedCacheHealsItself(t *testing.T) {
+	ctx := context.Background()
+	srv := newHub(t)
+	img := images(t)["ext4 with real files"]
+	server := &Client{Remote: srv.dir, Cache: DirStore{Dir: t.TempDir()}, Codec: NewCodec()}
+	root0, _, err := server.Push(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	laptop := srv.client(t)
+	mine := filepath.Join(t.TempDir(), "disk.img")
+	if _, err := laptop.Pull(ctx, root0, mine); err != nil {
+		t.Fatal(err)
+	}
+	changeBlocks(t, img, 0.01, 3)
+	root1, _, err := server.Push(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := loadTree(ctx, srv.dir, NewCodec(), root0)
+	next, _ := loadTree(ctx, srv.dir, NewCodec(), root1)
+	var unchanged, patchedBase Hash
+	for i, h := range old.Chunks {
+		switch {
+		case h.IsZero():
+		case h == next.Chunks[i] && unchanged.IsZero():
+			unchanged = h
+		case h != next.Chunks[i] && patchedBase.IsZero() && !next.Chunks[i].IsZero():
+			patchedBase = h
+		}
+	}
+	for _, h := range []Hash{unchanged, patchedBase} {
+		p := laptop.Cache.path(h)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)/2] ^= 0x40
+		os.WriteFile(p, b, 0o644)
+	}
+	st, err := laptop.Pull(ctx, root1, mine)
+	if err != nil {
+		t.Fatalf("a pull over a damaged cache: %v", err)
+	}
+	sameFile(t, img, mine)
+	if st.Patched == 0 || st.Sent <= st.Patched {
+		t.Errorf("sent %d chunks, %d patched: the damaged ones should come whole, the rest as patches", st.Sent, st.Patched)
+	}
+	if _, err := laptop.Pull(ctx, root1, mine); err != nil {
+		t.Fatalf("the healed cache: %v", err)
+	}
+}
+
 // TestTheServerStoresOnlyWhatMatchesItsName pushes a stream whose chunk
 // does not hash to the name the tree gives it.
 func TestTheServerStoresOnlyWhatMatchesItsName(t *testing.T) {

@@ -69,6 +69,9 @@ func (d DirStore) Put(ctx context.Context, h Hash, packed []byte) error {
 	return d.PutBatch(ctx, []Object{{h, packed}})
 }
 
+// drop removes an object found damaged, so that it is fetched again.
+func (d DirStore) drop(h Hash) { os.Remove(d.path(h)) }
+
 // PutBatch stores packed objects durably, with two syncfs calls for the
 // whole batch instead of one fsync per object.
 func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {

@@ -58,7 +58,7 @@ into the chunk store of a 'handoff serve' of its own on 127.0.0.1, and measures:
 
 Every transfer goes through a proxy that counts the bytes at the socket, both ways,
 and every pulled image is compared with the server's byte for byte. Prints a markdown
-table; progress goes to stderr. At 2G it takes about five minutes on two cores and
+table; progress goes to stderr. At 2G it takes two to three minutes on two cores and
 needs about 10 GB free under --dir; everything it starts and writes is removed
 afterwards, on Ctrl-C too. Needs mkfs.ext4, rsync and zstd ('make deps').`, stdout, stderr)
 	sizeFlag := fs.String("size", "2G", "the image's size (binary units: 64M, 2G)")

@@ -21,6 +21,7 @@ type Stats struct {
 	ZeroChunks int   `json:"zero_chunks"` // chunks of zeroes: neither stored nor sent
 	Sent       int   `json:"sent"`        // chunks transferred
 	Patched    int   `json:"patched"`     // of those, sent as their changes against the base
+	InPlace    int   `json:"in_place"`    // distinct chunks a pull found already in place in the file it replaces
 	FromCache  int   `json:"from_cache"`  // distinct chunks a pull found in the local cache
 	Refetched  int   `json:"refetched"`   // chunks asked for again after a damaged or cut transfer
 	WireBytes  int64 `json:"wire_bytes"`  // bytes of requests and answers, both ways
@@ -48,8 +49,9 @@ type Client struct {
 // link during a round trip, and to use both cores on each side.
 const transfers = 4
 
-// fetchBatch is how many chunks one request of a pull asks for.
-const fetchBatch = 256
+// fetchBatch is how many chunks one request of a pull asks for: an
+// update's patches compress together within one answer.
+const fetchBatch = 1024
 
 // base is the tree last transferred to or from path, if the cache holds it
 // and every chunk it names: what the next transfer sends differences
@@ -96,17 +98,29 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 	}
 	st.Base = base.name()
 	st.Chunks, st.ImageBytes = len(t.Chunks), t.Size
-	distinct, first := t.distinct()
-	have, err := c.Cache.Has(ctx, distinct)
-	if err != nil {
-		return st, err
-	}
+	st.ZeroChunks = len(t.Chunks) - countNonZero(t.Chunks)
 	img, err := newImageWriter(path, t.Manifest, c.Progress)
 	if err != nil {
 		return st, err
 	}
 	defer img.abandon()
-	st.ZeroChunks = len(t.Chunks) - countNonZero(t.Chunks)
+	// The file being replaced holds most of an update already, in place.
+	if err := img.reuse(ctx); err != nil {
+		return st, err
+	}
+	all, first := t.distinct()
+	var distinct []Hash
+	for _, h := range all {
+		if len(img.where[h]) == 0 {
+			st.InPlace++
+		} else {
+			distinct = append(distinct, h)
+		}
+	}
+	have, err := c.Cache.Has(ctx, distinct)
+	if err != nil {
+		return st, err
+	}
 
 	// What the cache holds first, each distinct chunk read once. A copy
 	// damaged there (a crash, a bad disk) is dropped and fetched again.
@@ -265,6 +279,12 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		batch = append(batch, Object{h, packed})
 		got(patched)
 		n++
+		if len(batch) == storeBatch {
+			if err := c.Cache.PutBatch(ctx, batch); err != nil {
+				return n - len(batch), fmt.Errorf("keep fetched chunks in the cache: %w", err)
+			}
+			batch = batch[:0]
+		}
 	}
 	if err := c.Cache.PutBatch(ctx, batch); err != nil {
 		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
@@ -370,6 +390,55 @@ func diskErr(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w (%w): free space and pull again; the previous image is untouched", ErrDiskFull, err)
+}
+
+// reuse copies into the new image every chunk the file it replaces already
+// holds in the same place, verified by its hash, and leaves the rest to be
+// written: an update reads the old file instead of the cache, and does not
+// decompress what did not change.
+func (w *imageWriter) reuse(ctx context.Context) error {
+	old, err := os.Open(w.path)
+	if err != nil {
+		return nil // nothing to reuse
+	}
+	defer old.Close()
+	fi, err := old.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	bufs := sync.Pool{New: func() any { return make([]byte, w.m.ChunkSize) }}
+	placed := make([]bool, len(w.m.Chunks))
+	err = parallelFor(ctx, len(w.m.Chunks), func(i int) error {
+		off, n := int64(i)*int64(w.m.ChunkSize), w.m.chunkLen(i)
+		if w.m.Chunks[i].IsZero() || off+int64(n) > fi.Size() {
+			return nil
+		}
+		buf := bufs.Get().([]byte)[:n]
+		defer bufs.Put(buf[:cap(buf)])
+		if _, err := old.ReadAt(buf, off); err != nil || Sum(buf) != w.m.Chunks[i] {
+			return nil
+		}
+		if _, err := w.f.WriteAt(buf, off); err != nil {
+			return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
+		}
+		placed[i] = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for h, ps := range w.where {
+		kept := ps[:0]
+		for _, p := range ps {
+			if placed[p] {
+				w.done += int64(w.m.chunkLen(p))
+			} else {
+				kept = append(kept, p)
+			}
+		}
+		w.where[h] = kept
+	}
+	return nil
 }
 
 // put writes a chunk at every position where the image has it.

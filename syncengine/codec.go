@@ -22,14 +22,14 @@ var ErrCorrupt = errors.New("chunk does not match its hash")
 // concurrent use.
 type Codec struct {
 	enc   *zstd.Encoder // objects, one by one: fast, as they are stored
-	group *zstd.Encoder // groups of differences on the wire: smaller, as they are few
+	group *zstd.Encoder // groups of differences on the wire: few bytes, so worth a stronger level
 	dec   *zstd.Decoder
 }
 
 func NewCodec() *Codec {
 	cores := runtime.GOMAXPROCS(0)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores))
-	group, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores), zstd.WithWindowSize(groupSize))
+	group, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(cores), zstd.WithWindowSize(groupSize))
 	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(cores), zstd.WithDecoderMaxMemory(maxObject))
 	return &Codec{enc: enc, group: group, dec: dec}
 }

@@ -27,9 +27,9 @@ const (
 	recPatch byte = 5 // a patch against the object the receiver holds in its place
 )
 
-// groupSize bounds a group: large enough to compress well, small enough to
-// keep a stream moving and memory flat.
-const groupSize = 1 << 20
+// groupSize bounds a group: large enough to compress well (each group is
+// compressed alone), small enough to keep a stream moving and memory flat.
+const groupSize = 4 << 20
 
 // Error codes carried by error records, so a sentinel error crosses the
 // wire intact.

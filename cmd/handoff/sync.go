@@ -149,6 +149,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // describeTransfer says in a line what a push or pull moved.
 func describeTransfer(st syncengine.Stats) string {
 	s := fmt.Sprintf("%d chunks (%d zero", st.Chunks, st.ZeroChunks)
+	if st.InPlace > 0 {
+		s += fmt.Sprintf(", %d already in place", st.InPlace)
+	}
 	if st.FromCache > 0 {
 		s += fmt.Sprintf(", %d from the cache", st.FromCache)
 	}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"runtime"
 	"time"
+
+	"github.com/handoff-dev/handoff/libvirt/switchover"
 )
 
 // The targets.
@@ -76,15 +78,6 @@ func cellRate(r float64) string {
 	return formatBytes(int64(r)) + "/s"
 }
 
-// formatBytes is decimal, as link speeds are.
-func formatBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
-}
+// formatBytes is decimal, as link speeds are: the same words as the rest
+// of handoff's output.
+func formatBytes(n int64) string { return switchover.FormatBytes(uint64(max(n, 0))) }

@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -209,6 +210,43 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 	}
 	st.Base = members[last].Stats.Base
 	return members, st, nil
+}
+
+// WithChainMembers returns roots and, for each of them that is a chain
+// manifest in store, its members' roots: what GC must keep for a kept
+// chain to stay whole, since a manifest's tree names only the manifest's
+// own bytes. A root the store lacks is passed on for GC to report.
+func WithChainMembers(ctx context.Context, store DirStore, codec *Codec, roots []Hash) ([]Hash, error) {
+	out := slices.Clone(roots)
+	for _, root := range roots {
+		t, err := loadTree(ctx, store, codec, root)
+		if err != nil || t.Size < int64(len(chainMagic)) || t.Size > maxChainManifest {
+			continue
+		}
+		var b []byte
+		for i, h := range t.Chunks {
+			data := make([]byte, t.chunkLen(i))
+			if !h.IsZero() {
+				if data, err = loadObject(ctx, store, codec, h); err != nil {
+					return nil, fmt.Errorf("read %s to see whether it names a chain whose files must be kept: %w", root, err)
+				}
+			}
+			if b = append(b, data...); !bytes.HasPrefix(b, []byte(chainMagic)[:min(len(b), len(chainMagic))]) {
+				break // an image, not a manifest
+			}
+		}
+		if !bytes.HasPrefix(b, []byte(chainMagic)) {
+			continue
+		}
+		members, err := parseChain(b)
+		if err != nil {
+			continue // broken: it names nothing to keep
+		}
+		for _, m := range members {
+			out = append(out, m.Root)
+		}
+	}
+	return out, nil
 }
 
 // stage names a temporary file beside dest for a pull to write to. It

@@ -155,9 +155,10 @@ func TestChainPushPull(t *testing.T) {
 	tool(t, "qemu-img", "compare", "-q", top, pulledTop)
 	tool(t, "qemu-io", "-r", "-c", "read -P 0x5a 1M 64k", "-c", "read -P 0x33 2M 64k", pulledTop)
 
+	var newRoot Hash
 	t.Run("an update moves the overlay's change", func(t *testing.T) {
 		tool(t, "qemu-io", "-c", "write -P 0xc4 5M 64k", top)
-		newRoot, _, _, err := laptop.PushChain(ctx, top)
+		newRoot, _, _, err = laptop.PushChain(ctx, top)
 		if err != nil || newRoot == root {
 			t.Fatalf("pushing the changed chain: root %s (before %s), %v", newRoot, root, err)
 		}
@@ -191,6 +192,25 @@ func TestChainPushPull(t *testing.T) {
 		if got := listDir(t, dir); len(got) != 0 {
 			t.Errorf("the refused pull left %q", got)
 		}
+	})
+
+	t.Run("gc keeps a kept chain's files", func(t *testing.T) {
+		if newRoot.IsZero() {
+			t.Skip("the update failed")
+		}
+		st := DirStore{Dir: store}
+		keep, err := WithChainMembers(ctx, st, NewCodec(), []Hash{newRoot})
+		if err != nil || len(keep) != 4 {
+			t.Fatalf("the chain %s keeps %v, %v; want it and its 3 files", newRoot, keep, err)
+		}
+		if n, err := st.GC(ctx, NewCodec(), keep); err != nil || n == 0 {
+			t.Fatalf("gc removed %d objects, %v; want the old overlay's and manifest's", n, err)
+		}
+		fresh := filepath.Join(t.TempDir(), "overlay.qcow2")
+		if _, _, err := chainClient(t, store).PullChain(ctx, newRoot, fresh); err != nil {
+			t.Fatalf("after gc the kept chain does not pull: %v", err)
+		}
+		sameFile(t, top, fresh)
 	})
 }
 

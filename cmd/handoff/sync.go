@@ -22,18 +22,22 @@ lacks, and of a chunk that changed since the last push or pull of the same file,
 its changed bytes. Every chunk is verified; a pull cut short resumes; a pulled file is
 replaced only when the new one is whole.
 
-  push FILE         store FILE, print its root
-  pull ROOT FILE    write the image ROOT to FILE (replaced only when complete)
+A qcow2 overlay is pushed whole, with every file of its backing chain, and one root
+names the chain; a pull writes the chain's other files beside FILE, base first, and
+points each header at the pulled file it is backed by.
+
+  push FILE         store FILE (with its backing chain, if any), print its root
+  pull ROOT FILE    write the image or chain ROOT to FILE (replaced only when complete)
   diff ROOT1 ROOT2  the byte ranges where ROOT2 differs from ROOT1
-  gc ROOT...        remove from the local store what no given root uses
+  gc ROOT...        remove from the local store what no given root (or chain) uses
 
 The store is the home server's (after 'handoff lease login'), or a directory with
 --store DIR. The local cache is --cache (default ~/.cache/handoff/chunks).`
 
 // syncCommands holds each sync command's arguments and what it does.
 var syncCommands = map[string][2]string{
-	"push": {"FILE", "Store FILE in the store and print its root (the name of this version of it)."},
-	"pull": {"ROOT FILE", "Write the image ROOT to FILE, from the local cache first; FILE is replaced only when the new image is whole."},
+	"push": {"FILE", "Store FILE in the store and print its root (the name of this version of it). An overlay is stored with every file of its backing chain, and the root names the whole chain."},
+	"pull": {"ROOT FILE", "Write the image ROOT to FILE, from the local cache first; FILE is replaced only when the new image is whole. A chain's other files go beside FILE, under the names they were pushed with."},
 	"diff": {"ROOT1 ROOT2", "Print the byte ranges (offset +length) where ROOT2 differs from ROOT1."},
 	"gc":   {"ROOT...", "Remove from the local cache (or --store DIR) every object no given root uses."},
 }
@@ -73,13 +77,20 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if fs.NArg() != 1 {
 			return fmt.Errorf("%w: sync push FILE", errUsage)
 		}
-		root, st, err := client.Push(ctx, fs.Arg(0))
+		root, members, st, err := client.PushChain(ctx, fs.Arg(0))
 		if err != nil {
 			return err
 		}
-		out = map[string]any{"root": root, "stats": st}
+		js := map[string]any{"root": root, "stats": st}
+		if len(members) > 1 {
+			js["members"] = members
+		}
+		out = js
 		if !*jsonOut {
 			fmt.Fprintf(stdout, "%s\n%s\n", root, describeTransfer(st))
+			for _, m := range chainMembers(members) {
+				fmt.Fprintf(stdout, "%s %s (%s): %s\n", m.Root, m.Name, m.Format, describeTransfer(m.Stats))
+			}
 		}
 	case "pull":
 		if fs.NArg() != 2 {
@@ -89,13 +100,24 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		st, err := client.Pull(ctx, root, fs.Arg(1))
+		members, st, err := client.PullChain(ctx, root, fs.Arg(1))
 		if err != nil {
 			return err
 		}
 		out = st
+		if len(members) > 1 {
+			out = struct {
+				syncengine.Stats
+				Members []syncengine.ChainMember `json:"members"`
+			}{st, members}
+		}
 		if !*jsonOut {
-			fmt.Fprintf(stdout, "%s: %s\n", fs.Arg(1), describeTransfer(st))
+			if len(members) == 1 {
+				fmt.Fprintf(stdout, "%s: %s\n", fs.Arg(1), describeTransfer(st))
+			}
+			for _, m := range chainMembers(members) {
+				fmt.Fprintf(stdout, "%s: %s\n", m.Path, describeTransfer(m.Stats))
+			}
 		}
 	case "diff":
 		if fs.NArg() != 2 {
@@ -130,6 +152,10 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			keep = append(keep, h)
 		}
+		// A chain's root names its manifest only: keep its files too.
+		if keep, err = syncengine.WithChainMembers(ctx, dir, codec, keep); err != nil {
+			return err
+		}
 		n, err := dir.GC(ctx, codec, keep)
 		if err != nil {
 			return err
@@ -146,6 +172,15 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// chainMembers is the members of a chain, for a line each; none for a
+// plain image, whose output stays as it was before chains.
+func chainMembers(members []syncengine.ChainMember) []syncengine.ChainMember {
+	if len(members) < 2 {
+		return nil
+	}
+	return members
+}
+
 // describeTransfer says in a line what a push or pull moved.
 func describeTransfer(st syncengine.Stats) string {
 	s := fmt.Sprintf("%d chunks (%d zero", st.Chunks, st.ZeroChunks)
@@ -157,7 +192,11 @@ func describeTransfer(st syncengine.Stats) string {
 	}
 	s += fmt.Sprintf("), sent %d", st.Sent)
 	if st.Patched > 0 {
-		s += fmt.Sprintf(" (%d as changes against %.12s)", st.Patched, st.Base)
+		if st.Base.IsZero() { // a chain whose top had no base: its other files had theirs
+			s += fmt.Sprintf(" (%d as changes)", st.Patched)
+		} else {
+			s += fmt.Sprintf(" (%d as changes against %.12s)", st.Patched, st.Base)
+		}
 	}
 	return s + fmt.Sprintf(", %s on the wire", switchover.FormatBytes(uint64(st.WireBytes)))
 }

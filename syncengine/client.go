@@ -274,7 +274,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 			return n, errors.Join(err, c.Cache.PutBatch(ctx, batch))
 		}
 		if packed == nil {
-			packed = c.Codec.Encode(data)
+			packed = c.Codec.EncodeLocal(data)
 		}
 		batch = append(batch, Object{h, packed})
 		got(patched)
@@ -657,14 +657,15 @@ func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, ba
 		if Sum(data) != t.Chunks[p] {
 			return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, off)
 		}
-		it := pushItem{data: data, packed: c.Codec.Encode(data)}
-		if fn := chunkBase(ctx, c.Cache, c.Codec, base, p); fn != nil {
+		it := pushItem{data: data}
+		fn := chunkBase(ctx, c.Cache, c.Codec, base, p)
+		if fn == nil {
+			it.packed = c.Codec.Encode(data) // sent and stored as it is
+		} else {
+			it.packed = c.Codec.EncodeLocal(data) // for the cache; a patch goes
 			var err error
-			if it.base, err = fn(); err != nil {
-				it.base = nil // without its base it goes whole
-			}
-			if it.base == nil {
-				it.base = []byte{} // still in a group: the transfer has a base
+			if it.base, err = fn(); err != nil || it.base == nil {
+				it.base = []byte{} // without its base it goes whole, still in a group
 			}
 		}
 		items[j] = it

@@ -21,7 +21,8 @@ var ErrCorrupt = errors.New("chunk does not match its hash")
 // Codec compresses and verifies chunks; one per process, safe for
 // concurrent use.
 type Codec struct {
-	enc   *zstd.Encoder // objects, one by one: fast, as they are stored
+	enc   *zstd.Encoder // objects a store serves: every cold pull sends them as packed here
+	local *zstd.Encoder // objects only this machine reads (the cache): packed fast
 	group *zstd.Encoder // groups of differences on the wire: few bytes, so worth a stronger level
 	dec   *zstd.Decoder
 }
@@ -29,14 +30,21 @@ type Codec struct {
 func NewCodec() *Codec {
 	cores := runtime.GOMAXPROCS(0)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(cores))
+	local, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(cores))
 	group, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(cores), zstd.WithWindowSize(groupSize))
 	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(cores), zstd.WithDecoderMaxMemory(maxObject))
-	return &Codec{enc: enc, group: group, dec: dec}
+	return &Codec{enc: enc, local: local, group: group, dec: dec}
 }
 
-// Encode packs a chunk for storage and transfer.
-func (c *Codec) Encode(data []byte) []byte {
-	z := c.enc.EncodeAll(data, make([]byte, 1, len(data)/2+16))
+// Encode packs a chunk for a store that serves it to others.
+func (c *Codec) Encode(data []byte) []byte { return pack(c.enc, data) }
+
+// EncodeLocal packs a chunk for this machine's cache: about twice as fast
+// as Encode, for a few percent more bytes that never cross a link.
+func (c *Codec) EncodeLocal(data []byte) []byte { return pack(c.local, data) }
+
+func pack(enc *zstd.Encoder, data []byte) []byte {
+	z := enc.EncodeAll(data, make([]byte, 1, len(data)/2+16))
 	if len(z)-1 <= len(data)-len(data)/16 {
 		z[0] = formatZstd
 		return z

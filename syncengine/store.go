@@ -75,48 +75,62 @@ func (d DirStore) drop(h Hash) { os.Remove(d.path(h)) }
 // PutBatch stores packed objects durably, with two syncfs calls for the
 // whole batch instead of one fsync per object.
 func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
+	if len(objs) == 0 {
+		return nil
+	}
+	if err := d.makeDirs(); err != nil {
+		return storeErr(d.Dir, err)
+	}
 	type staged struct{ tmp, final string }
-	var done []staged
+	var pending []staged
 	defer func() {
-		for _, s := range done {
-			os.Remove(s.tmp) // no-op once renamed
+		for _, s := range pending {
+			os.Remove(s.tmp) // only what was not renamed into place
 		}
 	}()
 	for _, o := range objs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// Callers ask Has first; an object written twice is the same bytes.
 		p := d.path(o.Hash)
-		if _, err := os.Stat(p); err == nil {
-			continue // content-addressed: the same name holds the same bytes
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return storeErr(d.Dir, err)
-		}
 		f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
 		if err != nil {
 			return storeErr(d.Dir, err)
 		}
 		_, werr := f.Write(o.Packed)
 		cerr := f.Close()
-		done = append(done, staged{f.Name(), p})
+		pending = append(pending, staged{f.Name(), p})
 		if err := errors.Join(werr, cerr); err != nil {
 			return storeErr(d.Dir, err)
 		}
 	}
-	if len(done) == 0 {
-		return nil
-	}
 	if err := d.syncfs(); err != nil {
 		return storeErr(d.Dir, err)
 	}
-	for _, s := range done {
-		if err := os.Rename(s.tmp, s.final); err != nil {
+	for len(pending) > 0 {
+		if err := os.Rename(pending[0].tmp, pending[0].final); err != nil {
 			return storeErr(d.Dir, err)
 		}
+		pending = pending[1:]
 	}
 	if err := d.syncfs(); err != nil {
 		return storeErr(d.Dir, err)
+	}
+	return nil
+}
+
+// makeDirs makes the store's 256 object folders once, not a folder check
+// per object.
+func (d DirStore) makeDirs() error {
+	last := filepath.Join(d.Dir, "objects", "ff")
+	if _, err := os.Stat(last); err == nil {
+		return nil
+	}
+	for i := range 256 {
+		if err := os.MkdirAll(filepath.Join(d.Dir, "objects", fmt.Sprintf("%02x", i)), 0o755); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -270,6 +270,10 @@ func (s stats) chunks(t *testing.T) int64    { return s.num(t, "chunks", "Chunks
 func (s stats) zero(t *testing.T) int64      { return s.num(t, "zero_chunks", "ZeroChunks") }
 func (s stats) fetched(t *testing.T) int64   { return s.num(t, "sent", "Sent") }
 func (s stats) fromCache(t *testing.T) int64 { return s.num(t, "from_cache", "FromCache") }
+
+func (s stats) inPlace(t *testing.T) int64 { return s.num(t, "in_place", "InPlace") }
+
+func (s stats) patched(t *testing.T) int64 { return s.num(t, "patched", "Patched") }
 func (s stats) size(t *testing.T) int64      { return s.num(t, "image_bytes", "ImageBytes") }
 
 // wireBytes is what crossed the network: requests and answers once the

@@ -68,8 +68,9 @@ func TestGrabInATerminal(t *testing.T) {
 	// The VM's screen shows at once, the migration runs under it, and the
 	// view follows the VM here.
 	term.WaitFor("handoff · handoff-guest", 10*time.Second)
-	colours := term.Screen(true)
-	if !strings.Contains(colours, "38;2;") || !strings.Contains(colours, "▀") {
+	// The first frame follows the dashboard by a moment: wait for it.
+	colours := term.WaitForColours("38;2;", 30*time.Second)
+	if !strings.Contains(colours, "▀") {
 		t.Fatalf("no truecolor half blocks on screen:\n%s", colours)
 	}
 	sc := term.WaitFor("running here", 2*time.Minute)

@@ -274,7 +274,7 @@ func (s stats) fromCache(t *testing.T) int64 { return s.num(t, "from_cache", "Fr
 func (s stats) inPlace(t *testing.T) int64 { return s.num(t, "in_place", "InPlace") }
 
 func (s stats) patched(t *testing.T) int64 { return s.num(t, "patched", "Patched") }
-func (s stats) size(t *testing.T) int64      { return s.num(t, "image_bytes", "ImageBytes") }
+func (s stats) size(t *testing.T) int64    { return s.num(t, "image_bytes", "ImageBytes") }
 
 // wireBytes is what crossed the network: requests and answers once the
 // engine counts them (wire_bytes), whole packed chunks (SentBytes) before.

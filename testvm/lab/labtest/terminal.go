@@ -54,9 +54,21 @@ func (s *Terminal) Screen(escapes bool) string {
 // WaitFor waits until the screen shows want, and returns the screen.
 func (s *Terminal) WaitFor(want string, limit time.Duration) string {
 	s.t.Helper()
+	return s.waitFor(want, limit, false)
+}
+
+// WaitForColours waits until the screen with its colour escapes holds want
+// (such as a truecolor "38;2;"): a frame drawn, not only text.
+func (s *Terminal) WaitForColours(want string, limit time.Duration) string {
+	s.t.Helper()
+	return s.waitFor(want, limit, true)
+}
+
+func (s *Terminal) waitFor(want string, limit time.Duration, escapes bool) string {
+	s.t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
-		sc := s.Screen(false)
+		sc := s.Screen(escapes)
 		if strings.Contains(sc, want) {
 			return sc
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/syncengine/syncbench"
 )
 
 // TestSyncRoundTripUpdateDiffAndGC pushes real images from one device and
@@ -183,47 +184,17 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 	})
 }
 
-// changeBlocks writes real data (4 KiB pieces of the handoff binary) over
-// frac of the image's 4 KiB blocks, scattered, and returns their indexes in
-// order.
+// changeBlocks writes real data over frac of the image's 4 KiB blocks,
+// scattered (as the benchmark does), and returns their indexes in order.
 func changeBlocks(t *testing.T, img string, frac float64) []int64 {
 	t.Helper()
-	src, err := os.ReadFile(bin)
+	ch, err := syncbench.ChangeBlocks(context.Background(), img, frac, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	blocks := fileSize(t, img) / 4096
-	k := int(float64(blocks) * frac)
-	rng := rand.New(rand.NewPCG(1, 2))
-	perm := rng.Perm(int(blocks))[:k]
 	var changed []int64
-	old := make([]byte, 4096)
-	at := 0
-	for _, b := range perm {
-		if _, err := f.ReadAt(old, int64(b)*4096); err != nil {
-			t.Fatal(err)
-		}
-		// The next piece of real code that is neither zeroes nor what is there.
-		var piece []byte
-		for piece == nil || bytes.Equal(piece, old) || bytes.Count(piece, []byte{0}) == len(piece) {
-			if at+4096 > len(src) {
-				at = 0
-			}
-			piece = src[at : at+4096]
-			at += 4096 * 13
-		}
-		if _, err := f.WriteAt(piece, int64(b)*4096); err != nil {
-			t.Fatalf("change block %d of %s: %v", b, img, err)
-		}
-		changed = append(changed, int64(b))
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
+	for _, off := range ch.Offsets {
+		changed = append(changed, off/4096)
 	}
 	slices.Sort(changed)
 	return changed

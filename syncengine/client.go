@@ -177,7 +177,7 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 		return st, err
 	}
 	// Its chunks are in the cache; now the tree, and the path's new base.
-	if err := storeTree(ctx, c.Cache, c.Codec, t); err != nil {
+	if err := storeTree(ctx, c.Cache.keep, c.Codec, t); err != nil {
 		return st, err
 	}
 	return st, c.Cache.setRef(path, root)
@@ -271,7 +271,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		}
 		if err != nil {
 			// Keep what arrived: a second try, or the next pull, resumes.
-			return n, errors.Join(err, c.Cache.PutBatch(ctx, batch))
+			return n, errors.Join(err, c.Cache.keep(ctx, batch))
 		}
 		if packed == nil {
 			packed = c.Codec.EncodeLocal(data)
@@ -280,13 +280,13 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		got(patched)
 		n++
 		if len(batch) == storeBatch {
-			if err := c.Cache.PutBatch(ctx, batch); err != nil {
+			if err := c.Cache.keep(ctx, batch); err != nil {
 				return n - len(batch), fmt.Errorf("keep fetched chunks in the cache: %w", err)
 			}
 			batch = batch[:0]
 		}
 	}
-	if err := c.Cache.PutBatch(ctx, batch); err != nil {
+	if err := c.Cache.keep(ctx, batch); err != nil {
 		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
 	}
 	return n, nil
@@ -604,7 +604,7 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 				}
 				// Kept in the cache too, so the next push of this path
 				// sends only changes against this one.
-				if err := c.Cache.PutBatch(ctx, batch); err != nil {
+				if err := c.Cache.keep(ctx, batch); err != nil {
 					return fmt.Errorf("keep pushed chunks in the cache: %w", err)
 				}
 				if c.Progress != nil {
@@ -706,7 +706,7 @@ func (c *Client) remember(ctx context.Context, path string, t *tree) error {
 	if err != nil || len(missing) > 0 {
 		return err
 	}
-	if err := storeTree(ctx, c.Cache, c.Codec, t); err != nil {
+	if err := storeTree(ctx, c.Cache.keep, c.Codec, t); err != nil {
 		return err
 	}
 	return c.Cache.setRef(path, t.root)

@@ -214,18 +214,19 @@ func loadTree(ctx context.Context, s objectGetter, codec *Codec, root Hash) (*tr
 	return readTree(root, func(_ int, h Hash) ([]byte, error) { return loadObject(ctx, s, codec, h) })
 }
 
-// storeTree puts a tree's root and nodes in a store, after its chunks.
-func storeTree(ctx context.Context, s DirStore, codec *Codec, t *tree) error {
+// storeTree puts a tree's root and nodes in a store with put (a store's
+// PutBatch, or a cache's keep), after its chunks.
+func storeTree(ctx context.Context, put func(context.Context, []Object) error, codec *Codec, t *tree) error {
 	var objs []Object
 	for i, raw := range t.nodeRaw {
 		if raw != nil {
 			objs = append(objs, Object{t.nodes[i], codec.Encode(raw)})
 		}
 	}
-	if err := s.PutBatch(ctx, objs); err != nil {
+	if err := put(ctx, objs); err != nil {
 		return err
 	}
-	return s.Put(ctx, t.root, codec.Encode(t.rootRaw))
+	return put(ctx, []Object{{t.root, codec.Encode(t.rootRaw)}})
 }
 
 // Range is a run of bytes that differ between two images.

@@ -237,7 +237,7 @@ func (s *server) push(ctx context.Context, body io.Reader, w *recordWriter) erro
 	} else if len(missing) > 0 {
 		return fmt.Errorf("push: %d chunks of image %s are neither sent nor stored: push again", len(missing), to)
 	}
-	if err := storeTree(ctx, s.store, s.codec, t); err != nil {
+	if err := storeTree(ctx, s.store.PutBatch, s.codec, t); err != nil {
 		return err
 	}
 	return w.whole(binary.AppendUvarint(nil, uint64(stored)))

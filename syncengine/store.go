@@ -75,6 +75,19 @@ func (d DirStore) drop(h Hash) { os.Remove(d.path(h)) }
 // PutBatch stores packed objects durably, with two syncfs calls for the
 // whole batch instead of one fsync per object.
 func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
+	return d.write(ctx, objs, true)
+}
+
+// keep stores objects for a cache: whole or absent to readers, but not
+// synced, so a crash may lose or tear some. A cache can afford that, as
+// every object is verified when read and a damaged one fetched again; it
+// cannot afford a syncfs a batch, which writes back the image being pulled
+// too, in the puller's time.
+func (d DirStore) keep(ctx context.Context, objs []Object) error {
+	return d.write(ctx, objs, false)
+}
+
+func (d DirStore) write(ctx context.Context, objs []Object, durable bool) error {
 	if len(objs) == 0 {
 		return nil
 	}
@@ -105,8 +118,10 @@ func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
 			return storeErr(d.Dir, err)
 		}
 	}
-	if err := d.syncfs(); err != nil {
-		return storeErr(d.Dir, err)
+	if durable {
+		if err := d.syncfs(); err != nil {
+			return storeErr(d.Dir, err)
+		}
 	}
 	for len(pending) > 0 {
 		if err := os.Rename(pending[0].tmp, pending[0].final); err != nil {
@@ -114,8 +129,10 @@ func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
 		}
 		pending = pending[1:]
 	}
-	if err := d.syncfs(); err != nil {
-		return storeErr(d.Dir, err)
+	if durable {
+		if err := d.syncfs(); err != nil {
+			return storeErr(d.Dir, err)
+		}
 	}
 	return nil
 }

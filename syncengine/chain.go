@@ -217,6 +217,10 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 // chain to stay whole, since a manifest's tree names only the manifest's
 // own bytes. A root the store lacks is passed on for GC to report.
 func WithChainMembers(ctx context.Context, store DirStore, codec *Codec, roots []Hash) ([]Hash, error) {
+	return withChainMembers(ctx, store, codec, roots)
+}
+
+func withChainMembers(ctx context.Context, store objectGetter, codec *Codec, roots []Hash) ([]Hash, error) {
 	out := slices.Clone(roots)
 	for _, root := range roots {
 		t, err := loadTree(ctx, store, codec, root)

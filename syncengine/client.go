@@ -39,10 +39,47 @@ type Progress func(step string, done, total int64)
 // that changed since the last transfer of the same path, only its changes.
 type Client struct {
 	Remote    Remote
-	Cache     DirStore // the workstation's chunk cache
+	Cache     DirStore // the workstation's chunk cache: its folder and its record of what each file holds
 	Codec     *Codec
 	ChunkSize int      // for Push; 0 means DefaultChunkSize
 	Progress  Progress // may be nil
+
+	mu    sync.Mutex
+	packs *packCache // the cache's objects, opened on first use
+}
+
+// cache is the cache's object store.
+func (c *Client) cache() *packCache {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.packs == nil {
+		c.packs = &packCache{dir: c.Cache.Dir}
+	}
+	return c.packs
+}
+
+// Close closes the cache's files.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.packs == nil {
+		return nil
+	}
+	return c.packs.close()
+}
+
+// GCCache removes from the cache every object that none of the kept trees
+// (and, for a chain, its files' trees) uses, and returns how many.
+func (c *Client) GCCache(ctx context.Context, keep []Hash) (int, error) {
+	keep, err := withChainMembers(ctx, c.cache(), c.Codec, keep)
+	if err != nil {
+		return 0, err
+	}
+	live, err := liveObjects(ctx, c.cache(), c.Codec, keep)
+	if err != nil {
+		return 0, err
+	}
+	return c.cache().collect(ctx, live)
 }
 
 // transfers is how many requests a pull keeps under way: enough to fill a
@@ -61,11 +98,11 @@ func (c *Client) base(ctx context.Context, path string) *tree {
 	if !ok {
 		return nil
 	}
-	t, err := loadTree(ctx, c.Cache, c.Codec, root)
+	t, err := loadTree(ctx, c.cache(), c.Codec, root)
 	if err != nil {
 		return nil
 	}
-	if missing, err := missingChunks(ctx, c.Cache, t.Manifest); err != nil || len(missing) > 0 {
+	if missing, err := missingChunks(ctx, c.cache(), t.Manifest); err != nil || len(missing) > 0 {
 		return nil
 	}
 	return t
@@ -117,7 +154,7 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 			distinct = append(distinct, h)
 		}
 	}
-	have, err := c.Cache.Has(ctx, distinct)
+	have, err := c.cache().Has(ctx, distinct)
 	if err != nil {
 		return st, err
 	}
@@ -135,9 +172,9 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 	var mu sync.Mutex
 	err = parallelBatches(ctx, cached, fetchBatch, func(batch []int) error {
 		for _, p := range batch {
-			data, err := loadObject(ctx, c.Cache, c.Codec, t.Chunks[p])
+			data, err := loadObject(ctx, c.cache(), c.Codec, t.Chunks[p])
 			if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
-				c.Cache.drop(t.Chunks[p])
+				c.cache().drop(t.Chunks[p])
 				mu.Lock()
 				want = append(want, p)
 				mu.Unlock()
@@ -177,7 +214,7 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 		return st, err
 	}
 	// Its chunks are in the cache; now the tree, and the path's new base.
-	if err := storeTree(ctx, c.Cache.keep, c.Codec, t); err != nil {
+	if err := storeTree(ctx, c.cache().keep, c.Codec, t); err != nil {
 		return st, err
 	}
 	return st, c.Cache.setRef(path, root)
@@ -271,7 +308,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		}
 		if err != nil {
 			// Keep what arrived: a second try, or the next pull, resumes.
-			return n, errors.Join(err, c.Cache.keep(ctx, batch))
+			return n, errors.Join(err, c.cache().keep(ctx, batch))
 		}
 		if packed == nil {
 			packed = c.Codec.EncodeLocal(data)
@@ -280,13 +317,13 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		got(patched)
 		n++
 		if len(batch) == storeBatch {
-			if err := c.Cache.keep(ctx, batch); err != nil {
+			if err := c.cache().keep(ctx, batch); err != nil {
 				return n - len(batch), fmt.Errorf("keep fetched chunks in the cache: %w", err)
 			}
 			batch = batch[:0]
 		}
 	}
-	if err := c.Cache.keep(ctx, batch); err != nil {
+	if err := c.cache().keep(ctx, batch); err != nil {
 		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
 	}
 	return n, nil
@@ -298,14 +335,14 @@ var errBadBase = errors.New("the cache's copy of the base chunk is damaged")
 
 // cachedBase is chunkBase from the cache, which drops a damaged copy.
 func (c *Client) cachedBase(ctx context.Context, base *tree, p int) func() ([]byte, error) {
-	fn := chunkBase(ctx, c.Cache, c.Codec, base, p)
+	fn := chunkBase(ctx, c.cache(), c.Codec, base, p)
 	if fn == nil {
 		return nil
 	}
 	return func() ([]byte, error) {
 		b, err := fn()
 		if err != nil {
-			c.Cache.drop(base.Chunks[p])
+			c.cache().drop(base.Chunks[p])
 			return nil, fmt.Errorf("%w: %w", errBadBase, err)
 		}
 		return b, nil
@@ -604,7 +641,7 @@ func (c *Client) sendPush(ctx context.Context, path string, t, base *tree, posit
 				}
 				// Kept in the cache too, so the next push of this path
 				// sends only changes against this one.
-				if err := c.Cache.keep(ctx, batch); err != nil {
+				if err := c.cache().keep(ctx, batch); err != nil {
 					return fmt.Errorf("keep pushed chunks in the cache: %w", err)
 				}
 				if c.Progress != nil {
@@ -658,7 +695,7 @@ func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, ba
 			return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, off)
 		}
 		it := pushItem{data: data}
-		fn := chunkBase(ctx, c.Cache, c.Codec, base, p)
+		fn := chunkBase(ctx, c.cache(), c.Codec, base, p)
 		if fn == nil {
 			it.packed = c.Codec.Encode(data) // sent and stored as it is
 		} else {
@@ -702,11 +739,11 @@ func parallelFor(ctx context.Context, n int, fn func(int) error) error {
 // remember stores t in the cache as path's base, if the cache holds every
 // chunk t names (a push keeps only what it sent).
 func (c *Client) remember(ctx context.Context, path string, t *tree) error {
-	missing, err := missingChunks(ctx, c.Cache, t.Manifest)
+	missing, err := missingChunks(ctx, c.cache(), t.Manifest)
 	if err != nil || len(missing) > 0 {
 		return err
 	}
-	if err := storeTree(ctx, c.Cache.keep, c.Codec, t); err != nil {
+	if err := storeTree(ctx, c.cache().keep, c.Codec, t); err != nil {
 		return err
 	}
 	return c.Cache.setRef(path, t.root)
@@ -717,7 +754,7 @@ func (c *Client) remember(ctx context.Context, path string, t *tree) error {
 func (c *Client) Diff(ctx context.Context, a, b Hash) ([]Range, error) {
 	var ms [2]*Manifest
 	for i, root := range []Hash{a, b} {
-		t, err := loadTree(ctx, c.Cache, c.Codec, root)
+		t, err := loadTree(ctx, c.cache(), c.Codec, root)
 		if err != nil && c.Remote != nil {
 			var wire atomic.Int64
 			t, err = c.fetchTree(ctx, root, nil, &wire)

@@ -390,13 +390,7 @@ func TestADamagedCacheHealsItself(t *testing.T) {
 		}
 	}
 	for _, h := range []Hash{unchanged, patchedBase} {
-		p := laptop.Cache.path(h)
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b[len(b)/2] ^= 0x40
-		os.WriteFile(p, b, 0o644)
+		damageCached(t, laptop, h)
 	}
 	st, err := laptop.Pull(ctx, root1, mine)
 	if err != nil {
@@ -408,6 +402,97 @@ func TestADamagedCacheHealsItself(t *testing.T) {
 	}
 	if _, err := laptop.Pull(ctx, root1, mine); err != nil {
 		t.Fatalf("the healed cache: %v", err)
+	}
+}
+
+// TestTheCacheKeepsPacksAndCollectsThem: what one process cached another
+// finds; an index entry a crash left past its pack's end is ignored; a
+// collection keeps exactly what the named trees use.
+func TestTheCacheKeepsPacksAndCollectsThem(t *testing.T) {
+	ctx := context.Background()
+	srv := newHub(t)
+	imgs := images(t)
+	server := &Client{Remote: srv.dir, Cache: DirStore{Dir: t.TempDir()}, Codec: NewCodec()}
+	rootA, _, err := server.Push(ctx, imgs["ext4 with real files"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootB, _, err := server.Push(ctx, imgs["not a multiple of the chunk size"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cacheDir, out := t.TempDir(), t.TempDir()
+	first := &Client{Remote: srv.store, Cache: DirStore{Dir: cacheDir}, Codec: NewCodec()}
+	for _, r := range []Hash{rootA, rootB} {
+		if _, err := first.Pull(ctx, r, filepath.Join(out, r.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first.Close()
+	// A crash between writing a pack's data and its index: an entry that
+	// points past the end.
+	idxs, _ := filepath.Glob(filepath.Join(cacheDir, "packs", "*.idx"))
+	if len(idxs) != 1 {
+		t.Fatalf("one pull process made %d packs, want 1", len(idxs))
+	}
+	tornHash := Sum([]byte("torn"))
+	torn := append(tornHash[:], make([]byte, 12)...)
+	torn[32+7] = 0x7f // offset far past the end
+	f, _ := os.OpenFile(idxs[0], os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(torn)
+	f.Close()
+
+	second := &Client{Remote: srv.store, Cache: DirStore{Dir: cacheDir}, Codec: NewCodec()}
+	defer second.Close()
+	elsewhere := filepath.Join(t.TempDir(), "a")
+	st, err := second.Pull(ctx, rootA, elsewhere)
+	if err != nil || st.Sent != 0 || st.FromCache == 0 {
+		t.Fatalf("a second process's pull of what the first cached: %+v, %v", st, err)
+	}
+	if have, _ := second.cache().Has(ctx, []Hash{Sum([]byte("torn"))}); have[0] {
+		t.Error("an index entry past its pack's end was taken for an object")
+	}
+	removed, err := second.GCCache(ctx, []Hash{rootA})
+	if err != nil || removed == 0 {
+		t.Fatalf("collecting the cache for A alone removed %d, %v", removed, err)
+	}
+	if packs, _ := filepath.Glob(filepath.Join(cacheDir, "packs", "*.pack")); len(packs) != 1 {
+		t.Errorf("after a collection the cache holds %d packs, want the one it rewrote", len(packs))
+	}
+	third := &Client{Remote: srv.store, Cache: DirStore{Dir: cacheDir}, Codec: NewCodec()}
+	defer third.Close()
+	if st, err := third.Pull(ctx, rootA, filepath.Join(t.TempDir(), "a")); err != nil || st.Sent != 0 {
+		t.Errorf("A after the collection: fetched %d chunks, %v; want all from the cache", st.Sent, err)
+	}
+	if st, err := third.Pull(ctx, rootB, filepath.Join(t.TempDir(), "b")); err != nil || st.Sent == 0 {
+		t.Errorf("B after the collection: fetched %d chunks, %v; want it fetched again", st.Sent, err)
+	}
+}
+
+// damageCached flips a bit in the middle of a cached object, in its pack.
+func damageCached(t *testing.T, c *Client, h Hash) {
+	t.Helper()
+	pc := c.cache()
+	pc.mu.Lock()
+	pc.load()
+	loc, ok := pc.index[h]
+	if !ok {
+		pc.mu.Unlock()
+		t.Fatalf("%s is not in the cache", h)
+	}
+	name := pc.names[loc.pack]
+	pc.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(pc.packDir(), name+".pack"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	at := loc.off + int64(loc.n/2)
+	f.ReadAt(b, at)
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -283,8 +283,13 @@ func receiveChunks(ctx context.Context, r *recordReader, t, base *tree, dst DirS
 	return stored, flush()
 }
 
+// objectHaver is what asking after objects needs of a store.
+type objectHaver interface {
+	Has(ctx context.Context, hashes []Hash) ([]bool, error)
+}
+
 // missingChunks lists the distinct chunks of m that s lacks.
-func missingChunks(ctx context.Context, s DirStore, m *Manifest) ([]Hash, error) {
+func missingChunks(ctx context.Context, s objectHaver, m *Manifest) ([]Hash, error) {
 	distinct, _ := m.distinct()
 	have, err := s.Has(ctx, distinct)
 	if err != nil {

@@ -69,25 +69,9 @@ func (d DirStore) Put(ctx context.Context, h Hash, packed []byte) error {
 	return d.PutBatch(ctx, []Object{{h, packed}})
 }
 
-// drop removes an object found damaged, so that it is fetched again.
-func (d DirStore) drop(h Hash) { os.Remove(d.path(h)) }
-
 // PutBatch stores packed objects durably, with two syncfs calls for the
 // whole batch instead of one fsync per object.
 func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {
-	return d.write(ctx, objs, true)
-}
-
-// keep stores objects for a cache: whole or absent to readers, but not
-// synced, so a crash may lose or tear some. A cache can afford that, as
-// every object is verified when read and a damaged one fetched again; it
-// cannot afford a syncfs a batch, which writes back the image being pulled
-// too, in the puller's time.
-func (d DirStore) keep(ctx context.Context, objs []Object) error {
-	return d.write(ctx, objs, false)
-}
-
-func (d DirStore) write(ctx context.Context, objs []Object, durable bool) error {
 	if len(objs) == 0 {
 		return nil
 	}
@@ -118,10 +102,8 @@ func (d DirStore) write(ctx context.Context, objs []Object, durable bool) error 
 			return storeErr(d.Dir, err)
 		}
 	}
-	if durable {
-		if err := d.syncfs(); err != nil {
-			return storeErr(d.Dir, err)
-		}
+	if err := d.syncfs(); err != nil {
+		return storeErr(d.Dir, err)
 	}
 	for len(pending) > 0 {
 		if err := os.Rename(pending[0].tmp, pending[0].final); err != nil {
@@ -129,10 +111,8 @@ func (d DirStore) write(ctx context.Context, objs []Object, durable bool) error 
 		}
 		pending = pending[1:]
 	}
-	if durable {
-		if err := d.syncfs(); err != nil {
-			return storeErr(d.Dir, err)
-		}
+	if err := d.syncfs(); err != nil {
+		return storeErr(d.Dir, err)
 	}
 	return nil
 }
@@ -175,19 +155,13 @@ func storeErr(dir string, err error) error {
 // files an interrupted write left over an hour ago; it returns how many
 // objects it removed.
 func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error) {
-	live := map[Hash]bool{}
-	for _, root := range keep {
-		t, err := loadTree(ctx, d, codec, root)
-		if err != nil {
-			return 0, fmt.Errorf("gc: keep %s: %w", root, err)
-		}
-		for _, h := range t.objects() {
-			live[h] = true
-		}
+	live, err := liveObjects(ctx, d, codec, keep)
+	if err != nil {
+		return 0, err
 	}
 	removed := 0
 	stale := time.Now().Add(-time.Hour)
-	err := filepath.WalkDir(filepath.Join(d.Dir, "objects"), func(p string, e fs.DirEntry, err error) error {
+	err = filepath.WalkDir(filepath.Join(d.Dir, "objects"), func(p string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
 			return err
 		}
@@ -211,6 +185,21 @@ func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error
 		err = nil
 	}
 	return removed, err
+}
+
+// liveObjects is every object the trees named by keep use.
+func liveObjects(ctx context.Context, s objectGetter, codec *Codec, keep []Hash) (map[Hash]bool, error) {
+	live := map[Hash]bool{}
+	for _, root := range keep {
+		t, err := loadTree(ctx, s, codec, root)
+		if err != nil {
+			return nil, fmt.Errorf("gc: keep %s: %w", root, err)
+		}
+		for _, h := range t.objects() {
+			live[h] = true
+		}
+	}
+	return live, nil
 }
 
 // The cache remembers which tree it last wrote to (or pushed from) each

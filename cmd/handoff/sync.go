@@ -71,6 +71,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	progress := &progressLine{w: stderr}
 	defer progress.end() // an error then starts on a line of its own
 	client := &syncengine.Client{Remote: remote, Cache: cache, Codec: codec, Progress: progress.show}
+	defer client.Close()
 	var out any
 	switch cmd {
 	case "push":
@@ -140,10 +141,6 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 	case "gc":
-		dir := cache
-		if *storeDir != "" {
-			dir = syncengine.DirStore{Dir: *storeDir}
-		}
 		var keep []syncengine.Hash
 		for _, a := range fs.Args() {
 			h, err := syncengine.ParseHash(a)
@@ -152,17 +149,13 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			keep = append(keep, h)
 		}
-		// A chain's root names its manifest only: keep its files too.
-		if keep, err = syncengine.WithChainMembers(ctx, dir, codec, keep); err != nil {
-			return err
-		}
-		n, err := dir.GC(ctx, codec, keep)
+		n, where, err := syncGC(ctx, client, *storeDir, keep)
 		if err != nil {
 			return err
 		}
 		out = map[string]int{"removed": n}
 		if !*jsonOut {
-			fmt.Fprintf(stdout, "removed %d objects from %s\n", n, dir.Dir)
+			fmt.Fprintf(stdout, "removed %d objects from %s\n", n, where)
 		}
 	}
 	progress.end()
@@ -179,6 +172,22 @@ func chainMembers(members []syncengine.ChainMember) []syncengine.ChainMember {
 		return nil
 	}
 	return members
+}
+
+// syncGC collects the store in dir if one is given, else the local cache.
+func syncGC(ctx context.Context, client *syncengine.Client, dir string, keep []syncengine.Hash) (int, string, error) {
+	if dir == "" {
+		n, err := client.GCCache(ctx, keep)
+		return n, client.Cache.Dir, err
+	}
+	store := syncengine.DirStore{Dir: dir}
+	// A chain's root names its manifest only: keep its files too.
+	keep, err := syncengine.WithChainMembers(ctx, store, client.Codec, keep)
+	if err != nil {
+		return 0, dir, err
+	}
+	n, err := store.GC(ctx, client.Codec, keep)
+	return n, dir, err
 }
 
 // describeTransfer says in a line what a push or pull moved.

@@ -370,12 +370,21 @@ func fileSize(t *testing.T, path string) int64 {
 	return fi.Size()
 }
 
-// countFiles counts the regular files under dir (0 if it is absent),
-// leaving out dot files (temp files).
-func countFiles(dir string) int {
+// cachedObjects counts the objects a cache folder holds: entries of its
+// packs' indexes (44 bytes each: hash, offset, length), as the workstation's
+// cache keeps them, and object files, as a --store folder does.
+func cachedObjects(dir string) int {
 	n := 0
-	filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
-		if err == nil && e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+	filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			return nil
+		}
+		switch {
+		case strings.HasSuffix(e.Name(), ".idx"):
+			if fi, err := e.Info(); err == nil {
+				n += int(fi.Size() / 44)
+			}
+		case filepath.Base(filepath.Dir(filepath.Dir(p))) == "objects":
 			n++
 		}
 		return nil

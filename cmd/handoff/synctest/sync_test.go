@@ -165,7 +165,7 @@ func TestSyncRoundTripUpdateDiffAndGC(t *testing.T) {
 	})
 
 	t.Run("gc keeps what the root uses", func(t *testing.T) {
-		before := countFiles(desktop.cache)
+		before := cachedObjects(desktop.cache)
 		r := ok(t, desktop.sync(t, "gc", newRoot, "--json"))
 		var gc struct{ Removed *int }
 		if err := json.Unmarshal([]byte(r.stdout), &gc); err != nil || gc.Removed == nil {
@@ -267,9 +267,9 @@ wait:
 		select {
 		case err := <-exited:
 			t.Fatalf("the pull ended (%v) before %d of %d chunks were in the cache (%d were): the link is too fast to cut it; stdout:\n%s\nstderr:\n%s",
-				err, threshold, nonZero, countFiles(desktop.cache), stdout.String(), stderr.String())
+				err, threshold, nonZero, cachedObjects(desktop.cache), stdout.String(), stderr.String())
 		case <-tick.C:
-			if countFiles(desktop.cache) >= threshold {
+			if cachedObjects(desktop.cache) >= threshold {
 				srv.kill9(t)
 				link.cut()
 				pullErr = <-exited
@@ -277,7 +277,7 @@ wait:
 			}
 		}
 	}
-	kept := countFiles(desktop.cache)
+	kept := cachedObjects(desktop.cache)
 	cut := result{args: cmd.Args[1:], stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
 	t.Logf("killed the server with %d objects in the cache; the pull ended with %v, %d objects kept; it said:\n%s", threshold, pullErr, kept, cut.stderr)
 	if cut.code == 0 {

@@ -16,11 +16,13 @@
 // # Stores
 //
 // Objects (chunks, nodes, roots) are packed with zstd where that saves at
-// least a sixteenth (Codec) and kept in a DirStore: the home server's
-// store, and each workstation's cache. A DirStore writes a batch of objects
-// to temporary files, makes them durable with one syncfs, and renames them
-// into place, so an object is whole or absent; a tree is stored only after
-// every chunk it names, so a stored tree is always whole.
+// least a sixteenth (Codec). The home server keeps them in a DirStore, a
+// file per object: a batch is written to temporary files, made durable
+// with one syncfs, and renamed into place, so an object is whole or
+// absent, and a tree is stored only after every chunk it names, so a
+// stored tree is always whole. A workstation's cache appends them to pack
+// files with an index, unsynced: every object is verified when read, and
+// one a crash tore is dropped and fetched again.
 //
 // # Transfers
 //

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -80,7 +81,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		root, members, st, err := client.PushChain(ctx, fs.Arg(0))
 		if err != nil {
-			return err
+			return stopped(err, "push stopped: what reached the server is kept there; push again to send the rest")
 		}
 		js := map[string]any{"root": root, "stats": st}
 		if len(members) > 1 {
@@ -103,7 +104,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		members, st, err := client.PullChain(ctx, root, fs.Arg(1))
 		if err != nil {
-			return err
+			return stopped(err, fmt.Sprintf("pull stopped: %s is as it was, and what arrived is kept in the cache; pull again to resume", fs.Arg(1)))
 		}
 		out = st
 		if len(members) > 1 {
@@ -172,6 +173,15 @@ func chainMembers(members []syncengine.ChainMember) []syncengine.ChainMember {
 		return nil
 	}
 	return members
+}
+
+// stopped says what a transfer interrupted by Ctrl-C (or SIGTERM) left and
+// what to do; other errors pass as they are.
+func stopped(err error, what string) error {
+	if errors.Is(err, context.Canceled) {
+		return errors.New(what)
+	}
+	return err
 }
 
 // syncGC collects the store in dir if one is given, else the local cache.

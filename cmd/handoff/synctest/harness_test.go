@@ -370,6 +370,37 @@ func fileSize(t *testing.T, path string) int64 {
 	return fi.Size()
 }
 
+// interruptedPull starts a pull of root to out on d and, once threshold
+// objects are in d's cache, calls interrupt; it returns how the pull ended.
+func interruptedPull(t *testing.T, d *device, root, out string, threshold int, interrupt func(*exec.Cmd)) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := d.command(ctx, "sync", "pull", root, out, "--cache", d.cache)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("the pull ended (%v) before %d objects were in the cache (%d were): the link is too fast to interrupt it; stdout:\n%s\nstderr:\n%s",
+				err, threshold, cachedObjects(d.cache), stdout.String(), stderr.String())
+		case <-tick.C:
+			if cachedObjects(d.cache) >= threshold {
+				interrupt(cmd)
+				<-exited
+				return result{args: cmd.Args[1:], stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+			}
+		}
+	}
+}
+
 // cachedObjects counts the objects a cache folder holds: entries of its
 // packs' indexes (44 bytes each: hash, offset, length), as the workstation's
 // cache keeps them, and object files, as a --store folder does.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -247,39 +248,14 @@ func TestSyncPullResumesAfterServerKill(t *testing.T) {
 
 	outDir := t.TempDir()
 	out := filepath.Join(outDir, "big.ext4")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := desktop.command(ctx, "sync", "pull", root, out, "--cache", desktop.cache)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	// Kill the server once a quarter of the chunks are in the cache.
 	threshold := max(4, int(nonZero/4))
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	var pullErr error
-wait:
-	for {
-		select {
-		case err := <-exited:
-			t.Fatalf("the pull ended (%v) before %d of %d chunks were in the cache (%d were): the link is too fast to cut it; stdout:\n%s\nstderr:\n%s",
-				err, threshold, nonZero, cachedObjects(desktop.cache), stdout.String(), stderr.String())
-		case <-tick.C:
-			if cachedObjects(desktop.cache) >= threshold {
-				srv.kill9(t)
-				link.cut()
-				pullErr = <-exited
-				break wait
-			}
-		}
-	}
+	cut := interruptedPull(t, desktop, root, out, threshold, func(*exec.Cmd) {
+		srv.kill9(t)
+		link.cut()
+	})
 	kept := cachedObjects(desktop.cache)
-	cut := result{args: cmd.Args[1:], stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
-	t.Logf("killed the server with %d objects in the cache; the pull ended with %v, %d objects kept; it said:\n%s", threshold, pullErr, kept, cut.stderr)
+	t.Logf("killed the server with %d objects in the cache; %d objects kept; the pull said:\n%s", threshold, kept, cut.stderr)
 	if cut.code == 0 {
 		t.Fatalf("the pull succeeded although the server was killed in the middle:\n%s", cut)
 	}
@@ -303,6 +279,46 @@ wait:
 	}
 	if st.fetched(t)+st.fromCache(t) > nonZero || st.fetched(t) >= nonZero {
 		t.Errorf("the resumed pull fetched %d and took %d from the cache, of %d data chunks: it did not resume: %v", st.fetched(t), st.fromCache(t), nonZero, st)
+	}
+}
+
+// TestSyncPullStopsCleanlyOnCtrlC presses Ctrl-C in the middle of a pull:
+// it says what it left and what to do, the image the user had stays as it
+// was, nothing is left beside it, and the next pull resumes from the cache.
+func TestSyncPullStopsCleanlyOnCtrlC(t *testing.T) {
+	need(t, "mkfs.ext4")
+	srv := startServe(t, t.TempDir(), "127.0.0.1:0")
+	laptop, desktop := newDevice(t, "laptop"), newDevice(t, "desktop")
+	laptop.login(t, srv.url(), srv.token, srv.fp)
+	link := startSlowProxy(t, srv.addr, 24e6)
+	desktop.login(t, "https://"+link.addr(), srv.token, srv.fp)
+	img := makeExt4(t, t.TempDir(), "big.ext4", "112M", 80<<20)
+	root, pushed := laptop.pushJSON(t, img)
+	nonZero := pushed.chunks(t) - pushed.zero(t)
+
+	outDir := t.TempDir()
+	out := filepath.Join(outDir, "disk.img")
+	previous := []byte("the image the user had before the pull\n")
+	if err := os.WriteFile(out, previous, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := interruptedPull(t, desktop, root, out, max(4, int(nonZero/4)), func(cmd *exec.Cmd) {
+		cmd.Process.Signal(os.Interrupt)
+	})
+	if r.code == 0 || !strings.Contains(r.stderr, "pull stopped") || !strings.Contains(r.stderr, "is as it was") || !strings.Contains(r.stderr, "pull again to resume") {
+		t.Errorf("Ctrl-C mid-pull should exit non-zero saying the pull stopped, the image is as it was, and to pull again:\n%s", r)
+	}
+	t.Logf("after Ctrl-C the pull said:\n%s", r.stderr)
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, previous) {
+		t.Errorf("Ctrl-C changed the image the user had: %q", got)
+	}
+	if left := entries(t, outDir); len(left) != 1 {
+		t.Errorf("Ctrl-C left %v beside the image", left)
+	}
+	st := desktop.pullJSON(t, root, out)
+	sameFile(t, out, img)
+	if st.fromCache(t) == 0 {
+		t.Errorf("the pull after Ctrl-C took nothing from the cache: %v", st)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -172,6 +173,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	defer srv.close()
 
 	say("cold pull over HTTPS")
+	settle()
 	row, err = oursPull(ctx, srv, root, d, CaseCold, cfg.Size)
 	if err != nil {
 		return t, err
@@ -220,6 +222,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	t.Rows = append(t.Rows, row)
 
 	say("update pull over HTTPS")
+	settle()
 	row, err = oursPull(ctx, srv, root, d, CaseUpdate, cfg.Size)
 	if err != nil {
 		return t, err
@@ -238,6 +241,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	dst := filepath.Join(d.zstdWS, "image.img")
 	// Both zstd ends are processes of their own, so this process's CPU
 	// time meanwhile is the proxy's: its share of handoff's rows.
+	settle()
 	proxy0 := selfCPU()
 	m, err := zstdCopy(ctx, d.serverImage, dst)
 	if err != nil {
@@ -252,6 +256,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		fmt.Sprintf("verified; the same as a cold copy; the counting proxy took %.2f CPU s for it", proxyCPU.Seconds())))
 	return t, nil
 }
+
+// settle writes back what earlier steps left dirty, so that each timed
+// transfer starts on a quiet disk and pays only for its own writes: the
+// kernel charges writeback to whoever writes when too much is dirty.
+func settle() { syscall.Sync() }
 
 // dirs is where everything of one run lives.
 type dirs struct {
@@ -389,6 +398,7 @@ func rsyncUpdates(ctx context.Context, d dirs, size int64, say func(string, ...a
 		if err := os.Link(d.oldImage, dst); err != nil {
 			return rows, fmt.Errorf("give rsync the old image: %w", err)
 		}
+		settle()
 		server0, err := procCPU(daemon.pid())
 		if err != nil {
 			return rows, err

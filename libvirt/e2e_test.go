@@ -71,12 +71,23 @@ func migrate(t *testing.T, ctx context.Context, from, to *libvirt.Conn, toHost s
 // where they were, and that its memory is intact.
 func assertGuestLives(t *testing.T, host string, afterTick int) {
 	t.Helper()
+	if err := guestLives(t, host, afterTick); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// guestLives is assertGuestLives that returns, rather than fails on, a
+// guest that stopped ticking or whose kernel died: after a migration the
+// engine finished, that is the QEMU 7.2 TCG hazard (README, "What we
+// learned"), which a caller may tell apart. Lost memory still fails.
+func guestLives(t *testing.T, host string, afterTick int) error {
+	t.Helper()
 	ctx := context.Background()
 	if got, err := theLab.GuestHost(ctx); err != nil || got != host {
 		t.Fatalf("guest runs on %q (%v), want %q", got, err, host)
 	}
 	if err := theLab.WaitTick(ctx, afterTick+3, 60*time.Second); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	st, err := theLab.GuestSerial()
 	if err != nil {
@@ -85,6 +96,7 @@ func assertGuestLives(t *testing.T, host string, afterTick int) {
 	if st.Integrity != "ok" {
 		t.Fatalf("guest integrity %q after migration, want ok (serial log %s)", st.Integrity, theLab.SerialLog)
 	}
+	return nil
 }
 
 func lastTick(t *testing.T) int {
@@ -96,7 +108,30 @@ func lastTick(t *testing.T) int {
 	return st.Tick
 }
 
+// TestMigrateThereAndBack moves the dirtying guest to the workstation and
+// back. A guest that stops after a migration the engine finished is the
+// QEMU 7.2 TCG hazard (about one run in five here): it is logged and the
+// round trip made once more with a fresh guest; twice in a row fails, as
+// does anything else.
 func TestMigrateThereAndBack(t *testing.T) {
+	for attempt := 1; ; attempt++ {
+		stopped := migrateThereAndBack(t)
+		if stopped == nil {
+			return
+		}
+		if attempt == 2 {
+			t.Fatalf("the guest stopped after a finished migration twice in a row: %v", stopped)
+		}
+		t.Logf("the guest stopped after a finished migration (%v): the QEMU 7.2 TCG hazard; once more with a fresh guest", stopped)
+		if err := theLab.RestartGuest(context.Background(), lab.DefaultGuest, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// migrateThereAndBack fails t on anything but a guest that stopped after a
+// finished migration, which it returns.
+func migrateThereAndBack(t *testing.T) error {
 	srv, ws := conns(t)
 	ctx := context.Background()
 	for _, leg := range []struct {
@@ -121,8 +156,11 @@ func TestMigrateThereAndBack(t *testing.T) {
 			}
 		}
 		t.Logf("to the %s: downtime %v, total %v, %d bytes, %d passes", leg.toHost, res.Downtime, res.Total, res.Transferred, res.Iterations)
-		assertGuestLives(t, leg.toHost, tick)
+		if err := guestLives(t, leg.toHost, tick); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 func TestGuestDirtyingFasterThanTheLinkSwitchesByPostCopy(t *testing.T) {

@@ -64,11 +64,6 @@ func (d DirStore) Get(_ context.Context, h Hash) ([]byte, error) {
 	return b, err
 }
 
-// Put stores one packed object durably.
-func (d DirStore) Put(ctx context.Context, h Hash, packed []byte) error {
-	return d.PutBatch(ctx, []Object{{h, packed}})
-}
-
 // PutBatch stores packed objects durably, with two syncfs calls for the
 // whole batch instead of one fsync per object.
 func (d DirStore) PutBatch(ctx context.Context, objs []Object) error {

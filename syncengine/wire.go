@@ -130,11 +130,7 @@ func (w *recordWriter) inner(kind byte, payload []byte) error {
 	return nil
 }
 
-// uvarint and bytes write plain values between records.
-func (w *recordWriter) uvarint(v uint64) error {
-	return w.bytes(binary.AppendUvarint(nil, v))
-}
-
+// bytes writes plain values between records.
 func (w *recordWriter) bytes(b []byte) error {
 	if err := w.flushGroup(); err != nil {
 		return err
@@ -210,14 +206,6 @@ func (r *recordReader) plain() error {
 		return fmt.Errorf("%w: a value where records were due", errCut)
 	}
 	return nil
-}
-
-func (r *recordReader) uvarint() (uint64, error) {
-	if err := r.plain(); err != nil {
-		return 0, err
-	}
-	v, err := binary.ReadUvarint(r.r)
-	return v, cut(err)
 }
 
 func (r *recordReader) bytes(n int) ([]byte, error) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/handoff-dev/handoff/leasectl"
@@ -248,25 +249,45 @@ func syncStore(dir string) (syncengine.Remote, error) {
 // progressLine keeps one line of progress on stderr, at most twice a
 // second, and ends it when a step completes or the command stops.
 type progressLine struct {
-	w    io.Writer
-	last time.Time
-	open bool
+	w     io.Writer
+	last  time.Time
+	open  bool
+	step  string
+	start time.Time // when this step began
+	from  int64     // where it stood then
+	width int       // the last line's length
 }
 
 func (p *progressLine) show(step string, done, total int64) {
-	if time.Since(p.last) < 500*time.Millisecond && done < total {
+	now := time.Now()
+	if step != p.step {
+		p.step, p.start, p.from = step, now, done
+	}
+	if now.Sub(p.last) < 500*time.Millisecond && done < total {
 		return
 	}
-	p.last = time.Now()
+	p.last = now
 	pct := 100.0
 	if total > 0 {
 		pct = 100 * float64(done) / float64(total)
 	}
-	unit := switchover.FormatBytes(uint64(total))
+	line := fmt.Sprintf("\r%s: %5.1f%% of %s", step, pct, switchover.FormatBytes(uint64(total)))
 	if step == "send" {
-		unit = fmt.Sprintf("%d chunks", total)
+		line = fmt.Sprintf("\r%s: %5.1f%% of %d chunks", step, pct, total)
 	}
-	fmt.Fprintf(p.w, "\r%s: %5.1f%% of %s", step, pct, unit)
+	// The rate and what is left, once a second of the step has passed.
+	if el := now.Sub(p.start); el > time.Second && done > p.from && done < total {
+		rate := float64(done-p.from) / el.Seconds()
+		left := time.Duration(float64(total-done) / rate * float64(time.Second)).Round(time.Second)
+		if step == "send" {
+			line += fmt.Sprintf(", %.0f chunks/s, %v left", rate, left)
+		} else {
+			line += fmt.Sprintf(", %s/s, %v left", switchover.FormatBytes(uint64(rate)), left)
+		}
+	}
+	// Spaces cover what a longer line left; no escapes, so a log stays clean.
+	fmt.Fprintf(p.w, "%s%s", line, strings.Repeat(" ", max(0, p.width-len(line))))
+	p.width = len(line)
 	p.open = true
 	if done >= total {
 		p.end()
@@ -276,6 +297,6 @@ func (p *progressLine) show(step string, done, total int64) {
 func (p *progressLine) end() {
 	if p.open {
 		fmt.Fprintln(p.w)
-		p.open = false
+		p.open, p.width = false, 0
 	}
 }

@@ -212,14 +212,11 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 	return members, st, nil
 }
 
-// WithChainMembers returns roots and, for each of them that is a chain
-// manifest in store, its members' roots: what GC must keep for a kept
-// chain to stay whole, since a manifest's tree names only the manifest's
-// own bytes. A root the store lacks is passed on for GC to report.
-func WithChainMembers(ctx context.Context, store DirStore, codec *Codec, roots []Hash) ([]Hash, error) {
-	return withChainMembers(ctx, store, codec, roots)
-}
-
+// withChainMembers returns roots and, for each of them that is a chain
+// manifest in store, its members' roots: what a collection must keep for a
+// kept chain to stay whole, since a manifest's tree names only the
+// manifest's own bytes. A root the store lacks is passed on for the
+// collection to report.
 func withChainMembers(ctx context.Context, store objectGetter, codec *Codec, roots []Hash) ([]Hash, error) {
 	out := slices.Clone(roots)
 	for _, root := range roots {

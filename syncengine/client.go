@@ -71,10 +71,6 @@ func (c *Client) Close() error {
 // GCCache removes from the cache every object that none of the kept trees
 // (and, for a chain, its files' trees) uses, and returns how many.
 func (c *Client) GCCache(ctx context.Context, keep []Hash) (int, error) {
-	keep, err := withChainMembers(ctx, c.cache(), c.Codec, keep)
-	if err != nil {
-		return 0, err
-	}
 	live, err := liveObjects(ctx, c.cache(), c.Codec, keep)
 	if err != nil {
 		return 0, err

@@ -146,9 +146,9 @@ func storeErr(dir string, err error) error {
 	return fmt.Errorf("write to the chunk store %s: %w", dir, err)
 }
 
-// GC removes every object that none of the kept trees uses, and temporary
-// files an interrupted write left over an hour ago; it returns how many
-// objects it removed.
+// GC removes every object that none of the kept trees (and, for a kept
+// chain, its files' trees) uses, and temporary files an interrupted write
+// left over an hour ago; it returns how many objects it removed.
 func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error) {
 	live, err := liveObjects(ctx, d, codec, keep)
 	if err != nil {
@@ -182,8 +182,14 @@ func (d DirStore) GC(ctx context.Context, codec *Codec, keep []Hash) (int, error
 	return removed, err
 }
 
-// liveObjects is every object the trees named by keep use.
+// liveObjects is every object the trees named by keep use, and for a kept
+// chain, its files' trees.
 func liveObjects(ctx context.Context, s objectGetter, codec *Codec, keep []Hash) (map[Hash]bool, error) {
+	// A chain's root names only its manifest: its files are kept too.
+	keep, err := withChainMembers(ctx, s, codec, keep)
+	if err != nil {
+		return nil, err
+	}
 	live := map[Hash]bool{}
 	for _, root := range keep {
 		t, err := loadTree(ctx, s, codec, root)

@@ -191,13 +191,7 @@ func syncGC(ctx context.Context, client *syncengine.Client, dir string, keep []s
 		n, err := client.GCCache(ctx, keep)
 		return n, client.Cache.Dir, err
 	}
-	store := syncengine.DirStore{Dir: dir}
-	// A chain's root names its manifest only: keep its files too.
-	keep, err := syncengine.WithChainMembers(ctx, store, client.Codec, keep)
-	if err != nil {
-		return 0, dir, err
-	}
-	n, err := store.GC(ctx, client.Codec, keep)
+	n, err := syncengine.DirStore{Dir: dir}.GC(ctx, client.Codec, keep)
 	return n, dir, err
 }
 

@@ -348,37 +348,10 @@ func (c *Client) cachedBase(ctx context.Context, base *tree, p int) func() ([]by
 // parallelBatches runs fn over items cut into batches, transfers at a
 // time, and returns the first error, after every started batch ended.
 func parallelBatches(ctx context.Context, items []int, size int, fn func([]int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	work := make(chan []int)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	for range transfers {
-		wg.Go(func() {
-			for b := range work {
-				if err := fn(b); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		})
-	}
-feed:
-	for len(items) > 0 {
-		n := min(size, len(items))
-		select {
-		case work <- items[:n]:
-			items = items[n:]
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return first
+	batches := (len(items) + size - 1) / size
+	return parallelFor(ctx, batches, transfers, func(b int) error {
+		return fn(items[b*size : min(len(items), (b+1)*size)])
+	})
 }
 
 // imageWriter writes a pulled image beside its target and puts it in
@@ -441,7 +414,7 @@ func (w *imageWriter) reuse(ctx context.Context) error {
 	}
 	bufs := sync.Pool{New: func() any { return make([]byte, w.m.ChunkSize) }}
 	placed := make([]bool, len(w.m.Chunks))
-	err = parallelFor(ctx, len(w.m.Chunks), func(i int) error {
+	err = parallelFor(ctx, len(w.m.Chunks), runtime.GOMAXPROCS(0), func(i int) error {
 		off, n := int64(i)*int64(w.m.ChunkSize), w.m.chunkLen(i)
 		if w.m.Chunks[i].IsZero() || off+int64(n) > fi.Size() {
 			return nil
@@ -680,7 +653,7 @@ type pushItem struct{ data, packed, base []byte }
 // under a push is refused, never stored half old, half new.
 func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, base *tree, positions []int) ([]pushItem, error) {
 	items := make([]pushItem, len(positions))
-	err := parallelFor(ctx, len(positions), func(j int) error {
+	err := parallelFor(ctx, len(positions), runtime.GOMAXPROCS(0), func(j int) error {
 		p := positions[j]
 		off := int64(p) * int64(t.ChunkSize)
 		data := make([]byte, t.chunkLen(p))
@@ -707,27 +680,33 @@ func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, ba
 	return items, err
 }
 
-// parallelFor runs fn(0..n-1) on all cores and returns the first error.
-func parallelFor(ctx context.Context, n int, fn func(int) error) error {
+// parallelFor runs fn(0..n-1) on workers goroutines, in order of index,
+// and returns the first error, after every started call ended; after an
+// error no new call starts.
+func parallelFor(ctx context.Context, n, workers int, fn func(int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var next atomic.Int64
-	errs := make([]error, runtime.GOMAXPROCS(0))
+	var once sync.Once
+	var first error
 	var wg sync.WaitGroup
-	for w := range errs {
+	for range workers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				if errs[w] = fn(i); errs[w] != nil {
+				if err := fn(i); err != nil {
+					once.Do(func() { first = err; cancel() })
 					return
 				}
 			}
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+	if first != nil {
+		return first
 	}
 	return ctx.Err()
 }

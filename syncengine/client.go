@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 // Stats count what a transfer moved.
@@ -85,6 +83,10 @@ const transfers = 4
 // fetchBatch is how many chunks one request of a pull asks for: an
 // update's patches compress together within one answer.
 const fetchBatch = 1024
+
+// keepBytes bounds the packed bytes a pull gathers before it appends them
+// to the cache in one write.
+const keepBytes = 4 << 20
 
 // base is the tree last transferred to or from path, if the cache holds it
 // and every chunk it names: what the next transfer sends differences
@@ -167,26 +169,37 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 	}
 	var mu sync.Mutex
 	err = parallelBatches(ctx, cached, fetchBatch, func(batch []int) error {
+		run := img.newRun()
+		defer run.release()
 		for _, p := range batch {
-			data, err := loadObject(ctx, c.cache(), c.Codec, t.Chunks[p])
+			h := t.Chunks[p]
+			dst, err := run.slot(h)
+			if err != nil {
+				return err
+			}
+			packed, err := c.cache().Get(ctx, h)
+			var data []byte
+			if err == nil {
+				data, err = c.Codec.DecodeInto(h, packed, dst)
+			}
 			if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
-				c.cache().drop(t.Chunks[p])
+				c.cache().drop(h)
 				mu.Lock()
 				want = append(want, p)
 				mu.Unlock()
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("read the cache's copy of chunk %s: %w", t.Chunks[p], err)
+				return fmt.Errorf("read the cache's copy of chunk %s: %w", h, err)
 			}
-			if err := img.put(t.Chunks[p], data); err != nil {
+			if err := run.put(h, data); err != nil {
 				return err
 			}
 			mu.Lock()
 			st.FromCache++
 			mu.Unlock()
 		}
-		return nil
+		return run.flush()
 	})
 	if err != nil {
 		return st, err
@@ -247,8 +260,9 @@ func (c *Client) fetchTree(ctx context.Context, root Hash, base *tree, wire *ato
 // into the image and keeps it in the cache. A cut or damaged transfer is
 // asked again, from where it broke, twice at most; what arrived is kept.
 func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int, img *imageWriter, got func(patched bool), st *Stats, mu *sync.Mutex, wire *atomic.Int64) error {
+	check := false // after damage, the server verifies what it sends
 	for attempt := 1; ; attempt++ {
-		n, err := c.fetchOnce(ctx, t, base, positions, img, got, wire)
+		n, err := c.fetchOnce(ctx, t, base, positions, check, img, got, wire)
 		positions = positions[n:]
 		if err == nil {
 			return nil
@@ -258,7 +272,7 @@ func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int
 		}
 		if errors.Is(err, errBadBase) && len(positions) > 0 {
 			// That one chunk comes whole; the rest as before.
-			if n, err = c.fetchOnce(ctx, t, nil, positions[:1], img, got, wire); err != nil {
+			if n, err = c.fetchOnce(ctx, t, nil, positions[:1], check, img, got, wire); err != nil {
 				return err
 			}
 			positions = positions[n:]
@@ -278,6 +292,7 @@ func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int
 			}
 			return fmt.Errorf("%w; tried %d times: what arrived is kept, so pull again to resume", err, attempt)
 		}
+		check = check || damaged
 		mu.Lock()
 		st.Refetched += len(positions)
 		mu.Unlock()
@@ -285,39 +300,60 @@ func (c *Client) fetchChunks(ctx context.Context, t, base *tree, positions []int
 }
 
 // fetchOnce makes one request for positions and returns how many of them
-// arrived whole and were stored.
-func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, img *imageWriter, got func(patched bool), wire *atomic.Int64) (int, error) {
+// arrived whole and were stored. check asks the server to verify each
+// chunk before it sends it.
+func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, check bool, img *imageWriter, got func(patched bool), wire *atomic.Int64) (int, error) {
 	from := base.name()
-	req := appendPositions(append(t.root[:], from[:]...), positions)
+	req := append(append(t.root[:], from[:]...), 0)
+	if check {
+		req[len(req)-1] = 1
+	}
+	req = appendPositions(req, positions)
 	rr, done, err := exchange(ctx, c.Remote, c.Codec, "chunks", bytes.NewReader(req), wire)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
+	rr.transient = true // what is kept is copied into arena
+	run := img.newRun()
+	defer run.release()
 	var batch []Object
+	arena := make([]byte, 0, keepBytes) // the packed bytes of batch, reused after each keep
 	n := 0
 	for _, p := range positions {
 		h := t.Chunks[p]
-		data, packed, patched, err := rr.object(h, c.cachedBase(ctx, base, p))
+		dst, err := run.slot(h)
+		var data, packed []byte
+		var patched bool
 		if err == nil {
-			err = img.put(h, data)
+			data, packed, patched, err = rr.object(h, c.cachedBase(ctx, base, p), dst)
+		}
+		if err == nil {
+			err = run.put(h, data)
 		}
 		if err != nil {
+			if werr := run.flush(); werr != nil {
+				return n, werr // the disk failed: final
+			}
 			// Keep what arrived: a second try, or the next pull, resumes.
 			return n, errors.Join(err, c.cache().keep(ctx, batch))
 		}
 		if packed == nil {
 			packed = c.Codec.EncodeLocal(data)
 		}
-		batch = append(batch, Object{h, packed})
-		got(patched)
-		n++
-		if len(batch) == storeBatch {
+		if len(arena)+len(packed) > cap(arena) || len(batch) == storeBatch {
 			if err := c.cache().keep(ctx, batch); err != nil {
 				return n - len(batch), fmt.Errorf("keep fetched chunks in the cache: %w", err)
 			}
-			batch = batch[:0]
+			batch, arena = batch[:0], arena[:0]
 		}
+		arena = append(arena, packed...)
+		batch = append(batch, Object{h, arena[len(arena)-len(packed):]})
+		got(patched)
+		n++
+	}
+	if err := run.flush(); err != nil {
+		return n, err
 	}
 	if err := c.cache().keep(ctx, batch); err != nil {
 		return 0, fmt.Errorf("keep fetched chunks in the cache: %w", err)
@@ -352,140 +388,6 @@ func parallelBatches(ctx context.Context, items []int, size int, fn func([]int) 
 	return parallelFor(ctx, batches, transfers, func(b int) error {
 		return fn(items[b*size : min(len(items), (b+1)*size)])
 	})
-}
-
-// imageWriter writes a pulled image beside its target and puts it in
-// place only when it is whole.
-type imageWriter struct {
-	m        *Manifest
-	f        *os.File
-	path     string
-	where    map[Hash][]int
-	progress Progress
-	mu       sync.Mutex
-	done     int64
-}
-
-func newImageWriter(path string, m *Manifest, progress Progress) (*imageWriter, error) {
-	dir := filepath.Dir(path)
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("write the image to %s: the folder %s does not exist: create it, or pull to another path", path, dir)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".partial-")
-	if err != nil {
-		return nil, fmt.Errorf("write the image to %s: %w", path, diskErr(err))
-	}
-	w := &imageWriter{m: m, f: f, path: path, where: map[Hash][]int{}, progress: progress}
-	// Holes for the zero chunks: the image stays sparse.
-	if err := f.Truncate(m.Size); err != nil {
-		w.abandon()
-		return nil, fmt.Errorf("size the image %s: %w", path, diskErr(err))
-	}
-	for i, h := range m.Chunks {
-		if h.IsZero() {
-			w.done += int64(m.chunkLen(i))
-		} else {
-			w.where[h] = append(w.where[h], i)
-		}
-	}
-	return w, nil
-}
-
-func diskErr(err error) error {
-	if errors.Is(err, ErrDiskFull) || !errors.Is(err, syscall.ENOSPC) {
-		return err
-	}
-	return fmt.Errorf("%w (%w): free space and pull again; the previous image is untouched", ErrDiskFull, err)
-}
-
-// reuse copies into the new image every chunk the file it replaces already
-// holds in the same place, verified by its hash, and leaves the rest to be
-// written: an update reads the old file instead of the cache, and does not
-// decompress what did not change.
-func (w *imageWriter) reuse(ctx context.Context) error {
-	old, err := os.Open(w.path)
-	if err != nil {
-		return nil // nothing to reuse
-	}
-	defer old.Close()
-	fi, err := old.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		return nil
-	}
-	bufs := sync.Pool{New: func() any { return make([]byte, w.m.ChunkSize) }}
-	placed := make([]bool, len(w.m.Chunks))
-	err = parallelFor(ctx, len(w.m.Chunks), runtime.GOMAXPROCS(0), func(i int) error {
-		off, n := int64(i)*int64(w.m.ChunkSize), w.m.chunkLen(i)
-		if w.m.Chunks[i].IsZero() || off+int64(n) > fi.Size() {
-			return nil
-		}
-		buf := bufs.Get().([]byte)[:n]
-		defer bufs.Put(buf[:cap(buf)])
-		if _, err := old.ReadAt(buf, off); err != nil || Sum(buf) != w.m.Chunks[i] {
-			return nil
-		}
-		if _, err := w.f.WriteAt(buf, off); err != nil {
-			return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
-		}
-		placed[i] = true
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for h, ps := range w.where {
-		kept := ps[:0]
-		for _, p := range ps {
-			if placed[p] {
-				w.done += int64(w.m.chunkLen(p))
-			} else {
-				kept = append(kept, p)
-			}
-		}
-		w.where[h] = kept
-	}
-	return nil
-}
-
-// put writes a chunk at every position where the image has it.
-func (w *imageWriter) put(h Hash, data []byte) error {
-	for _, i := range w.where[h] {
-		if _, err := w.f.WriteAt(data, int64(i)*int64(w.m.ChunkSize)); err != nil {
-			return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
-		}
-	}
-	w.mu.Lock()
-	w.done += int64(len(data) * len(w.where[h]))
-	done := w.done
-	w.mu.Unlock()
-	if w.progress != nil {
-		w.progress("write", done, w.m.Size)
-	}
-	return nil
-}
-
-// commit syncs the image and puts it in place of the old one.
-func (w *imageWriter) commit() error {
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync the image %s: %w", w.path, diskErr(err))
-	}
-	if err := w.f.Close(); err != nil {
-		return fmt.Errorf("write the image %s: %w", w.path, diskErr(err))
-	}
-	if err := os.Rename(w.f.Name(), w.path); err != nil {
-		return fmt.Errorf("put the image in place at %s: %w", w.path, err)
-	}
-	w.f = nil
-	return nil
-}
-
-// abandon removes an image that was not committed.
-func (w *imageWriter) abandon() {
-	if w.f != nil {
-		w.f.Close()
-		os.Remove(w.f.Name())
-		w.f = nil
-	}
 }
 
 // Push stores the image at path in the remote, sending only the chunks it

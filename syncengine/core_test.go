@@ -38,7 +38,7 @@ func TestPatchRebuildsTheTargetAndStaysSmall(t *testing.T) {
 			if p == nil || len(p) > c.maxPatch {
 				t.Fatalf("patch of %d bytes, want at most %d", len(p), c.maxPatch)
 			}
-			got, err := applyPatch(base, p)
+			got, err := applyPatch(base, p, nil)
 			if err != nil || !bytes.Equal(got, c.target) {
 				t.Fatalf("the patch does not rebuild the target: %v", err)
 			}
@@ -57,7 +57,7 @@ func TestDamagedPatchesAreRefused(t *testing.T) {
 		"truncated data":   p[:len(p)-3],
 		"huge length":      {0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
 	} {
-		if _, err := applyPatch(base, bad); !errors.Is(err, ErrCorrupt) {
+		if _, err := applyPatch(base, bad, nil); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: %v, want ErrCorrupt", name, err)
 		}
 	}
@@ -169,7 +169,7 @@ func TestPositionsRoundTripAndRefuseDisorder(t *testing.T) {
 func FuzzApplyPatch(f *testing.F) {
 	f.Add([]byte("base"), []byte{4, 0, 1, 'x'})
 	f.Fuzz(func(t *testing.T, base, patch []byte) {
-		out, err := applyPatch(base, patch)
+		out, err := applyPatch(base, patch, nil)
 		if err == nil && len(out) > maxObject {
 			t.Fatalf("a patch built %d bytes", len(out))
 		}

@@ -140,15 +140,21 @@ func (c *packCache) keep(ctx context.Context, objs []Object) error {
 			return storeErr(c.dir, err)
 		}
 	}
-	// Each object written as it is: gathering them into one buffer costs
+	// Objects that lie one after another in memory (a pull gathers them
+	// so) go in one write; gathering the others into a buffer would cost
 	// more in fresh pages than it saves in calls.
-	var entries []byte
+	var entries, span []byte
 	for _, o := range objs {
 		if _, dup := c.index[o.Hash]; dup {
 			continue
 		}
-		if _, err := c.w.Write(o.Packed); err != nil {
-			return storeErr(c.dir, err)
+		if follows(span, o.Packed) {
+			span = span[:len(span)+len(o.Packed)]
+		} else {
+			if err := c.write(span); err != nil {
+				return err
+			}
+			span = o.Packed
 		}
 		c.index[o.Hash] = packLoc{c.wNum, c.wOff, len(o.Packed)}
 		entries = append(entries, o.Hash[:]...)
@@ -156,10 +162,29 @@ func (c *packCache) keep(ctx context.Context, objs []Object) error {
 		entries = binary.LittleEndian.AppendUint32(entries, uint32(len(o.Packed)))
 		c.wOff += int64(len(o.Packed))
 	}
+	if err := c.write(span); err != nil {
+		return err
+	}
 	if _, err := c.idx.Write(entries); err != nil {
 		return storeErr(c.dir, err)
 	}
 	return nil
+}
+
+func (c *packCache) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := c.w.Write(b); err != nil {
+		return storeErr(c.dir, err)
+	}
+	return nil
+}
+
+// follows reports whether b starts where a ends, in a's memory.
+func follows(a, b []byte) bool {
+	n := len(a)
+	return len(b) > 0 && cap(a)-n >= len(b) && &a[:n+1][n] == &b[0]
 }
 
 func (c *packCache) startPack() error {

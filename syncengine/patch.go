@@ -44,16 +44,23 @@ func makePatch(base, target []byte) []byte {
 }
 
 // applyPatch rebuilds a target from its base and a patch made by
-// makePatch. The caller verifies the result's hash.
-func applyPatch(base, patch []byte) ([]byte, error) {
+// makePatch, in dst's free capacity where it fits. The caller verifies the
+// result's hash.
+func applyPatch(base, patch, dst []byte) ([]byte, error) {
 	bad := func(why string) error { return fmt.Errorf("patch: %s: %w", why, ErrCorrupt) }
 	n, k := binary.Uvarint(patch)
 	if k <= 0 || n > maxObject {
 		return nil, bad("bad length")
 	}
 	patch = patch[k:]
-	out := make([]byte, n)
-	copy(out, base)
+	var out []byte
+	if uint64(cap(dst)-len(dst)) >= n {
+		out = dst[len(dst) : len(dst)+int(n)]
+		clear(out[copy(out, base):])
+	} else {
+		out = make([]byte, n)
+		copy(out, base)
+	}
 	pos := uint64(0)
 	for len(patch) > 0 {
 		gap, k1 := binary.Uvarint(patch)

@@ -16,13 +16,19 @@ import (
 //
 //	has     n hashes (32 bytes each)          -> one record: a bitmap of those held
 //	tree    to, from (32 bytes each)          -> to's root and the nodes unlike from's
-//	chunks  to, from, count, position deltas  -> to's chunk at each position,
-//	                                             patched against from's there
+//	chunks  to, from, check, count,           -> to's chunk at each position,
+//	        position deltas                      patched against from's there
 //	push    a record stream: to, from, the tree as above, count, then
 //	        (position delta, chunk) records   -> one record: how many chunks were stored
 //
 // A zero from means none. Positions count chunks from the image's start,
 // increasing; the first delta is the first position.
+//
+// chunks sends a new chunk as it is stored, unread: the client verifies
+// every chunk, and a cold pull then costs the server little more than
+// reading files. After a damaged answer the client asks again with check
+// 1, and the server first verifies each chunk, to report damage in its
+// store as such.
 type server struct {
 	store DirStore
 	codec *Codec
@@ -162,6 +168,10 @@ func (s *server) chunks(ctx context.Context, body io.Reader, w *recordWriter) er
 	if err != nil {
 		return err
 	}
+	check, err := br.ReadByte()
+	if err != nil || check > 1 {
+		return fmt.Errorf("chunks: bad check flag (%v)", err)
+	}
 	positions, err := readPositions(br, maxChunkBatch)
 	if err != nil {
 		return err
@@ -178,14 +188,14 @@ func (s *server) chunks(ctx context.Context, body io.Reader, w *recordWriter) er
 			return fmt.Errorf("image %s has no stored chunk at position %d", to, p)
 		}
 		packed, err := s.store.Get(ctx, t.Chunks[p])
+		fn := chunkBase(ctx, s.store, s.codec, base, p)
 		var data []byte
-		if err == nil {
+		if err == nil && (fn != nil || check == 1) {
 			data, err = s.codec.Decode(t.Chunks[p], packed)
 		}
 		if err != nil {
 			return fmt.Errorf("chunk %s at byte %d of image %s in the server's store: %w; push the image again from a device that has it", t.Chunks[p], int64(p)*int64(t.ChunkSize), to, err)
 		}
-		fn := chunkBase(ctx, s.store, s.codec, base, p)
 		if fn == nil {
 			err = w.packed(packed) // new to the client: as stored
 		} else {
@@ -266,7 +276,7 @@ func receiveChunks(ctx context.Context, r *recordReader, t, base *tree, dst DirS
 			return stored, errors.Join(fmt.Errorf("position %d names no chunk of the image: %w", p, ErrCorrupt), flush())
 		}
 		h := t.Chunks[p]
-		data, packed, _, err := r.object(h, chunkBase(ctx, dst, codec, base, p))
+		data, packed, _, err := r.object(h, chunkBase(ctx, dst, codec, base, p), nil)
 		if err != nil {
 			return stored, errors.Join(err, flush())
 		}

@@ -179,6 +179,10 @@ type recordReader struct {
 	r     *bufio.Reader
 	codec *Codec
 	group []byte // inner records not yet read
+	// transient makes a packed record's payload valid only until the next
+	// record: read into one buffer, reused, rather than a fresh one each.
+	transient bool
+	scratch   []byte
 }
 
 func newRecordReader(r io.Reader, codec *Codec) *recordReader {
@@ -240,7 +244,15 @@ func (r *recordReader) record() (byte, []byte, error) {
 		if n > maxObject {
 			return 0, nil, fmt.Errorf("%w: a record of %d bytes", errCut, n)
 		}
-		payload := make([]byte, n)
+		var payload []byte
+		if r.transient {
+			if uint64(cap(r.scratch)) < n {
+				r.scratch = make([]byte, n)
+			}
+			payload = r.scratch[:n]
+		} else {
+			payload = make([]byte, n)
+		}
 		if _, err := io.ReadFull(r.r, payload); err != nil {
 			return 0, nil, cut(err)
 		}
@@ -271,16 +283,17 @@ func (r *recordReader) record() (byte, []byte, error) {
 }
 
 // object reads the object named want, rebuilding it from base (fetched
-// only if the sender patched) and verifying its hash. packed is the
-// object's stored form when it came as one.
-func (r *recordReader) object(want Hash, base func() ([]byte, error)) (data, packed []byte, patched bool, err error) {
+// only if the sender patched) and verifying its hash, into dst's free
+// capacity where it fits (nil: anywhere). packed is the object's stored
+// form when it came as one.
+func (r *recordReader) object(want Hash, base func() ([]byte, error), dst []byte) (data, packed []byte, patched bool, err error) {
 	kind, payload, err := r.record()
 	if err != nil {
 		return nil, nil, false, err
 	}
 	switch kind {
 	case recPacked:
-		if data, err = r.codec.Decode(want, payload); err != nil {
+		if data, err = r.codec.DecodeInto(want, payload, dst); err != nil {
 			return nil, nil, false, err
 		}
 		return data, payload, false, nil
@@ -292,7 +305,7 @@ func (r *recordReader) object(want Hash, base func() ([]byte, error)) (data, pac
 		if err != nil {
 			return nil, nil, true, fmt.Errorf("object %s: read its base: %w", want, err)
 		}
-		if data, err = applyPatch(b, payload); err != nil {
+		if data, err = applyPatch(b, payload, dst); err != nil {
 			return nil, nil, true, fmt.Errorf("object %s: %w", want, err)
 		}
 	default:
@@ -354,7 +367,7 @@ func recvTree(r *recordReader, root Hash, base *tree) (*tree, error) {
 				return braw, nil // the same node as the base's: not sent
 			}
 		}
-		data, _, _, err := r.object(h, fixed(braw))
+		data, _, _, err := r.object(h, fixed(braw), nil)
 		return data, err
 	})
 }

@@ -2,6 +2,7 @@ package syncengine
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Remote is a store a Client pulls from and pushes to: the home server's
@@ -65,7 +67,19 @@ func (p *pipeCloser) Close() error {
 type HTTPStore struct {
 	Base   string // e.g. https://server:7443/v1/chunks
 	Token  string
-	Client *http.Client
+	Client *http.Client // best made with NewHTTPClient
+}
+
+// NewHTTPClient is a client for an HTTPStore that keeps a connection open
+// for each of a pull's parallel transfers: with the default two, every
+// other request paid a TLS handshake and TCP slow start, and a cold pull
+// over a 1 Gbit/s link moved 85% of what the link carries.
+func NewHTTPClient(tlsConfig *tls.Config) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     tlsConfig,
+		MaxIdleConnsPerHost: transfers,
+		IdleConnTimeout:     time.Minute,
+	}}
 }
 
 func (s HTTPStore) String() string { return "the chunk store at " + s.Base }
@@ -145,5 +159,11 @@ func exchange(ctx context.Context, r Remote, codec *Codec, op string, body io.Re
 	if err != nil {
 		return nil, nil, err
 	}
-	return newRecordReader(counter{rc, wire}, codec), func() { rc.Close() }, nil
+	return newRecordReader(counter{rc, wire}, codec), func() {
+		// What the reader left (an HTTP body's last bytes) is read, so
+		// that the connection goes back to be used again, unless a broken
+		// answer left much.
+		io.CopyN(io.Discard, rc, 64<<10)
+		rc.Close()
+	}, nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -237,7 +236,7 @@ func syncStore(dir string) (syncengine.Remote, error) {
 		return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
 	}
 	return syncengine.HTTPStore{Base: c.Server + "/v1/chunks", Token: c.Token,
-		Client: &http.Client{Transport: &http.Transport{TLSClientConfig: leasectl.PinnedTLS(c.Fingerprint)}}}, nil
+		Client: syncengine.NewHTTPClient(leasectl.PinnedTLS(c.Fingerprint))}, nil
 }
 
 // progressLine keeps one line of progress on stderr, at most twice a

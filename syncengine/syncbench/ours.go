@@ -1,11 +1,14 @@
 package syncbench
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -25,10 +28,14 @@ type rootHash = syncengine.Hash
 // of its own (startServeProcess), whose CPU time can then be told apart
 // from the workstation's.
 type chunkServer struct {
-	Addr   string
-	client *tls.Config
-	token  string
-	stop   func()
+	Addr        string
+	client      *tls.Config
+	token       string
+	fingerprint string // the certificate's, for 'handoff lease login'
+	// bin is the handoff binary running as the server; the workstation's
+	// pulls then run as 'BIN sync pull' processes too, as a user's would.
+	bin  string
+	stop func()
 	// cpu is the server's CPU time so far; nil when the server runs in
 	// this process and its CPU time is counted with the workstation's.
 	cpu func() (time.Duration, error)
@@ -36,16 +43,16 @@ type chunkServer struct {
 
 // serverIdentity makes the server directory's certificate and a token for
 // the bench's workstation, as 'handoff serve' and 'serve token add' do.
-func serverIdentity(dataDir string) (cert tls.Certificate, client *tls.Config, token string, err error) {
-	cert, fp, _, err := leasectl.ServerCert(dataDir)
+func serverIdentity(dataDir string) (cert tls.Certificate, fingerprint, token string, err error) {
+	cert, fingerprint, _, err = leasectl.ServerCert(dataDir)
 	if err != nil {
-		return cert, nil, "", fmt.Errorf("start the chunk server: %w", err)
+		return cert, "", "", fmt.Errorf("start the chunk server: %w", err)
 	}
 	token, err = leasectl.AddToken(dataDir, "syncbench")
 	if err != nil {
-		return cert, nil, "", fmt.Errorf("start the chunk server: add a device token: %w", err)
+		return cert, "", "", fmt.Errorf("start the chunk server: add a device token: %w", err)
 	}
-	return cert, leasectl.PinnedTLS(fp), token, nil
+	return cert, fingerprint, token, nil
 }
 
 // storeDir is where the server in dataDir keeps its chunks, as
@@ -54,7 +61,7 @@ func storeDir(dataDir string) string { return filepath.Join(dataDir, "chunks") }
 
 // startChunkServer serves dataDir's store in this process.
 func startChunkServer(ctx context.Context, dataDir string) (*chunkServer, error) {
-	cert, client, token, err := serverIdentity(dataDir)
+	cert, fp, token, err := serverIdentity(dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +82,7 @@ func startChunkServer(ctx context.Context, dataDir string) (*chunkServer, error)
 		defer close(served)
 		srv.ServeTLS(ln, "", "")
 	}()
-	return &chunkServer{Addr: ln.Addr().String(), client: client, token: token,
+	return &chunkServer{Addr: ln.Addr().String(), client: leasectl.PinnedTLS(fp), token: token, fingerprint: fp,
 		stop: func() { srv.Close(); <-served }}, nil
 }
 
@@ -85,8 +92,8 @@ func (s *chunkServer) close() { s.stop() }
 // remote is the workstation's view of the server's store, reached at addr
 // (the counting proxy), with its own connections.
 func (s *chunkServer) remote(addr string) (syncengine.HTTPStore, *http.Transport) {
-	tr := &http.Transport{TLSClientConfig: s.client.Clone()}
-	return syncengine.HTTPStore{Base: "https://" + addr + "/v1/chunks", Token: s.token, Client: &http.Client{Transport: tr}}, tr
+	c := syncengine.NewHTTPClient(s.client.Clone())
+	return syncengine.HTTPStore{Base: "https://" + addr + "/v1/chunks", Token: s.token, Client: c}, c.Transport.(*http.Transport)
 }
 
 // engineStats is what the engine says it moved.
@@ -111,10 +118,14 @@ func pushLocal(ctx context.Context, image, dataDir, cacheDir string) (rootHash, 
 }
 
 // pullRemote pulls root to image on the workstation through addr (the
-// counting proxy), with cacheDir as the workstation's chunk cache, and
-// returns this process's CPU time: the client's and the proxy's, and the
-// server's too when it runs in this process.
+// counting proxy, or the server), with cacheDir as the workstation's chunk
+// cache, and returns the workstation's CPU time: the client's and this
+// process's (the proxy's, and the server's too when it runs in this
+// process).
 func pullRemote(ctx context.Context, s *chunkServer, addr string, root rootHash, cacheDir, image string) (engineStats, time.Duration, error) {
+	if s.bin != "" {
+		return pullProcess(ctx, s, addr, root, cacheDir, image)
+	}
 	remote, tr := s.remote(addr)
 	defer tr.CloseIdleConnections()
 	cpu0 := selfCPU()
@@ -125,6 +136,37 @@ func pullRemote(ctx context.Context, s *chunkServer, addr string, root rootHash,
 		return engineStats{}, 0, fmt.Errorf("pull %s: %w", root, err)
 	}
 	return engineStats{Chunks: st.Chunks, Sent: st.Sent, Patched: st.Patched, FromCache: st.FromCache, WireBytes: st.WireBytes}, cpu, nil
+}
+
+// pullProcess is pullRemote by 'BIN sync pull', logged in to addr with a
+// configuration of its own beside cacheDir.
+func pullProcess(ctx context.Context, s *chunkServer, addr string, root rootHash, cacheDir, image string) (engineStats, time.Duration, error) {
+	env := append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(filepath.Dir(cacheDir), "ws-config"))
+	login := command(ctx, s.bin, "lease", "login", "--server", "https://"+addr, "--token", s.token, "--fingerprint", s.fingerprint)
+	login.Env = env
+	if err := runQuiet(login); err != nil {
+		return engineStats{}, 0, err
+	}
+	cpu0 := selfCPU()
+	pull := command(ctx, s.bin, "sync", "pull", "--cache", cacheDir, "--json", root.String(), image)
+	pull.Env = env
+	var out bytes.Buffer
+	pull.Stdout = &out
+	if err := runQuiet(pull); err != nil {
+		return engineStats{}, 0, err
+	}
+	cpu := selfCPU() - cpu0 + pull.ProcessState.UserTime() + pull.ProcessState.SystemTime()
+	var st struct {
+		Chunks    int   `json:"chunks"`
+		Sent      int   `json:"sent"`
+		Patched   int   `json:"patched"`
+		FromCache int   `json:"from_cache"`
+		WireBytes int64 `json:"wire_bytes"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		return engineStats{}, 0, fmt.Errorf("%s sync pull printed %q: %w", s.bin, out.String(), err)
+	}
+	return engineStats(st), cpu, nil
 }
 
 // indexRuns is how many times index reads the image: the best of a few

@@ -222,6 +222,10 @@ type measured struct {
 	Time time.Duration
 }
 
+// measure runs transfer against target and measures it: transfer gets the
+// address to use and returns the CPU time it knows of.
+type measure func(ctx context.Context, target string, transfer func(addr string) (cpuTimes, error)) (measured, error)
+
 // throughProxy runs transfer against a fresh counting proxy to target and
 // measures it. transfer gets the proxy's address and returns the CPU time
 // it knows of; the bytes are counted once every connection has closed.

@@ -53,6 +53,7 @@ func (c Config) withDefaults() Config {
 const (
 	CaseServerPush = "server push (local)"
 	CaseCold       = "cold pull"
+	CaseColdLink   = "cold pull, 1 Gbit/s link"
 	CaseIndex      = "index local image"
 	CaseUpdate     = "update"
 
@@ -100,6 +101,12 @@ type Table struct {
 	// ColdCoreRate is the cold pull's bytes on the wire per CPU second on
 	// the workstation's side: what one of its cores can carry.
 	ColdCoreRate float64
+	// LinkWireRate is the cold pull's bytes per second over a link shaped
+	// to 1 Gbit/s, counted at the link (TCP/IP headers included); zero
+	// where NoLink says why there was none.
+	LinkWireRate float64
+	LinkTCPRate  float64 // what one plain TCP stream moved over that link, the same way
+	NoLink       string
 }
 
 // Row returns the row for a case and tool.
@@ -116,8 +123,11 @@ func (t Table) Row(c, tool string) (Row, bool) {
 // it from a chunk server over HTTPS, indexing it, and after a fraction of
 // its blocks changed on the server, the update by handoff, by rsync (with
 // and without -z) against an rsync daemon, and as a full zstd copy. Every
-// transfer runs over 127.0.0.1 through a counting proxy, and every pulled
-// image is compared with the server's byte for byte. Progress goes to
+// transfer runs through a counting proxy on 127.0.0.1, and every pulled
+// image is compared with the server's byte for byte. A server process
+// (Config.Server) runs, where root can make one, on the far side of a veth
+// link in a network namespace of the bench's own: a second cold pull
+// crosses it shaped to 1 Gbit/s by tc. Progress goes to
 // progress; the caller prints the Table. Processes and temporary files
 // are removed when Run returns, whether it failed or ctx ended.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err error) {
@@ -143,7 +153,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		defer os.RemoveAll(work)
 	}
 	d := layout(work)
-	for _, dir := range []string{d.server, d.serverData, d.serverCache, d.ws, d.wsCache, d.rsync, d.rsyncWS, d.zstdWS} {
+	for _, dir := range []string{d.server, d.serverData, d.serverCache, d.ws, d.wsCache, d.wsLink, d.rsync, d.rsyncWS, d.zstdWS} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return t, fmt.Errorf("make the bench's directories: %w", err)
 		}
@@ -162,9 +172,17 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	t.Rows = append(t.Rows, row)
 
 	var srv *chunkServer
+	var link *shapedLink
 	if cfg.Server != "" {
-		srv, err = startServeProcess(ctx, cfg.Server, d.serverData)
+		if t.NoLink = linkSupport(); t.NoLink == "" {
+			if link, err = newShapedLink(ctx); err != nil {
+				return t, err
+			}
+			defer link.close()
+		}
+		srv, err = startServeProcess(ctx, cfg.Server, d.serverData, link)
 	} else {
+		t.NoLink = "the server runs in this process"
 		srv, err = startChunkServer(ctx, d.serverData)
 	}
 	if err != nil {
@@ -181,6 +199,15 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	t.Rows = append(t.Rows, row)
 	t.ColdWireRate = float64(row.Down+row.Up) / row.Time.Seconds()
 	t.ColdCoreRate = float64(row.Down+row.Up) / row.WorkstationCPU.Seconds()
+
+	if link != nil {
+		say("cold pull over a link shaped to %s", linkRate)
+		if row, t.LinkTCPRate, err = linkPull(ctx, link, srv, root, d, cfg.Size); err != nil {
+			return t, err
+		}
+		t.Rows = append(t.Rows, row)
+		t.LinkWireRate = float64(row.Down+row.Up) / row.Time.Seconds()
+	}
 
 	say("index the local image")
 	elapsed, cpu, err := index(ctx, d.wsImage)
@@ -257,6 +284,27 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 	return t, nil
 }
 
+// linkPull is a cold pull into a workstation directory and cache of its
+// own, with the link shaped for its duration, and no proxy: its bytes are
+// counted at the link. It returns the rate of a plain TCP stream over the
+// same link, counted the same way.
+func linkPull(ctx context.Context, link *shapedLink, srv *chunkServer, root rootHash, d dirs, size int64) (_ Row, tcp float64, err error) {
+	if err := link.shape(ctx, linkRate); err != nil {
+		return Row{}, 0, err
+	}
+	defer link.shape(context.Background(), "")
+	if tcp, err = link.tcpRate(ctx, min(size/8, 256<<20)); err != nil {
+		return Row{}, 0, err
+	}
+	d.wsImage, d.wsCache = filepath.Join(d.wsLink, "image.img"), filepath.Join(d.wsLink, "cache")
+	defer os.RemoveAll(d.wsLink)
+	settle()
+	row, err := measuredPull(ctx, srv, root, d, CaseColdLink, size, link.through)
+	row.Note = fmt.Sprintf("tc tbf %s on a veth pair, the server in a network namespace; bytes counted at the link, TCP/IP headers included; one plain TCP stream moves %s/s over it, so counted; %s",
+		linkRate, formatBytes(int64(tcp)), row.Note)
+	return row, tcp, err
+}
+
 // settle writes back what earlier steps left dirty, so that each timed
 // transfer starts on a quiet disk and pays only for its own writes: the
 // kernel charges writeback to whoever writes when too much is dirty.
@@ -266,6 +314,7 @@ func settle() { syscall.Sync() }
 type dirs struct {
 	server, serverImage, serverData, serverCache string
 	ws, wsImage, wsCache, oldImage               string
+	wsLink                                       string // the pull over the shaped link
 	rsync, rsyncWS, zstdWS                       string
 }
 
@@ -275,8 +324,8 @@ func layout(work string) dirs {
 		server: j(work, "server"), serverImage: j(work, "server", "image.img"),
 		serverData: j(work, "server-data"), serverCache: j(work, "server-cache"),
 		ws: j(work, "ws"), wsImage: j(work, "ws", "image.img"), wsCache: j(work, "ws-cache"),
-		oldImage: j(work, "ws-old.img"),
-		rsync:    j(work, "rsyncd"), rsyncWS: j(work, "ws-rsync"), zstdWS: j(work, "ws-zstd"),
+		oldImage: j(work, "ws-old.img"), wsLink: j(work, "ws-link"),
+		rsync: j(work, "rsyncd"), rsyncWS: j(work, "ws-rsync"), zstdWS: j(work, "ws-zstd"),
 	}
 }
 
@@ -294,6 +343,11 @@ func timedPush(ctx context.Context, image, dataDir, cache string, size int64) (r
 // oursPull pulls root onto the workstation's image through a counting
 // proxy and checks the result against the server's image.
 func oursPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, name string, size int64) (Row, error) {
+	return measuredPull(ctx, srv, root, d, name, size, throughProxy)
+}
+
+// measuredPull is oursPull, measured by through.
+func measuredPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, name string, size int64, through measure) (Row, error) {
 	var st engineStats
 	var server0 time.Duration
 	if srv.cpu != nil {
@@ -302,7 +356,7 @@ func oursPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, name
 			return Row{}, err
 		}
 	}
-	m, err := throughProxy(ctx, srv.Addr, func(addr string) (cpuTimes, error) {
+	m, err := through(ctx, srv.Addr, func(addr string) (cpuTimes, error) {
 		var cpu time.Duration
 		var err error
 		st, cpu, err = pullRemote(ctx, srv, addr, root, d.wsCache, d.wsImage)

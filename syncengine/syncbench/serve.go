@@ -12,17 +12,22 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/handoff-dev/handoff/leasectl"
 )
 
 // startServeProcess runs 'BIN serve' on dataDir as the home server, in a
 // process of its own: the real server, and its CPU time apart from the
-// workstation's.
-func startServeProcess(ctx context.Context, bin, dataDir string) (*chunkServer, error) {
-	_, client, token, err := serverIdentity(dataDir)
+// workstation's. With a link, it runs on the link's far side.
+func startServeProcess(ctx context.Context, bin, dataDir string, link *shapedLink) (*chunkServer, error) {
+	_, fp, token, err := serverIdentity(dataDir)
 	if err != nil {
 		return nil, err
 	}
 	cmd := command(ctx, bin, "serve", "--data", dataDir, "--listen", "127.0.0.1:0")
+	if link != nil {
+		cmd = command(ctx, "ip", "netns", "exec", link.ns, bin, "serve", "--data", dataDir, "--listen", link.farAddr+":0")
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, fmt.Errorf("start %s serve: %w", bin, err)
@@ -66,7 +71,7 @@ func startServeProcess(ctx context.Context, bin, dataDir string) (*chunkServer, 
 	select {
 	case addr := <-addrc:
 		pid := cmd.Process.Pid
-		return &chunkServer{Addr: addr, client: client, token: token, stop: stop,
+		return &chunkServer{Addr: addr, client: leasectl.PinnedTLS(fp), token: token, fingerprint: fp, bin: bin, stop: stop,
 			cpu: func() (time.Duration, error) { return procCPU(pid) }}, nil
 	case <-exited:
 		return nil, fmt.Errorf("%s serve exited before listening (%v): %s", bin, cmd.ProcessState, strings.TrimSpace(stderr.String()))

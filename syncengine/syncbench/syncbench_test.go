@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,19 @@ func TestRunSmallImage(t *testing.T) {
 	}
 	if cold, _ := tab.Row(CaseCold, ToolHandoff); os.Getenv("HANDOFF_BIN") != "" && cold.ServerCPU <= 0 {
 		t.Error("handoff serve ran apart, but its CPU time was not measured")
+	}
+	if os.Getenv("HANDOFF_BIN") != "" && linkSupport() == "" {
+		row, ok := tab.Row(CaseColdLink, ToolHandoff)
+		if !ok || row.Down <= 0 || row.Up <= 0 || tab.LinkWireRate <= 0 {
+			t.Errorf("no cold pull over the shaped link: %+v", row)
+		}
+		// More than the link's rate means it was not shaped.
+		if tab.LinkWireRate > 1.1*targetLinkRate {
+			t.Errorf("%.0f bytes/s over a link shaped to %.0f", tab.LinkWireRate, targetLinkRate)
+		}
+		if _, err := os.Stat("/run/netns/" + nsPrefix + strconv.Itoa(os.Getpid())); err == nil {
+			t.Error("Run left its network namespace")
+		}
 	}
 	if tab.Image.Used < 0.75 || tab.Image.Used > 0.95 {
 		t.Errorf("the image is %.0f%% full, want 80-90%%", 100*tab.Image.Used)

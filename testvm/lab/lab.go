@@ -115,7 +115,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Guest == (GuestConfig{}) {
 		cfg.Guest = DefaultGuest
 	}
-	if _, err := shapeCommands("x", cfg.Link, true); err != nil {
+	if _, err := ShapeCommands("x", cfg.Link, true); err != nil {
 		return nil, err
 	}
 	if os.Geteuid() != 0 {
@@ -293,7 +293,7 @@ func (l *Lab) Shape(ctx context.Context, link Link) (warning string, err error) 
 		warning = fmt.Sprintf("this kernel has no netem qdisc: the link runs at %s but without the %v round trip", link.Bandwidth, link.RTT)
 	}
 	for _, h := range []Host{l.Server, l.Workstation} {
-		cmds, err := shapeCommands(h.Dev, link, withNetem)
+		cmds, err := ShapeCommands(h.Dev, link, withNetem)
 		if err != nil {
 			return "", err
 		}

@@ -38,13 +38,13 @@ func BitsPerSecond(rate string) (float64, error) {
 	return 0, fmt.Errorf("bandwidth %q: give a rate such as 20mbit, 100mbit or 1gbit", rate)
 }
 
-// shapeCommands are the tc commands that shape one direction of the link.
+// ShapeCommands are the tc commands that shape one direction of the link.
 // The rate is a token bucket (tbf), with a burst of one scheduler tick at
 // that rate and a queue of at most 50 ms, so the shaper, not a bloated
 // queue, sets the pace and a keystroke waits behind little. The round trip
 // needs netem, which not every kernel has (withNetem says whether this one
 // does): without it the link has its rate but no added delay.
-func shapeCommands(dev string, l Link, withNetem bool) ([][]string, error) {
+func ShapeCommands(dev string, l Link, withNetem bool) ([][]string, error) {
 	bps, err := BitsPerSecond(l.Bandwidth)
 	if err != nil {
 		return nil, err

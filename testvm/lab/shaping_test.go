@@ -36,7 +36,7 @@ func TestShapeCommands(t *testing.T) {
 			"qdisc replace dev d parent 1:1 handle 10: tbf rate 20mbit burst 32768 latency 50ms"}},
 	}
 	for _, tt := range tests {
-		cmds, err := shapeCommands("d", tt.link, tt.netem)
+		cmds, err := ShapeCommands("d", tt.link, tt.netem)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,11 +45,11 @@ func TestShapeCommands(t *testing.T) {
 			got = append(got, strings.Join(c, " "))
 		}
 		if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
-			t.Errorf("shapeCommands(%+v, netem %v) =\n%s\nwant\n%s", tt.link, tt.netem, strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			t.Errorf("ShapeCommands(%+v, netem %v) =\n%s\nwant\n%s", tt.link, tt.netem, strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
 		}
 	}
-	if _, err := shapeCommands("x", Link{Bandwidth: "lots"}, true); err == nil {
-		t.Fatal("shapeCommands accepted a bad rate")
+	if _, err := ShapeCommands("x", Link{Bandwidth: "lots"}, true); err == nil {
+		t.Fatal("ShapeCommands accepted a bad rate")
 	}
 }
 

@@ -46,9 +46,12 @@ func runBenchSync(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlagSet("bench sync", "[--size 2G] [--dir DIR] [--keep]", `
 Measure the image sync engine against rsync and a full zstd copy, in one run on this
 machine. It makes an ext4 image of real files from /usr (filled to ~85%), pushes it
-into the chunk store of a 'handoff serve' of its own on 127.0.0.1, and measures:
+into the chunk store of a 'handoff serve' of its own, which runs (as root) in a
+network namespace behind a veth link, and measures with 'handoff sync pull':
 
   - a cold pull of the image: bytes, time, and the CPU each side took;
+  - a second cold pull with the link shaped to 1 Gbit/s by tc, against one plain
+    TCP stream over the same link (the pull should move at least 90% of it);
   - indexing the local image (the target is at least 1 GB/s);
   - the update after 1% of the image's 4 KiB blocks changed on the server (new
     contents from real files): handoff's pull, rsync with and without -z against an
@@ -56,11 +59,12 @@ into the chunk store of a 'handoff serve' of its own on 127.0.0.1, and measures:
     handoff's update should send at most 1.1 times the changed blocks compressed
     by zstd -3.
 
-Every transfer goes through a proxy that counts the bytes at the socket, both ways,
-and every pulled image is compared with the server's byte for byte. Prints a markdown
+Every transfer goes through a proxy that counts the bytes at the socket, both ways
+(the shaped pull's are counted at the link), and every pulled image is compared
+with the server's byte for byte. Prints a markdown
 table; progress goes to stderr. At 2G it takes two to three minutes on two cores and
 needs about 10 GB free under --dir; everything it starts and writes is removed
-afterwards, on Ctrl-C too. Needs mkfs.ext4, rsync and zstd ('make deps').`, stdout, stderr)
+afterwards, on Ctrl-C too. Needs mkfs.ext4, rsync, zstd and iproute2 ('make deps').`, stdout, stderr)
 	sizeFlag := fs.String("size", "2G", "the image's size (binary units: 64M, 2G)")
 	dir := fs.String("dir", os.TempDir(), "where to make the bench's working directory")
 	keep := fs.Bool("keep", false, "keep the working directory (images, stores, caches) afterwards")

@@ -134,14 +134,53 @@ func (l *shapedLink) through(ctx context.Context, target string, transfer func(a
 	if err != nil {
 		return measured{}, err
 	}
+	stop := l.watchBusy()
 	start := time.Now()
 	cpu, err := transfer(target)
 	elapsed := time.Since(start)
+	busy := stop()
 	if err != nil {
 		return measured{}, err
 	}
 	after, err := l.counts()
-	return measured{Counts: after.Sub(before), cpuTimes: cpu, Time: elapsed}, err
+	return measured{Counts: after.Sub(before), cpuTimes: cpu, Time: elapsed, Busy: busy}, err
+}
+
+// busyTick is how often watchBusy looks at the link.
+const busyTick = 10 * time.Millisecond
+
+// watchBusy looks at the bytes the link's near end receives until stop is
+// called, and stop returns how long they flowed: from the tick before the
+// first that saw them grow to the last.
+func (l *shapedLink) watchBusy() (stop func() time.Duration) {
+	done := make(chan struct{})
+	busy := make(chan time.Duration, 1)
+	go func() {
+		var first, last time.Time
+		prev, _ := l.counts()
+		tick := time.NewTicker(busyTick)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				busy <- last.Sub(first)
+				return
+			case now := <-tick.C:
+				c, err := l.counts()
+				if err == nil && c.Down > prev.Down {
+					if first.IsZero() {
+						first = now.Add(-busyTick)
+					}
+					last = now
+				}
+				prev = c
+			}
+		}
+	}()
+	return func() time.Duration {
+		close(done)
+		return <-busy
+	}
 }
 
 // counts are the bytes the near end has received (Down) and sent (Up).

@@ -220,6 +220,7 @@ type measured struct {
 	Counts
 	cpuTimes
 	Time time.Duration
+	Busy time.Duration // how long bytes flowed to the workstation, where measured
 }
 
 // measure runs transfer against target and measures it: transfer gets the

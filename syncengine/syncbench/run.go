@@ -71,7 +71,8 @@ type Row struct {
 	Case, Tool string
 	Down, Up   int64
 	Time       time.Duration
-	Rate       float64 // image bytes per second
+	Busy       time.Duration // of Time, how long bytes flowed to the workstation (where measured)
+	Rate       float64       // image bytes per second
 	// WorkstationCPU is the CPU time on the workstation's side: handoff's
 	// client and the counting proxy (and the server's handlers when they
 	// run in the same process), the rsync client, zstd -d.
@@ -105,6 +106,7 @@ type Table struct {
 	// to 1 Gbit/s, counted at the link (TCP/IP headers included); zero
 	// where NoLink says why there was none.
 	LinkWireRate float64
+	LinkBusyRate float64 // the same, over the time bytes flowed
 	LinkTCPRate  float64 // what one plain TCP stream moved over that link, the same way
 	NoLink       string
 }
@@ -207,6 +209,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (t Table, err erro
 		}
 		t.Rows = append(t.Rows, row)
 		t.LinkWireRate = float64(row.Down+row.Up) / row.Time.Seconds()
+		t.LinkBusyRate = float64(row.Down+row.Up) / row.Busy.Seconds()
 	}
 
 	say("index the local image")
@@ -383,7 +386,7 @@ func measuredPull(ctx context.Context, srv *chunkServer, root rootHash, d dirs, 
 }
 
 func transferRow(name, tool string, m measured, size int64, note string) Row {
-	return Row{Case: name, Tool: tool, Down: m.Down, Up: m.Up, Time: m.Time,
+	return Row{Case: name, Tool: tool, Down: m.Down, Up: m.Up, Time: m.Time, Busy: m.Busy,
 		Rate: float64(size) / m.Time.Seconds(), WorkstationCPU: m.Workstation, ServerCPU: m.Server, Note: note}
 }
 

@@ -55,9 +55,10 @@ func (t Table) WriteMarkdown(w io.Writer) {
 		}
 		fmt.Fprint(w, "- a cold pull limited by the link, not by our CPU: ")
 		if t.LinkWireRate > 0 {
-			fill := t.LinkWireRate / t.LinkTCPRate
-			fmt.Fprintf(w, "over a link shaped to %.0f Gbit/s it moved %s/s, %.0f%% of the %s/s one plain TCP stream moves over it (both counted at the link; at least %.0f%% counts: a pull also fetches the tree and syncs the image), %s; ",
-				targetLinkRate*8/1e9, formatBytes(int64(t.LinkWireRate)), 100*fill, formatBytes(int64(t.LinkTCPRate)), 100*targetLinkFill, verdict(fill >= targetLinkFill))
+			fill := t.LinkBusyRate / t.LinkTCPRate
+			fmt.Fprintf(w, "over a link shaped to %.0f Gbit/s, while its bytes flowed, it moved %s/s, %.0f%% of the %s/s one plain TCP stream moves (both counted at the link; at least %.0f%% counts), %s; from start to a synced image %s/s (%.0f%%: the rest is the pull starting and the image's last sync, on this machine's disk); ",
+				targetLinkRate*8/1e9, formatBytes(int64(t.LinkBusyRate)), 100*fill, formatBytes(int64(t.LinkTCPRate)), 100*targetLinkFill,
+				verdict(fill >= targetLinkFill), formatBytes(int64(t.LinkWireRate)), 100*t.LinkWireRate/t.LinkTCPRate)
 		} else {
 			fmt.Fprintf(w, "no shaped link (%s), so judged by the CPU alone: ", t.NoLink)
 		}

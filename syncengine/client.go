@@ -84,10 +84,6 @@ const transfers = 4
 // update's patches compress together within one answer.
 const fetchBatch = 1024
 
-// keepBytes bounds the packed bytes a pull gathers before it appends them
-// to the cache in one write.
-const keepBytes = 4 << 20
-
 // base is the tree last transferred to or from path, if the cache holds it
 // and every chunk it names: what the next transfer sends differences
 // against.
@@ -318,7 +314,8 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 	run := img.newRun()
 	defer run.release()
 	var batch []Object
-	arena := make([]byte, 0, keepBytes) // the packed bytes of batch, reused after each keep
+	arena := img.buffer() // the packed bytes of batch, reused after each keep
+	defer func() { img.release(arena) }()
 	n := 0
 	for _, p := range positions {
 		h := t.Chunks[p]
@@ -341,7 +338,7 @@ func (c *Client) fetchOnce(ctx context.Context, t, base *tree, positions []int, 
 		if packed == nil {
 			packed = c.Codec.EncodeLocal(data)
 		}
-		if len(arena)+len(packed) > cap(arena) || len(batch) == storeBatch {
+		if len(arena)+len(packed) > cap(arena)-directAlign || len(batch) == storeBatch { // room to pad for direct I/O
 			if err := c.cache().keep(ctx, batch); err != nil {
 				return n - len(batch), fmt.Errorf("keep fetched chunks in the cache: %w", err)
 			}

@@ -28,7 +28,7 @@ type imageWriter struct {
 	path     string
 	where    map[Hash][]int // the positions still to write, by contents
 	progress Progress
-	bufs     sync.Pool // run buffers: aligned, of runLen bytes
+	bufs     sync.Pool // run buffers (and a pull's cache batches): aligned, of runLen bytes
 	runLen   int
 	mu       sync.Mutex
 	done     int64
@@ -80,6 +80,11 @@ func alignedBuffer(n int) []byte {
 	return b[skip : skip+n : skip+n]
 }
 
+// aligned reports whether b starts where direct I/O accepts memory.
+func aligned(b []byte) bool {
+	return len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%directAlign == 0
+}
+
 func diskErr(err error) error {
 	if errors.Is(err, ErrDiskFull) || !errors.Is(err, syscall.ENOSPC) {
 		return err
@@ -90,7 +95,7 @@ func diskErr(err error) error {
 // writeAt writes b at off: what is aligned directly, the rest (an image's
 // short last chunk) through the page cache.
 func (w *imageWriter) writeAt(b []byte, off int64) error {
-	if w.direct != nil && off%directAlign == 0 && len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%directAlign == 0 {
+	if w.direct != nil && off%directAlign == 0 && aligned(b) {
 		n := len(b) &^ (directAlign - 1)
 		if _, err := w.direct.WriteAt(b[:n], off); err == nil {
 			b, off = b[n:], off+int64(n)
@@ -141,8 +146,8 @@ func (w *imageWriter) reuse(ctx context.Context) error {
 		if off >= fi.Size() {
 			return nil
 		}
-		buf := w.bufs.Get().([]byte)
-		defer w.bufs.Put(buf)
+		buf := w.buffer()[:w.runLen]
+		defer w.release(buf)
 		// What the old file holds there; a short file holds less.
 		n, _ := old.ReadAt(buf[:min(int64(len(buf)), fi.Size()-off)], off)
 		start := -1 // the run's first chunk found in place
@@ -192,8 +197,15 @@ type imageRun struct {
 }
 
 func (w *imageWriter) newRun() *imageRun {
-	return &imageRun{w: w, buf: w.bufs.Get().([]byte)[:0]}
+	return &imageRun{w: w, buf: w.buffer()}
 }
+
+// buffer is an empty run buffer, taken from those released: a pull that
+// allocated one per batch paid for its fresh pages each time.
+func (w *imageWriter) buffer() []byte { return w.bufs.Get().([]byte)[:0] }
+
+// release gives back a buffer from buffer.
+func (w *imageWriter) release(b []byte) { w.bufs.Put(b[:cap(b)]) }
 
 // extends reports whether a chunk for position p of n bytes joins the run.
 func (r *imageRun) extends(p, n int) bool {
@@ -257,7 +269,7 @@ func (r *imageRun) flush() error {
 // flush first to keep it.
 func (r *imageRun) release() {
 	if r.buf != nil {
-		r.w.bufs.Put(r.buf[:cap(r.buf)])
+		r.w.release(r.buf)
 		r.buf = nil
 	}
 }

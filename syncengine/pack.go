@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,6 +35,7 @@ type packCache struct {
 	files  []*os.File // open for reading, by pack number
 	names  []string
 	w, idx *os.File // the pack this process appends to, and its index
+	wd     *os.File // w opened for direct I/O; nil where the filesystem refuses it
 	wNum   int
 	wOff   int64
 }
@@ -142,11 +144,38 @@ func (c *packCache) keep(ctx context.Context, objs []Object) error {
 			return storeErr(c.dir, err)
 		}
 	}
-	// Objects that lie one after another in memory (a pull gathers them
-	// so) go in one write; gathering the others into a buffer would cost
-	// more in fresh pages than it saves in calls.
-	var entries, span []byte
-	from := c.wOff
+	var entries []byte
+	put := func(o Object, off int64) {
+		c.index[o.Hash] = packLoc{c.wNum, off, len(o.Packed)}
+		entries = append(entries, o.Hash[:]...)
+		entries = binary.LittleEndian.AppendUint64(entries, uint64(off))
+		entries = binary.LittleEndian.AppendUint32(entries, uint32(len(o.Packed)))
+	}
+	// A pull's batch lies in one aligned buffer with room to pad: written
+	// directly, past the page cache, at the next aligned offset (the gap
+	// and the padding belong to no entry).
+	if span := c.directSpan(objs); span != nil {
+		off := alignUp(c.wOff)
+		_, err := c.wd.WriteAt(span[:alignUp(int64(len(span)))], off)
+		if err == nil {
+			for _, o := range objs {
+				put(o, off)
+				off += int64(len(o.Packed))
+			}
+			c.wOff = alignUp(off)
+			return c.writeEntries(entries)
+		}
+		if !errors.Is(err, syscall.EINVAL) {
+			return storeErr(c.dir, err)
+		}
+		c.wd.Close() // not here after all: the page cache takes the rest
+		c.wd = nil
+	}
+	// Objects that lie one after another in memory go in one write;
+	// gathering the others into a buffer would cost more in fresh pages
+	// than it saves in calls.
+	var span []byte
+	from, spanOff := c.wOff, c.wOff
 	for _, o := range objs {
 		if _, dup := c.index[o.Hash]; dup {
 			continue
@@ -154,22 +183,19 @@ func (c *packCache) keep(ctx context.Context, objs []Object) error {
 		if follows(span, o.Packed) {
 			span = span[:len(span)+len(o.Packed)]
 		} else {
-			if err := c.write(span); err != nil {
+			if err := c.write(span, spanOff); err != nil {
 				return err
 			}
-			span = o.Packed
+			span, spanOff = o.Packed, c.wOff
 		}
-		c.index[o.Hash] = packLoc{c.wNum, c.wOff, len(o.Packed)}
-		entries = append(entries, o.Hash[:]...)
-		entries = binary.LittleEndian.AppendUint64(entries, uint64(c.wOff))
-		entries = binary.LittleEndian.AppendUint32(entries, uint32(len(o.Packed)))
+		put(o, c.wOff)
 		c.wOff += int64(len(o.Packed))
 	}
-	if err := c.write(span); err != nil {
+	if err := c.write(span, spanOff); err != nil {
 		return err
 	}
-	if _, err := c.idx.Write(entries); err != nil {
-		return storeErr(c.dir, err)
+	if err := c.writeEntries(entries); err != nil {
+		return err
 	}
 	// The pack is not synced, but its writing back starts now, beside the
 	// transfer: on ext4 the pulled image's fsync would otherwise wait for
@@ -182,11 +208,47 @@ func (c *packCache) keep(ctx context.Context, objs []Object) error {
 	return nil
 }
 
-func (c *packCache) write(b []byte) error {
+// directSpan is the memory of objs when it can go to the pack by direct
+// I/O: none already held, one after another, from an aligned start, with
+// room to pad the end to alignment.
+func (c *packCache) directSpan(objs []Object) []byte {
+	if c.wd == nil {
+		return nil
+	}
+	var span []byte
+	for _, o := range objs {
+		if _, dup := c.index[o.Hash]; dup {
+			return nil
+		}
+		switch {
+		case span == nil:
+			span = o.Packed
+		case follows(span, o.Packed):
+			span = span[:len(span)+len(o.Packed)]
+		default:
+			return nil
+		}
+	}
+	if !aligned(span) || int64(cap(span)) < alignUp(int64(len(span))) {
+		return nil
+	}
+	return span
+}
+
+func alignUp(n int64) int64 { return (n + directAlign - 1) &^ (directAlign - 1) }
+
+func (c *packCache) writeEntries(entries []byte) error {
+	if _, err := c.idx.Write(entries); err != nil {
+		return storeErr(c.dir, err)
+	}
+	return nil
+}
+
+func (c *packCache) write(b []byte, off int64) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := c.w.Write(b); err != nil {
+	if _, err := c.w.WriteAt(b, off); err != nil {
 		return storeErr(c.dir, err)
 	}
 	return nil
@@ -214,19 +276,32 @@ func (c *packCache) startPack() error {
 		w.Close()
 		return err
 	}
-	if c.w != nil {
-		c.w.Close() // still open for reading as files[wNum]
-		c.idx.Close()
-	}
 	r, err := os.Open(w.Name())
 	if err != nil {
 		w.Close()
 		idx.Close()
 		return err
 	}
+	c.closeWriters()
 	c.w, c.idx, c.wNum, c.wOff = w, idx, len(c.files), 0
 	c.files, c.names = append(c.files, r), append(c.names, name)
+	// The same pack for direct writes of whole batches, where the
+	// filesystem takes them.
+	c.wd, _ = os.OpenFile(w.Name(), os.O_WRONLY|syscall.O_DIRECT, 0)
 	return nil
+}
+
+// closeWriters closes the pack this process appends to (it stays open for
+// reading) and its index.
+func (c *packCache) closeWriters() error {
+	var errs []error
+	for _, f := range []*os.File{c.w, c.wd, c.idx} {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
+	}
+	c.w, c.wd, c.idx = nil, nil, nil
+	return errors.Join(errs...)
 }
 
 // drop forgets an object found damaged, so that it is fetched again; its
@@ -264,11 +339,8 @@ func (c *packCache) collect(ctx context.Context, live map[Hash]bool) (int, error
 	// The live objects go into a fresh pack; then the old ones go.
 	c.mu.Lock()
 	old, oldNames := c.files, c.names
-	if c.w != nil {
-		c.w.Close()
-		c.idx.Close()
-	}
-	c.files, c.names, c.w, c.idx = nil, nil, nil, nil
+	c.closeWriters()
+	c.files, c.names = nil, nil
 	c.index = map[Hash]packLoc{}
 	c.mu.Unlock()
 	if err := c.keep(ctx, objs); err != nil {
@@ -294,9 +366,7 @@ func (c *packCache) close() error {
 	for _, f := range c.files {
 		errs = append(errs, f.Close())
 	}
-	if c.w != nil {
-		errs = append(errs, c.w.Close(), c.idx.Close())
-	}
-	c.files, c.names, c.w, c.idx, c.loaded = nil, nil, nil, nil, false
+	errs = append(errs, c.closeWriters())
+	c.files, c.names, c.loaded = nil, nil, false
 	return errors.Join(errs...)
 }

@@ -173,11 +173,7 @@ func (c *Client) Pull(ctx context.Context, root Hash, path string) (st Stats, er
 			if err != nil {
 				return err
 			}
-			packed, err := c.cache().Get(ctx, h)
-			var data []byte
-			if err == nil {
-				data, err = c.Codec.DecodeInto(h, packed, dst)
-			}
+			data, err := loadObjectInto(ctx, c.cache(), c.Codec, h, dst)
 			if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
 				c.cache().drop(h)
 				mu.Lock()

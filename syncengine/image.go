@@ -59,9 +59,7 @@ func newImageWriter(path string, m *Manifest, progress Progress) (*imageWriter, 
 		return nil, fmt.Errorf("size the image %s: %w", path, diskErr(err))
 	}
 	if m.ChunkSize%directAlign == 0 {
-		if d, err := os.OpenFile(f.Name(), os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
-			w.direct = d
-		}
+		w.direct = openDirect(f.Name())
 	}
 	for i, h := range m.Chunks {
 		if h.IsZero() {
@@ -71,6 +69,16 @@ func newImageWriter(path string, m *Manifest, progress Progress) (*imageWriter, 
 		}
 	}
 	return w, nil
+}
+
+// openDirect opens path again for direct writes, or returns nil where the
+// filesystem refuses them (tmpfs): its writers then use the page cache.
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
 }
 
 // alignedBuffer is n bytes of memory that direct I/O accepts.

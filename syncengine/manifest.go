@@ -178,11 +178,17 @@ type objectGetter interface {
 
 // loadObject reads and verifies one object.
 func loadObject(ctx context.Context, s objectGetter, codec *Codec, h Hash) ([]byte, error) {
+	return loadObjectInto(ctx, s, codec, h, nil)
+}
+
+// loadObjectInto is loadObject into dst's free capacity where it fits
+// (Codec.DecodeInto).
+func loadObjectInto(ctx context.Context, s objectGetter, codec *Codec, h Hash, dst []byte) ([]byte, error) {
 	packed, err := s.Get(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	return codec.Decode(h, packed)
+	return codec.DecodeInto(h, packed, dst)
 }
 
 // readTree assembles the tree named root from its objects, got one by one

@@ -287,7 +287,7 @@ func (c *packCache) startPack() error {
 	c.files, c.names = append(c.files, r), append(c.names, name)
 	// The same pack for direct writes of whole batches, where the
 	// filesystem takes them.
-	c.wd, _ = os.OpenFile(w.Name(), os.O_WRONLY|syscall.O_DIRECT, 0)
+	c.wd = openDirect(w.Name())
 	return nil
 }
 

@@ -155,7 +155,7 @@ func pullProcess(ctx context.Context, s *chunkServer, addr string, root rootHash
 	if err := runQuiet(pull); err != nil {
 		return engineStats{}, 0, err
 	}
-	cpu := selfCPU() - cpu0 + pull.ProcessState.UserTime() + pull.ProcessState.SystemTime()
+	cpu := selfCPU() - cpu0 + cpuOf(pull)
 	var st struct {
 		Chunks    int   `json:"chunks"`
 		Sent      int   `json:"sent"`

@@ -8,6 +8,7 @@ import (
 	"github.com/charmbracelet/lipgloss"
 
 	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/units"
 )
 
 // Phase is where the grab stands, as the user sees it.
@@ -87,7 +88,7 @@ func dashboardLines(s dashState, width int, compact bool) []string {
 		if !compact {
 			spark = " " + sparkline(s.Dirty, 12)
 		}
-		lines = append(lines, row("dirty", fmt.Sprintf("%s%s vs link %s", switchover.FormatRate(s.Progress.DirtyRate), spark, switchover.FormatRate(s.Progress.Bandwidth))))
+		lines = append(lines, row("dirty", fmt.Sprintf("%s%s vs link %s", units.Rate(s.Progress.DirtyRate), spark, units.Rate(s.Progress.Bandwidth))))
 		lines = append(lines, row("switch", switchText(s.Decision)))
 	}
 	if s.Switched {
@@ -118,7 +119,7 @@ func progressBar(p switchover.Sample, width int) string {
 	frac = max(0, min(1, frac))
 	full := int(frac * float64(width))
 	return strings.Repeat("█", full) + strings.Repeat("░", width-full) +
-		fmt.Sprintf(" %3.0f%% %s", 100*frac, switchover.FormatBytes(p.Transferred))
+		fmt.Sprintf(" %3.0f%% %s", 100*frac, units.Bytes(p.Transferred))
 }
 
 func switchText(d switchover.Decision) string {

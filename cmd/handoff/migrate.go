@@ -11,6 +11,7 @@ import (
 	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/libvirt/switchover"
 	"github.com/handoff-dev/handoff/testvm/lab"
+	"github.com/handoff-dev/handoff/units"
 )
 
 func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -81,7 +82,7 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	}
 	if !*jsonOut {
 		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",
-			name, *to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), switchover.FormatBytes(res.Transferred))
+			name, *to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred))
 	}
 	return nil
 }
@@ -129,14 +130,14 @@ func (f *migrateOptions) options() (libvirt.Options, error) {
 		return o, fmt.Errorf("%w: --downtime must be positive", errUsage)
 	}
 	if *f.maxSpeed != "" {
-		bits, err := lab.BitsPerSecond(*f.maxSpeed)
+		bits, err := units.BitsPerSecond(*f.maxSpeed)
 		if err != nil {
 			return o, fmt.Errorf("%w: --max-speed: %v", errUsage, err)
 		}
 		o.MaxSpeed = uint64(bits / 8)
 	}
 	if *f.link != "" {
-		bits, err := lab.BitsPerSecond(*f.link)
+		bits, err := units.BitsPerSecond(*f.link)
 		if err != nil {
 			return o, fmt.Errorf("%w: --link: %v", errUsage, err)
 		}
@@ -197,7 +198,7 @@ func resolveEndpoints(ctx context.Context, labDir string, from, to, name *string
 			o.MigrateURI = l.MigrateURI(dst)
 		}
 		if o.LinkRate == 0 {
-			if bits, err := lab.BitsPerSecond(l.Link.Bandwidth); err == nil {
+			if bits, err := units.BitsPerSecond(l.Link.Bandwidth); err == nil {
 				o.LinkRate = bits / 8
 			}
 		}
@@ -223,7 +224,7 @@ func humanReporter(w io.Writer) func(libvirt.Progress) {
 			next = fmt.Sprintf("switch in ~%v", d.SwitchIn.Round(time.Second))
 		}
 		fmt.Fprintf(w, "%6.1fs %-9s pass %-3d %3.0f%%  sent %-9s dirty %-10s link %-10s %s\n",
-			s.Elapsed.Seconds(), s.Phase, s.Iteration, pct, switchover.FormatBytes(s.Transferred),
-			switchover.FormatRate(s.DirtyRate), switchover.FormatRate(s.Bandwidth), next)
+			s.Elapsed.Seconds(), s.Phase, s.Iteration, pct, units.Bytes(s.Transferred),
+			units.Rate(s.DirtyRate), units.Rate(s.Bandwidth), next)
 	}
 }

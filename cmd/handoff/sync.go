@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/leasectl"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
 	"github.com/handoff-dev/handoff/syncengine"
+	"github.com/handoff-dev/handoff/units"
 )
 
 const syncUsage = `
@@ -211,7 +211,7 @@ func describeTransfer(st syncengine.Stats) string {
 			s += fmt.Sprintf(" (%d as changes against %.12s)", st.Patched, st.Base)
 		}
 	}
-	return s + fmt.Sprintf(", %s on the wire", switchover.FormatBytes(uint64(st.WireBytes)))
+	return s + fmt.Sprintf(", %s on the wire", units.Bytes(uint64(st.WireBytes)))
 }
 
 func defaultCacheDir() string {
@@ -264,7 +264,7 @@ func (p *progressLine) show(step string, done, total int64) {
 	if total > 0 {
 		pct = 100 * float64(done) / float64(total)
 	}
-	line := fmt.Sprintf("\r%s: %5.1f%% of %s", step, pct, switchover.FormatBytes(uint64(total)))
+	line := fmt.Sprintf("\r%s: %5.1f%% of %s", step, pct, units.Bytes(uint64(total)))
 	if step == "send" {
 		line = fmt.Sprintf("\r%s: %5.1f%% of %d chunks", step, pct, total)
 	}
@@ -275,7 +275,7 @@ func (p *progressLine) show(step string, done, total int64) {
 		if step == "send" {
 			line += fmt.Sprintf(", %.0f chunks/s, %v left", rate, left)
 		} else {
-			line += fmt.Sprintf(", %s/s, %v left", switchover.FormatBytes(uint64(rate)), left)
+			line += fmt.Sprintf(", %s/s, %v left", units.Bytes(uint64(rate)), left)
 		}
 	}
 	// Spaces cover what a longer line left; no escapes, so a log stays clean.

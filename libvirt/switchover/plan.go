@@ -1,6 +1,10 @@
 package switchover
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/handoff-dev/handoff/units"
+)
 
 // Plan is how a migration is set up before it starts. QEMU cannot turn
 // post-copy on together with compression or multifd, so the choice is made
@@ -32,7 +36,7 @@ func ChoosePlan(linkRate float64, postCopyAllowed bool) Plan {
 	case postCopyAllowed:
 		return Plan{PostCopy: true, Reason: "pre-copy with post-copy ready: the switch comes within the policy's bound"}
 	case linkRate > 0 && linkRate < compressorRate:
-		return Plan{Compress: true, Reason: fmt.Sprintf("post-copy off and the link (%s) slower than the compressor: compressing pre-copy", FormatRate(linkRate))}
+		return Plan{Compress: true, Reason: fmt.Sprintf("post-copy off and the link (%s) slower than the compressor: compressing pre-copy", units.Rate(linkRate))}
 	}
 	return Plan{Reason: "post-copy off: plain pre-copy, auto-converge throttles a busy guest"}
 }

@@ -3,6 +3,8 @@ package switchover
 import (
 	"fmt"
 	"time"
+
+	"github.com/handoff-dev/handoff/units"
 )
 
 // Config is the user's side of the policy.
@@ -72,7 +74,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 		d.Converging = true
 		settled := stableSince(samples, func(s Sample) bool { return s.Bandwidth > 0 && s.DirtyRate < s.Bandwidth })
 		if fits && now.Elapsed-settled >= cfg.Settle {
-			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", FormatRate(dirty), FormatRate(bw), cfg.DowntimeTarget)
+			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", units.Rate(dirty), units.Rate(bw), cfg.DowntimeTarget)
 			return d
 		}
 		d.Action = Continue
@@ -83,7 +85,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 		if d.SwitchIn < cfg.Settle-(now.Elapsed-settled) {
 			d.SwitchIn = cfg.Settle - (now.Elapsed - settled)
 		}
-		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", FormatRate(dirty), FormatRate(bw))
+		d.Reason = fmt.Sprintf("dirty rate %s below bandwidth %s", units.Rate(dirty), units.Rate(bw))
 		// Converging, but so slowly that waiting costs more than post-copy:
 		// each pass resends what the guest dirtied during the last.
 		slow := stableSince(samples, func(s Sample) bool { return s.Iteration > 1 })
@@ -95,7 +97,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 	}
 
 	d.Converging = false
-	d.Reason = fmt.Sprintf("not converging: dirty rate %s exceeds bandwidth %s", FormatRate(dirty), FormatRate(bw))
+	d.Reason = fmt.Sprintf("not converging: dirty rate %s exceeds bandwidth %s", units.Rate(dirty), units.Rate(bw))
 	if cfg.PostCopyAfter <= 0 {
 		d.Action = Continue
 		return d
@@ -153,29 +155,3 @@ func mean(samples []Sample, f func(Sample) float64) float64 {
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-
-// FormatRate writes bytes per second for people: "2.4 MB/s".
-func FormatRate(bps float64) string {
-	switch {
-	case bps >= 1e9:
-		return fmt.Sprintf("%.1f GB/s", bps/1e9)
-	case bps >= 1e6:
-		return fmt.Sprintf("%.1f MB/s", bps/1e6)
-	case bps >= 1e3:
-		return fmt.Sprintf("%.0f kB/s", bps/1e3)
-	}
-	return fmt.Sprintf("%.0f B/s", bps)
-}
-
-// FormatBytes writes a byte count for people: "108.3 MB".
-func FormatBytes(n uint64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.0f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
-}

@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/units"
 )
 
 // The targets.
@@ -98,4 +98,4 @@ func cellRate(r float64) string {
 
 // formatBytes is decimal, as link speeds are: the same words as the rest
 // of handoff's output.
-func formatBytes(n int64) string { return switchover.FormatBytes(uint64(max(n, 0))) }
+func formatBytes(n int64) string { return units.Bytes(uint64(max(n, 0))) }

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/units"
 )
 
 // BenchCase is one guest on one link.
@@ -52,7 +52,7 @@ func (l *Lab) Bench(ctx context.Context, cases []BenchCase, progress io.Writer) 
 	var rows []BenchRow
 	say := func(format string, a ...any) { fmt.Fprintf(progress, format+"\n", a...) }
 	for _, c := range cases {
-		bits, err := BitsPerSecond(c.Link.Bandwidth)
+		bits, err := units.BitsPerSecond(c.Link.Bandwidth)
 		if err != nil {
 			return rows, err
 		}
@@ -86,7 +86,7 @@ func (l *Lab) Bench(ctx context.Context, cases []BenchCase, progress io.Writer) 
 			if st, err := l.GuestSerial(); err == nil && st.Integrity != "ok" {
 				row.Note += " integrity " + st.Integrity
 			}
-			say("  %s: %s, downtime %v, total %v, %s", tool, row.Mode, row.Downtime, row.Total.Round(time.Millisecond), switchover.FormatBytes(row.Transferred))
+			say("  %s: %s, downtime %v, total %v, %s", tool, row.Mode, row.Downtime, row.Total.Round(time.Millisecond), units.Bytes(row.Transferred))
 			rows = append(rows, row)
 		}
 	}
@@ -169,6 +169,6 @@ func BenchTable(w io.Writer, rows []BenchRow) {
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---|")
 	for _, r := range rows {
 		fmt.Fprintf(w, "| %s | %s | %s | %d ms | %.1f s | %s | %s |\n", r.Case, r.Tool, r.Mode,
-			r.Downtime.Milliseconds(), r.Total.Seconds(), switchover.FormatBytes(r.Transferred), strings.TrimSpace(r.Note))
+			r.Downtime.Milliseconds(), r.Total.Seconds(), units.Bytes(r.Transferred), strings.TrimSpace(r.Note))
 	}
 }

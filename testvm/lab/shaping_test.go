@@ -6,23 +6,6 @@ import (
 	"time"
 )
 
-func TestBitsPerSecond(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    float64
-		wantErr bool
-	}{
-		{"20mbit", 20e6, false}, {"1gbit", 1e9, false}, {"100Mbit", 100e6, false},
-		{"500kbit", 500e3, false}, {"2.5mbps", 20e6, false}, {"fast", 0, true}, {"0mbit", 0, true}, {"", 0, true},
-	}
-	for _, tt := range tests {
-		got, err := BitsPerSecond(tt.in)
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("BitsPerSecond(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
-		}
-	}
-}
-
 func TestShapeCommands(t *testing.T) {
 	tests := []struct {
 		link  Link

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -48,6 +49,31 @@ type Options struct {
 	NoPostCopy bool
 	// PollInterval is how often job statistics are read.
 	PollInterval time.Duration
+	// Disks copies the domain's disks with its memory; nil: it has none,
+	// or SharedDisks.
+	Disks *DiskCopy
+	// SharedDisks says both hosts see the domain's disk files at the same
+	// paths (NFS, say), so nothing is copied.
+	SharedDisks bool
+}
+
+// DiskCopy says how a migration carries disks: QEMU mirrors them over NBD
+// to files the destination already has, while memory is copied.
+type DiskCopy struct {
+	// Targets names every disk to copy ("vda"); never empty, as libvirt
+	// reads an empty list as "every writable disk".
+	Targets []string
+	// TopOnly copies only each disk's top layer: the destination holds the
+	// same layers below it already (VIR_MIGRATE_NON_SHARED_INC). Otherwise
+	// whole disks are copied into empty files of the same size.
+	TopOnly bool
+	// DestinationXML is the domain as it will run on the destination, with
+	// that host's paths for its disks.
+	DestinationXML string
+	// URI is where the source QEMU reaches the destination's NBD server,
+	// as tcp://HOST or tcp://HOST:PORT; empty: the memory stream's host, or
+	// a tunnel inside SSH.
+	URI string
 }
 
 // Progress is one report from a running migration.
@@ -129,13 +155,31 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 		opts.NoPostCopy = true
 		opts.Policy.PostCopyAfter = 0
 	}
+	if !opts.SharedDisks {
+		if err := checkDisks(dom, opts.Disks); err != nil {
+			return nil, err
+		}
+	}
 	var tun *tunnel
 	if opts.PeerURI == "" && opts.MigrateURI == "" {
-		if tun, err = openTunnel(src, dst); err != nil {
+		if tun, err = openTunnel(src, dst, opts.Disks != nil); err != nil {
 			return nil, fmt.Errorf("tunnel the migration through SSH: %w", err)
 		}
 		if tun != nil {
 			opts.PeerURI, opts.MigrateURI, opts.ListenAddress = tun.peerURI, tun.migrateURI, tun.listenAddr
+			if opts.Disks != nil && opts.Disks.URI == "" {
+				d := *opts.Disks
+				d.URI = tun.disksURI
+				opts.Disks = &d
+			}
+		}
+	}
+	if d := opts.Disks; d != nil && d.URI == "" {
+		// NBD goes where memory goes; the destination picks the port.
+		if u, err := url.Parse(opts.MigrateURI); err == nil && u.Scheme == "tcp" && u.Hostname() != "" {
+			c := *d
+			c.URI = "tcp://" + u.Hostname()
+			opts.Disks = &c
 		}
 	}
 	m := &Migration{
@@ -195,6 +239,13 @@ func (m *Migration) flags() golibvirt.DomainMigrateFlags {
 	if m.opts.Parallel > 1 {
 		f |= golibvirt.MigrateParallel
 	}
+	if d := m.opts.Disks; d != nil {
+		if d.TopOnly {
+			f |= golibvirt.MigrateNonSharedInc
+		} else {
+			f |= golibvirt.MigrateNonSharedDisk
+		}
+	}
 	return f
 }
 
@@ -229,6 +280,17 @@ func (m *Migration) params() []golibvirt.TypedParam {
 	}
 	if m.opts.Parallel > 1 {
 		ps = append(ps, golibvirt.TypedParam{Field: "parallel.connections", Value: *golibvirt.NewTypedParamValueInt(int32(m.opts.Parallel))})
+	}
+	if d := m.opts.Disks; d != nil {
+		for _, t := range d.Targets {
+			str(golibvirt.MigrateParamMigrateDisks, t)
+		}
+		if d.DestinationXML != "" {
+			str(golibvirt.MigrateParamDestXML, d.DestinationXML)
+		}
+		if d.URI != "" {
+			str(golibvirt.MigrateParamDisksURI, d.URI)
+		}
 	}
 	return ps
 }
@@ -309,11 +371,20 @@ func (m *Migration) drive(ctx context.Context) {
 				continue
 			}
 			st := parseJobStats(params)
-			if st.total == 0 {
+			switch {
+			case st.total == 0 && st.diskTotal == 0:
 				continue // the job exists but QEMU has not reported yet
+			case st.total == 0 && phase == switchover.PhaseSetup:
+				// libvirt mirrors the disks before it starts on memory.
+				s := st.sample(switchover.PhaseDisks)
+				history = appendBounded(history, s, 2*time.Minute)
+				last = Progress{Sample: s, Decision: switchover.Decide(m.opts.Policy, history)}
+				m.send(last)
+				continue
 			}
 			if phase == switchover.PhaseSetup && (st.transferred > 0 || st.iteration > 0) {
 				phase = switchover.PhasePrecopy
+				history = history[:0] // the disk phase measured no memory bandwidth
 			}
 			if !held && phase == switchover.PhasePrecopy {
 				// QEMU may switch by itself only within the downtime target;

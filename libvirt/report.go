@@ -9,6 +9,9 @@ type ProgressRecord struct {
 	RemainingBytes   uint64  `json:"remaining_bytes"`
 	TransferredBytes uint64  `json:"transferred_bytes"`
 	TotalBytes       uint64  `json:"total_bytes"`
+	DiskRemaining    uint64  `json:"disk_remaining_bytes,omitempty"`
+	DiskTotal        uint64  `json:"disk_total_bytes,omitempty"`
+	DiskRateBps      float64 `json:"disk_rate_bps,omitempty"`
 	ElapsedMs        int64   `json:"elapsed_ms"`
 	Decision         string  `json:"decision"`
 	Converging       bool    `json:"converging"`
@@ -22,6 +25,7 @@ func (p Progress) Record() ProgressRecord {
 	return ProgressRecord{
 		Phase: string(s.Phase), Iteration: s.Iteration, DirtyRateBps: s.DirtyRate, BandwidthBps: s.Bandwidth,
 		RemainingBytes: s.Remaining, TransferredBytes: s.Transferred, TotalBytes: s.Total,
+		DiskRemaining: s.DiskRemaining, DiskTotal: s.DiskTotal, DiskRateBps: s.DiskRate,
 		ElapsedMs: s.Elapsed.Milliseconds(), Decision: string(d.Action), Converging: d.Converging,
 		SwitchInMs: d.SwitchIn.Milliseconds(), Reason: d.Reason,
 	}

@@ -20,6 +20,8 @@ type jobStats struct {
 	total       uint64
 	downtime    time.Duration
 	postcopyReq uint64
+
+	diskTotal, diskRemaining, diskBps uint64
 }
 
 func parseJobStats(params []golibvirt.TypedParam) jobStats {
@@ -50,6 +52,12 @@ func parseJobStats(params []golibvirt.TypedParam) jobStats {
 			s.downtime = time.Duration(v) * time.Millisecond
 		case "memory_postcopy_requests":
 			s.postcopyReq = v
+		case "disk_total":
+			s.diskTotal = v
+		case "disk_remaining":
+			s.diskRemaining = v
+		case "disk_bps":
+			s.diskBps = v
 		}
 	}
 	if s.pageSize == 0 {
@@ -70,6 +78,10 @@ func (s jobStats) sample(phase switchover.Phase) switchover.Sample {
 		Remaining:   s.remaining,
 		Transferred: s.transferred,
 		Total:       s.total,
+
+		DiskRemaining: s.diskRemaining,
+		DiskTotal:     s.diskTotal,
+		DiskRate:      float64(s.diskBps),
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 type tunnel struct {
 	peerURI    string // the destination daemon as the source daemon reaches it
 	migrateURI string // where the source QEMU sends memory
+	disksURI   string // where the source QEMU mirrors disks, if asked for
 	listenAddr string // where the destination QEMU listens
 
 	listeners []net.Listener
@@ -34,20 +35,20 @@ type tunnel struct {
 // are (two servers reach each other directly). The tunnel lives until
 // Close, whatever becomes of the caller's context: in post-copy the VM on
 // the destination still fetches pages through it.
-func openTunnel(src, dst *Conn) (*tunnel, error) {
+func openTunnel(src, dst *Conn, disks bool) (*tunnel, error) {
 	if (src.ssh == nil) == (dst.ssh == nil) {
 		return nil, nil
 	}
 	t := &tunnel{listenAddr: "127.0.0.1"}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	if err := t.open(src, dst); err != nil {
+	if err := t.open(src, dst, disks); err != nil {
 		t.Close()
 		return nil, err
 	}
 	return t, nil
 }
 
-func (t *tunnel) open(src, dst *Conn) error {
+func (t *tunnel) open(src, dst *Conn, disks bool) error {
 	if src.ssh != nil {
 		// Grab: the server's daemon and QEMU dial listeners that sshd
 		// opens on the server; each connection comes back to us.
@@ -57,15 +58,20 @@ func (t *tunnel) open(src, dst *Conn) error {
 			return fmt.Errorf("open a socket on the server through SSH (is AllowStreamLocalForwarding on in sshd_config?): %w", err)
 		}
 		t.forward(peer, func() (net.Conn, error) { return net.Dial("unix", localSocket(dst.url)) })
-		data, err := src.ssh.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("open a port on the server through SSH (is AllowTcpForwarding on in sshd_config?): %w", err)
+		// Each stream QEMU opens (memory, and the NBD mirror of disks)
+		// comes to a port sshd opens on the server and goes on to the
+		// same port here, where the destination QEMU listens.
+		stream := func() (string, error) {
+			ln, err := src.ssh.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return "", fmt.Errorf("open a port on the server through SSH (is AllowTcpForwarding on in sshd_config?): %w", err)
+			}
+			port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+			t.forward(ln, func() (net.Conn, error) { return net.Dial("tcp", "127.0.0.1:"+port) })
+			return "tcp://127.0.0.1:" + port, nil
 		}
-		port := data.Addr().(*net.TCPAddr).Port
-		t.forward(data, func() (net.Conn, error) { return net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)) })
 		t.peerURI = "qemu+unix://" + dst.url.Path + "?socket=" + sock
-		t.migrateURI = "tcp://127.0.0.1:" + strconv.Itoa(port)
-		return nil
+		return t.openStreams(stream, disks)
 	}
 	// Hand back: our daemon and QEMU dial listeners here; each connection
 	// goes to the server inside SSH.
@@ -89,15 +95,31 @@ func (t *tunnel) open(src, dst *Conn) error {
 		return err
 	}
 	t.forward(peer, func() (net.Conn, error) { return dst.ssh.Dial("unix", dst.remoteSocket) })
-	data, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	stream := func() (string, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		t.forward(ln, func() (net.Conn, error) { return dst.ssh.Dial("tcp", "127.0.0.1:"+port) })
+		return "tcp://127.0.0.1:" + port, nil
+	}
+	t.peerURI = "qemu+unix://" + dst.url.Path + "?socket=" + sock
+	return t.openStreams(stream, disks)
+}
+
+// openStreams opens the memory stream's way through the tunnel and, when
+// disks move too, the NBD mirror's: without its own, NBD would pick a
+// port in 49152-49215 that nothing forwards.
+func (t *tunnel) openStreams(stream func() (string, error), disks bool) error {
+	var err error
+	if t.migrateURI, err = stream(); err != nil {
 		return err
 	}
-	port := data.Addr().(*net.TCPAddr).Port
-	t.forward(data, func() (net.Conn, error) { return dst.ssh.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)) })
-	t.peerURI = "qemu+unix://" + dst.url.Path + "?socket=" + sock
-	t.migrateURI = "tcp://127.0.0.1:" + strconv.Itoa(port)
-	return nil
+	if disks {
+		t.disksURI, err = stream()
+	}
+	return err
 }
 
 // forward accepts on ln until the tunnel closes and joins each connection

@@ -43,6 +43,15 @@ func Decide(cfg Config, samples []Sample) Decision {
 	switch now.Phase {
 	case PhasePostcopy, PhaseCompleted, PhaseAborted, PhaseFailed:
 		return Decision{Action: Continue, Converging: true, Reason: string(now.Phase)}
+	case PhaseDisks:
+		// libvirt copies disks first and starts on memory once they are
+		// mirrored: nothing to decide yet, only how long it will take.
+		d := Decision{Action: Continue, Converging: true,
+			Reason: fmt.Sprintf("copying disks: %s of %s left", units.Bytes(now.DiskRemaining), units.Bytes(now.DiskTotal))}
+		if rate := mean(within(samples, now.Elapsed-cfg.Window), func(s Sample) float64 { return s.DiskRate }); rate > 0 {
+			d.SwitchIn = seconds(float64(now.DiskRemaining) / rate)
+		}
+		return d
 	}
 	recent := within(samples, now.Elapsed-cfg.Window)
 	bw := mean(recent, func(s Sample) float64 { return s.Bandwidth })
@@ -52,17 +61,20 @@ func Decide(cfg Config, samples []Sample) Decision {
 	// QEMU reports no dirty rate during the first pass; those zeros are
 	// not a measurement and must not pull the average down.
 	dirty := mean(afterFirstPass(recent), func(s Sample) float64 { return s.DirtyRate })
-	downtime := seconds(float64(now.Remaining) / bw)
+	// What the pause must still send: the memory left, and the disk
+	// blocks the guest wrote since the mirror last caught up.
+	left := now.Remaining + now.DiskRemaining
+	downtime := seconds(float64(left) / bw)
 	// What may stay unsent when the VM pauses: the link moves this much
 	// within the downtime target.
-	fits := float64(now.Remaining) <= bw*cfg.DowntimeTarget.Seconds()
+	fits := float64(left) <= bw*cfg.DowntimeTarget.Seconds()
 	d := Decision{PredictedDowntime: downtime}
 
 	if now.Iteration <= 1 {
 		// The first pass sends all of memory once; QEMU measures no dirty
 		// rate until it ends, so the best guess is the pass itself.
 		d.Action, d.Converging = Continue, true
-		d.SwitchIn = seconds(float64(now.Remaining) / bw)
+		d.SwitchIn = seconds(float64(left) / bw)
 		d.Reason = "first pass over memory"
 		if fits && now.Remaining > 0 {
 			d.Action, d.SwitchIn, d.Reason = Switch, 0, "memory sent; the rest fits the downtime target"
@@ -78,7 +90,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 			return d
 		}
 		d.Action = Continue
-		excess := float64(now.Remaining) - bw*cfg.DowntimeTarget.Seconds()
+		excess := float64(left) - bw*cfg.DowntimeTarget.Seconds()
 		if excess > 0 {
 			d.SwitchIn = seconds(excess / (bw - dirty))
 		}

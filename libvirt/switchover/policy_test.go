@@ -105,3 +105,35 @@ func TestPredictedDowntime(t *testing.T) {
 		t.Fatalf("PredictedDowntime = %v, want %v", d.PredictedDowntime, want)
 	}
 }
+
+func TestDecideCountsTheDisks(t *testing.T) {
+	cfg := DefaultConfig()
+	// Copying disks: no memory figures yet; the time left comes from the
+	// mirror's own rate.
+	disks := []Sample{
+		{Elapsed: 0, Phase: PhaseDisks, DiskTotal: 100 * mb, DiskRemaining: 60 * mb, DiskRate: 10 * mb},
+		{Elapsed: time.Second, Phase: PhaseDisks, DiskTotal: 100 * mb, DiskRemaining: 50 * mb, DiskRate: 10 * mb},
+	}
+	d := Decide(cfg, disks)
+	if d.Action != Continue || d.SwitchIn != 5*time.Second || !strings.Contains(d.Reason, "copying disks") {
+		t.Errorf("disk phase: got %+v, want continue, 5s to go, a reason about disks", d)
+	}
+	// Memory all but sent, converging: the same remainder fits the target
+	// alone, but not with 20 MB of disk writes still to flush at the switch.
+	mem := repeat(6, step{iter: 3, dirty: 1, bw: 50, remain: 5})
+	alone := trace(mem...)
+	if d := Decide(cfg, alone); d.Action != Switch {
+		t.Fatalf("without disks: got %v (%s), want switch", d.Action, d.Reason)
+	}
+	withDisk := trace(mem...)
+	for i := range withDisk {
+		withDisk[i].DiskRemaining, withDisk[i].DiskTotal = 20*mb, 100*mb
+	}
+	d = Decide(cfg, withDisk)
+	if d.Action == Switch {
+		t.Errorf("with 20 MB of disk left: switched (%s), want to wait", d.Reason)
+	}
+	if want := 500 * time.Millisecond; d.PredictedDowntime != want {
+		t.Errorf("predicted downtime %v, want %v (25 MB at 50 MB/s)", d.PredictedDowntime, want)
+	}
+}

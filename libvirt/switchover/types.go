@@ -7,6 +7,7 @@ type Phase string
 
 const (
 	PhaseSetup     Phase = "setup"     // job started, no memory sent yet
+	PhaseDisks     Phase = "disks"     // disks are mirrored to the destination before memory
 	PhasePrecopy   Phase = "precopy"   // memory streams while the VM runs on the source
 	PhasePostcopy  Phase = "postcopy"  // VM runs on the destination, pages fetched on demand
 	PhaseCompleted Phase = "completed" // VM runs on the destination alone
@@ -26,6 +27,12 @@ type Sample struct {
 	Remaining   uint64  // bytes still to send
 	Transferred uint64  // bytes sent so far
 	Total       uint64  // guest memory size in bytes
+	// Disks being mirrored with the memory: what is left of them, and
+	// their size. At the switch the remainder is flushed while the VM
+	// pauses, so it counts towards the downtime.
+	DiskRemaining uint64
+	DiskTotal     uint64
+	DiskRate      float64 // bytes/s the disk mirror moves
 }
 
 // Action is what the policy wants done now.

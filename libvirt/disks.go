@@ -261,3 +261,55 @@ func checkDisks(dom *Domain, c *DiskCopy) error {
 	}
 	return nil
 }
+
+// MigratableXML is the domain's live description as another host can
+// take it: without this host's own details (ids, aliases of its devices).
+func (d *Domain) MigratableXML() (string, error) {
+	x, err := d.conn.lv.DomainGetXMLDesc(d.dom, golibvirt.DomainXMLMigratable)
+	if err != nil {
+		return "", fmt.Errorf("migratable XML of %s on %s: %w", d.Name(), d.conn.uri, err)
+	}
+	return x, nil
+}
+
+// DisksInUse maps every image file a running domain on this host uses,
+// any layer of its chains, to that domain's name.
+func (c *Conn) DisksInUse() (map[string]string, error) {
+	doms, _, err := c.lv.ConnectListAllDomains(1, golibvirt.ConnectListDomainsActive)
+	if err != nil {
+		return nil, fmt.Errorf("list running domains on %s: %w", c.uri, err)
+	}
+	used := map[string]string{}
+	for _, dom := range doms {
+		d := &Domain{conn: c, dom: dom}
+		disks, err := d.Disks()
+		if err != nil {
+			continue // a domain we cannot read keeps its own disks
+		}
+		for _, disk := range disks {
+			for _, l := range disk.Chain {
+				used[l.Path] = dom.Name
+			}
+		}
+	}
+	return used, nil
+}
+
+// DefinedDisks maps each writable disk of the domain's persistent
+// definition to its file: where the host keeps it while the domain runs
+// elsewhere.
+func (d *Domain) DefinedDisks() (map[string]string, error) {
+	x, err := d.conn.lv.DomainGetXMLDesc(d.dom, golibvirt.DomainXMLInactive)
+	if err != nil {
+		return nil, fmt.Errorf("definition of %s on %s: %w", d.Name(), d.conn.uri, err)
+	}
+	disks, err := disksFromXML(x)
+	if err != nil {
+		return nil, fmt.Errorf("definition of %s on %s: %w", d.Name(), d.conn.uri, err)
+	}
+	m := map[string]string{}
+	for _, disk := range disks {
+		m[disk.Target] = disk.Top().Path
+	}
+	return m, nil
+}

@@ -70,6 +70,9 @@ type DiskCopy struct {
 	// DestinationXML is the domain as it will run on the destination, with
 	// that host's paths for its disks.
 	DestinationXML string
+	// PersistentXML, if set, becomes the domain's definition on the
+	// destination, replacing the one it had there.
+	PersistentXML string
 	// URI is where the source QEMU reaches the destination's NBD server,
 	// as tcp://HOST or tcp://HOST:PORT; empty: the memory stream's host, or
 	// a tunnel inside SSH.
@@ -240,6 +243,9 @@ func (m *Migration) flags() golibvirt.DomainMigrateFlags {
 		f |= golibvirt.MigrateParallel
 	}
 	if d := m.opts.Disks; d != nil {
+		if d.PersistentXML != "" {
+			f |= golibvirt.MigratePersistDest
+		}
 		if d.TopOnly {
 			f |= golibvirt.MigrateNonSharedInc
 		} else {
@@ -290,6 +296,9 @@ func (m *Migration) params() []golibvirt.TypedParam {
 		}
 		if d.URI != "" {
 			str(golibvirt.MigrateParamDisksURI, d.URI)
+		}
+		if d.PersistentXML != "" {
+			str(golibvirt.MigrateParamPersistXML, d.PersistentXML)
 		}
 	}
 	return ps

@@ -1,0 +1,127 @@
+package checkout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/handoff-dev/handoff/checkout/event"
+	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/libvirt"
+)
+
+// LibvirtHost is a Host reached through a libvirt connection.
+type LibvirtHost struct {
+	Conn *libvirt.Conn // the caller's; the checkout does not close it
+	// Migrate are the options for a migration *to* this host.
+	Migrate libvirt.Options
+}
+
+var _ Host = LibvirtHost{}
+
+func (h LibvirtHost) URI() string { return h.Conn.URI() }
+
+// Runs reports whether domain runs or is paused here; libvirt's calls take
+// no context.
+func (h LibvirtHost) Runs(_ context.Context, domain string) (bool, error) {
+	d, err := h.Conn.Lookup(domain)
+	if errors.Is(err, libvirt.ErrNoDomain) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	st, err := d.State()
+	return st == libvirt.StateRunning || st == libvirt.StatePaused, err
+}
+
+// Screen finds domain's VNC display here; the dial goes through this
+// host's connection (inside its SSH session, for a remote host).
+func (h LibvirtHost) Screen(_ context.Context, domain string) (event.Dial, error) {
+	d, err := h.Conn.Lookup(domain)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := d.VNC()
+	if err != nil {
+		return nil, err
+	}
+	c := h.Conn
+	return func(ctx context.Context) (net.Conn, error) { return c.DialVNC(ctx, addr) }, nil
+}
+
+// MigrateTo starts the live migration to another LibvirtHost, carrying
+// the disks as a DiskMove prepared them.
+func (h LibvirtHost) MigrateTo(ctx context.Context, to Host, domain string, disks Prepared) (Migration, error) {
+	dst, ok := to.(LibvirtHost)
+	if !ok {
+		return nil, fmt.Errorf("migrate %s: the destination %T is not a libvirt host", domain, to)
+	}
+	opts := dst.Migrate
+	if dm, ok := disks.(*DiskMove); ok && dm.Copy != nil {
+		opts.Disks = dm.Copy
+	}
+	m, err := libvirt.Start(ctx, h.Conn, dst.Conn, domain, opts)
+	if err != nil {
+		return nil, err
+	}
+	return libvirtMigration{m}, nil
+}
+
+type libvirtMigration struct{ m *libvirt.Migration }
+
+func (m libvirtMigration) PostCopy() error { return m.m.PostCopy() }
+func (m libvirtMigration) Abort() error    { return m.m.Abort() }
+
+func (m libvirtMigration) Run(progress func(event.Progress)) (Result, error) {
+	res, err := libvirt.Run(m.m, func(p libvirt.Progress) {
+		progress(event.Progress{Sample: p.Sample, Decision: p.Decision})
+	})
+	if errors.Is(err, libvirt.ErrAborted) {
+		err = aborted{err}
+	}
+	return Result{Mode: res.Mode, Downtime: res.Downtime}, err
+}
+
+// aborted marks libvirt's abort as ErrAborted, keeping its message.
+type aborted struct{ error }
+
+func (a aborted) Is(target error) bool { return target == ErrAborted }
+func (a aborted) Unwrap() error        { return a.error }
+
+// Leased is k as the checkout's Keeper; nil when k is: a read-only
+// checkout.
+func Leased(k *leasectl.Keeper) Keeper {
+	if k == nil {
+		return nil
+	}
+	return leaseKeeper{k}
+}
+
+type leaseKeeper struct{ k *leasectl.Keeper }
+
+func (l leaseKeeper) Acquire(ctx context.Context) (Lease, error) {
+	got, err := l.k.Acquire(ctx)
+	return Lease(got), err
+}
+
+// Renew forwards the keeper's renewals until it stops; the forwarding
+// ends with it.
+func (l leaseKeeper) Renew(ctx context.Context, held Lease, renewed func(Lease)) error {
+	updates := make(chan leasectl.Lease, 1)
+	stopped := make(chan error, 1)
+	go func() { stopped <- l.k.Renew(ctx, leasectl.Lease(held), updates) }()
+	for {
+		select {
+		case u := <-updates:
+			renewed(Lease(u))
+		case err := <-stopped:
+			return err
+		}
+	}
+}
+
+func (l leaseKeeper) Release(ctx context.Context, held Lease) error {
+	return l.k.Client.Release(ctx, l.k.Image, held.ID)
+}

@@ -55,8 +55,9 @@ type dashState struct {
 	Lease     Lease
 	Now       time.Time
 	Err       string
-	Prefix    string // how the prefix key is written, e.g. "Ctrl-]"
-	PrefixArm bool   // the prefix was typed; the next key is a command
+	Prefix    string   // how the prefix key is written, e.g. "Ctrl-]"
+	PrefixArm bool     // the prefix was typed; the next key is a command
+	Events    []string // what happened, oldest first, each with its time
 }
 
 var (
@@ -66,8 +67,10 @@ var (
 	hintStyle  = lipgloss.NewStyle().Reverse(true)
 )
 
-// dashboardLines renders the dashboard in at most width columns.
-func dashboardLines(s dashState, width int, compact bool) []string {
+// dashboardLines renders the dashboard in at most width columns and
+// height lines: the state first, an error wrapped whole, then as many
+// recent events as the height leaves, and the key hint last.
+func dashboardLines(s dashState, width, height int, compact bool) []string {
 	row := func(label, value string) string {
 		return labelStyle.Render(fmt.Sprintf("%-9s", label)) + value
 	}
@@ -83,12 +86,11 @@ func dashboardLines(s dashState, width int, compact bool) []string {
 	lines = append(lines, titleStyle.Render("handoff · "+s.Domain))
 	lines = append(lines, row("phase", phase), row("where", where))
 	if s.Progress.Total > 0 && !s.Switched {
-		lines = append(lines, row("sent", progressBar(s.Progress, max(8, width-30))))
-		spark := ""
-		if !compact {
-			spark = " " + sparkline(s.Dirty, 12)
+		lines = append(lines, row("sent", progressBar(s.Progress, max(8, width-24))))
+		lines = append(lines, row("dirty", fmt.Sprintf("%s vs link %s", units.Rate(s.Progress.DirtyRate), units.Rate(s.Progress.Bandwidth))))
+		if !compact && len(s.Dirty) > 0 {
+			lines = append(lines, row("", sparkline(s.Dirty, width-9)))
 		}
-		lines = append(lines, row("dirty", fmt.Sprintf("%s%s vs link %s", units.Rate(s.Progress.DirtyRate), spark, units.Rate(s.Progress.Bandwidth))))
 		lines = append(lines, row("switch", switchText(s.Decision)))
 	}
 	if s.Switched {
@@ -97,18 +99,39 @@ func dashboardLines(s dashState, width int, compact bool) []string {
 	if !compact || s.Lease.Holder != "" {
 		lines = append(lines, row("lease", leaseText(s.Lease, s.Now)))
 	}
-	if s.Err != "" {
-		lines = append(lines, errStyle.Render(s.Err))
-	}
-	hint := s.Prefix + " ? for help"
-	if s.PrefixArm {
-		hint = s.Prefix + " … h hand back  s switch now  z zoom  d dashboard  q quit"
-	}
-	lines = append(lines, hintStyle.Render(hint))
 	for i, l := range lines {
 		lines[i] = lipgloss.NewStyle().MaxWidth(width).Render(l)
 	}
-	return lines
+	room := height - len(lines) - 1 // the hint takes the last line
+	if s.Err != "" {
+		wrapped := strings.Split(lipgloss.NewStyle().Width(width).Render(s.Err), "\n")
+		if len(wrapped) > max(1, room) {
+			wrapped = append(wrapped[:max(0, room-1)], s.Prefix+" e shows the whole error")
+		}
+		for _, l := range wrapped {
+			lines = append(lines, errStyle.Render(strings.TrimRight(l, " ")))
+		}
+		room -= len(wrapped)
+	}
+	if !compact && room >= 3 && len(s.Events) > 0 {
+		lines = append(lines, "", labelStyle.Render("recent"))
+		room -= 2
+		events := s.Events[max(0, len(s.Events)-room):]
+		for _, e := range events {
+			lines = append(lines, lipgloss.NewStyle().MaxWidth(width).Render(e))
+		}
+		room -= len(events)
+	}
+	hint := s.Prefix + " ? for help"
+	if s.PrefixArm {
+		hint = s.Prefix + " … h hand back  s switch now  z zoom  d dashboard  m mouse  e error  q quit"
+	}
+	if !compact {
+		for range max(0, room) {
+			lines = append(lines, "") // the hint sits on the bottom line
+		}
+	}
+	return append(lines, lipgloss.NewStyle().MaxWidth(width).Render(hintStyle.Render(hint)))
 }
 
 func progressBar(p switchover.Sample, width int) string {

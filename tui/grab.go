@@ -5,318 +5,138 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 
 	tea "github.com/charmbracelet/bubbletea"
 
-	"github.com/handoff-dev/handoff/leasectl"
-	"github.com/handoff-dev/handoff/libvirt"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/checkout/event"
 	"github.com/handoff-dev/handoff/vnc"
 )
 
-// Host is one end of a grab: a libvirt connection and how to migrate to it.
-type Host struct {
-	Name string        // "server" or "workstation", as the dashboard says
-	Conn *libvirt.Conn // the caller's; Grab does not close it
-	// Migrate are the options for a migration *to* this host.
-	Migrate libvirt.Options
+// Checkout is what the app drives: a checkout's events, drawn as they
+// come, and the user's commands (checkout.Checkout is one).
+type Checkout interface {
+	Controller
+	// Run drives the checkout until it is quit or ctx ends.
+	Run(ctx context.Context) error
+	// Events delivers what happens; closed when Run returns.
+	Events() <-chan event.Event
+	// Quit ends the checkout, aborting (or, past the switch, finishing) a
+	// move under way.
+	Quit() error
 }
 
-// GrabOptions configure Grab.
+// GrabOptions configure Grab and View.
 type GrabOptions struct {
-	Server, Workstation Host
-	Domain              string
-	In                  io.Reader
-	Out                 io.Writer
-	// Lease, when set, is taken before the VM moves here, renewed while it
-	// runs here, and released when it is handed back.
-	Lease *leasectl.Keeper
+	Domain string
+	In     io.Reader
+	Out    io.Writer
+	// Graphics is how the screen is drawn: auto, kitty, sixel, iterm, blocks.
+	Graphics string
 }
 
-// Grab runs the terminal app: it shows the VM's screen at once, moves the
-// VM from the server to the workstation under it, follows it there, and
-// hands it back on the user's word. It returns when the user quits.
-func Grab(ctx context.Context, o GrabOptions) error {
-	s := &grabSession{o: o, handBack: make(chan struct{}, 1)}
-	return s.run(ctx, s, s.drive)
-}
-
-// run shows the app on the terminal while work runs beside it, and stops
-// work when the user quits.
-func (s *grabSession) run(ctx context.Context, control Controller, work func(context.Context)) error {
+// Grab runs the terminal app on a checkout: the VM's screen shows at once,
+// the checkout moves the VM here under it, the view follows it, and the
+// user's commands go to the checkout. It returns when the user quits and
+// the checkout has ended.
+func Grab(ctx context.Context, co Checkout, o GrabOptions) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	model := NewModel(Options{Domain: s.o.Domain, Keys: s, Control: control})
-	s.prog = tea.NewProgram(model, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(s.o.In), tea.WithOutput(s.o.Out))
+	sc := &screen{domain: o.Domain}
+	model := NewModel(Options{Domain: o.Domain, Keys: sc, Control: co})
+	prog, err := NewProgram(ctx, model, Terminal{In: o.In, Out: o.Out, Graphics: o.Graphics})
+	if err != nil {
+		return err
+	}
+	sc.prog = prog
+	ran := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { work(ctx) })
-	_, err := s.prog.Run()
+	wg.Go(func() {
+		defer close(ran)
+		if err := co.Run(ctx); err != nil {
+			prog.Send(ErrMsg{err})
+		}
+	})
+	wg.Go(func() { sc.follow(ctx, co.Events()) })
+	_, err = prog.Run()
+	// The user quit (after confirming an abort): the checkout unwinds
+	// what is under way before the app's goroutines stop.
+	_ = co.Quit()
+	<-ran
 	cancel()
 	wg.Wait()
+	sc.close()
 	if errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil {
 		err = nil
 	}
 	return err
 }
 
-// grabSession is the app's link to libvirt and VNC: it owns the current
-// view and migration, and carries out the model's commands.
-type grabSession struct {
-	o        GrabOptions
-	prog     *tea.Program
-	handBack chan struct{}
+// View runs the app on a checkout that only shows a screen
+// (checkout.View): keys go to the VM, nothing moves.
+func View(ctx context.Context, co Checkout, o GrabOptions) error { return Grab(ctx, co, o) }
 
-	lease     leasectl.Lease
-	stopLease context.CancelFunc
-	leaseDone chan struct{}
-
-	mu        sync.Mutex
-	view      *vnc.Client
-	stopView  context.CancelFunc
-	viewDone  chan struct{}
-	migration *libvirt.Migration
-	here      bool // the VM runs on the workstation
-}
-
-// Tap sends a key to the VM's current screen.
-func (s *grabSession) Tap(keysym uint32, mods vnc.Modifiers) error {
-	s.mu.Lock()
-	v := s.view
-	s.mu.Unlock()
-	if v == nil {
-		return errors.New("no screen to type into yet")
-	}
-	return v.Tap(keysym, mods)
-}
-
-// SwitchNow switches the running migration by post-copy.
-func (s *grabSession) SwitchNow() error {
-	s.mu.Lock()
-	m := s.migration
-	s.mu.Unlock()
-	if m == nil {
-		return errors.New("no migration under way to switch")
-	}
-	return m.PostCopy()
-}
-
-// HandBack asks for the VM to move back to the server.
-func (s *grabSession) HandBack() error {
-	s.mu.Lock()
-	here, busy := s.here, s.migration != nil
-	s.mu.Unlock()
-	if !here || busy {
-		return errors.New("the VM is not running here: nothing to hand back")
-	}
-	select {
-	case s.handBack <- struct{}{}:
-	default:
+// message is the model's message for a checkout's event; nil for the
+// screen, which the app connects itself.
+func message(ev event.Event) tea.Msg {
+	switch ev := ev.(type) {
+	case event.PhaseChanged:
+		return PhaseMsg{Phase: Phase(ev.Phase), Host: ev.Host, From: ev.From, To: ev.To, Err: ev.Err}
+	case event.Progress:
+		return ProgressMsg{Sample: ev.Sample, Decision: ev.Decision}
+	case event.DiskProgress:
+		return DiskProgressMsg(ev)
+	case event.Switched:
+		return SwitchedMsg{Downtime: ev.Downtime, Mode: ev.Mode}
+	case event.LeaseChanged:
+		return LeaseMsg{Holder: ev.Holder, Epoch: ev.Epoch, Expires: ev.Expires}
+	case event.Notice:
+		return ErrMsg{ev.Err}
 	}
 	return nil
 }
 
-// Abort stops the migration under way; the VM keeps running where it was.
-func (s *grabSession) Abort() error {
-	s.mu.Lock()
-	m := s.migration
-	s.mu.Unlock()
-	if m == nil {
-		return nil
-	}
-	if err := m.Abort(); err != nil {
-		return err
-	}
-	<-m.Done()
-	return nil
+// screen is the VM's screen as the app sees it: a VNC view that follows
+// the checkout's Screen events, and the keys and pointer sent to it.
+type screen struct {
+	domain string
+	prog   *tea.Program
+
+	mu   sync.Mutex
+	view *vnc.Client
+	stop context.CancelFunc
+	done chan struct{} // closed when the view's frames stop coming
 }
 
-func (s *grabSession) fail(err error) {
-	s.prog.Send(PhaseMsg{Phase: PhaseFailed, Err: err})
-}
-
-// drive is the grab itself, from connecting to the hand back.
-func (s *grabSession) drive(ctx context.Context) {
-	defer s.closeView()
-	defer s.stopRenewing()
-	srv, ws := s.o.Server, s.o.Workstation
-	here, err := runsOn(ws.Conn, s.o.Domain)
-	if err != nil {
-		s.fail(err)
-		return
-	}
-	if !here {
-		if there, err := runsOn(srv.Conn, s.o.Domain); err != nil || !there {
-			s.fail(fmt.Errorf("%s runs on neither host: start it on the server (virsh -c '%s' start %s)", s.o.Domain, srv.Conn.URI(), s.o.Domain))
-			return
-		}
-		if err := s.showView(ctx, srv.Conn); err != nil {
-			s.fail(err)
-			return
-		}
-		if err := s.takeLease(ctx); err != nil {
-			s.fail(err)
-			return
-		}
-		if !s.move(ctx, srv, ws, PhaseCopying) {
-			s.releaseLease(ctx)
-			return
-		}
-	} else if err := s.takeLease(ctx); err != nil {
-		s.prog.Send(ErrMsg{err})
-	}
-	s.arrived(ctx, ws, true)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.handBack:
-		}
-		if s.move(ctx, ws, srv, PhaseHandingBack) {
-			s.releaseLease(ctx)
-			s.arrived(ctx, srv, false)
-		}
-	}
-}
-
-// takeLease acquires the image's lease (when the server keeps leases) and
-// keeps renewing it in a goroutine the session owns.
-func (s *grabSession) takeLease(ctx context.Context) error {
-	k := s.o.Lease
-	if k == nil {
-		return nil
-	}
-	l, err := k.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	s.lease = l
-	s.prog.Send(LeaseMsg{Holder: l.Holder, Epoch: l.Epoch, Expires: l.Expires})
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	s.stopLease, s.leaseDone = stop, done
-	updates := make(chan leasectl.Lease, 1)
-	go func() {
-		defer close(done)
-		errs := make(chan error, 1)
-		go func() { errs <- k.Renew(rctx, l, updates) }()
-		for {
-			select {
-			case l := <-updates:
-				s.prog.Send(LeaseMsg{Holder: l.Holder, Epoch: l.Epoch, Expires: l.Expires})
-			case err := <-errs:
-				if rctx.Err() == nil {
-					s.prog.Send(ErrMsg{err})
-					s.prog.Send(LeaseMsg{})
-				}
-				return
+// follow is the one bridge from the checkout to the program: it passes
+// every event on, and moves the view where a Screen event says, until the
+// events end.
+func (s *screen) follow(ctx context.Context, events <-chan event.Event) {
+	for ev := range events {
+		if sc, ok := ev.(event.Screen); ok {
+			if err := s.show(ctx, sc); err != nil {
+				s.prog.Send(ErrMsg{err})
 			}
+			continue
 		}
-	}()
-	return nil
-}
-
-func (s *grabSession) stopRenewing() {
-	if s.stopLease != nil {
-		s.stopLease()
-		<-s.leaseDone
-		s.stopLease = nil
-	}
-}
-
-// releaseLease ends the lease once the VM is back on the server.
-func (s *grabSession) releaseLease(ctx context.Context) {
-	if s.o.Lease == nil || s.stopLease == nil {
-		return
-	}
-	s.stopRenewing()
-	if err := s.o.Lease.Client.Release(ctx, s.o.Lease.Image, s.lease.ID); err != nil {
-		s.prog.Send(ErrMsg{fmt.Errorf("release the lease: %w", err)})
-	}
-	s.prog.Send(LeaseMsg{})
-}
-
-// arrived shows the VM where it now runs.
-func (s *grabSession) arrived(ctx context.Context, h Host, here bool) {
-	s.mu.Lock()
-	s.here = here
-	s.mu.Unlock()
-	phase := PhaseLocal
-	if !here {
-		phase = PhaseOnServer
-	}
-	s.prog.Send(PhaseMsg{Phase: phase, Host: h.Name})
-	if err := s.showView(ctx, h.Conn); err != nil {
-		s.prog.Send(ErrMsg{err})
-	}
-}
-
-// move migrates the VM from one host to the other under the view; it
-// reports whether the VM arrived.
-func (s *grabSession) move(ctx context.Context, from, to Host, phase Phase) bool {
-	s.prog.Send(PhaseMsg{Phase: phase, Host: from.Name, From: from.Name, To: to.Name})
-	m, err := libvirt.Start(ctx, from.Conn, to.Conn, s.o.Domain, to.Migrate)
-	if err != nil {
-		s.prog.Send(PhaseMsg{Phase: PhaseFailed, Host: from.Name, Err: err})
-		return false
-	}
-	s.mu.Lock()
-	s.migration = m
-	s.mu.Unlock()
-	res, err := libvirt.Run(m, func(p libvirt.Progress) {
-		s.prog.Send(ProgressMsg{Sample: p.Sample, Decision: p.Decision})
-		if p.Sample.Phase == switchover.PhasePostcopy {
-			s.prog.Send(PhaseMsg{Phase: PhaseSwitching, Host: to.Name, From: from.Name, To: to.Name})
+		if msg := message(ev); msg != nil {
+			s.prog.Send(msg)
 		}
-	})
-	s.mu.Lock()
-	s.migration = nil
-	s.mu.Unlock()
-	if err != nil {
-		p := PhaseFailed
-		if errors.Is(err, libvirt.ErrAborted) {
-			p = PhaseAborted
-		}
-		s.prog.Send(PhaseMsg{Phase: p, Host: from.Name, Err: err})
-		return false
 	}
-	s.prog.Send(SwitchedMsg{Downtime: res.Downtime, Mode: res.Mode})
-	return true
 }
 
-func runsOn(c *libvirt.Conn, domain string) (bool, error) {
-	d, err := c.Lookup(domain)
-	if errors.Is(err, libvirt.ErrNoDomain) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	st, err := d.State()
-	return st == libvirt.StateRunning || st == libvirt.StatePaused, err
-}
-
-// showView replaces the view with the domain's screen on c.
-func (s *grabSession) showView(ctx context.Context, c *libvirt.Conn) error {
-	s.closeView()
-	d, err := c.Lookup(s.o.Domain)
-	if err != nil {
-		return err
-	}
-	addr, err := d.VNC()
-	if err != nil {
-		return err
-	}
+// show replaces the view with the one sc reaches.
+func (s *screen) show(ctx context.Context, sc event.Screen) error {
+	s.close()
 	vctx, stop := context.WithCancel(ctx)
-	v, err := vnc.Connect(vctx, vnc.Options{Dial: func(ctx context.Context) (net.Conn, error) { return c.DialVNC(ctx, addr) }})
+	v, err := vnc.Connect(vctx, vnc.Options{Dial: vnc.Dialer(sc.Dial)})
 	if err != nil {
 		stop()
-		return fmt.Errorf("show the screen of %s on %s: %w", s.o.Domain, c.URI(), err)
+		return fmt.Errorf("show the screen of %s on %s: %w", s.domain, sc.URI, err)
 	}
 	done := make(chan struct{})
 	s.mu.Lock()
-	s.view, s.stopView, s.viewDone = v, stop, done
+	s.view, s.stop, s.done = v, stop, done
 	s.mu.Unlock()
 	go func() {
 		defer close(done)
@@ -327,10 +147,10 @@ func (s *grabSession) showView(ctx context.Context, c *libvirt.Conn) error {
 	return nil
 }
 
-func (s *grabSession) closeView() {
+func (s *screen) close() {
 	s.mu.Lock()
-	v, stop, done := s.view, s.stopView, s.viewDone
-	s.view, s.stopView, s.viewDone = nil, nil, nil
+	v, stop, done := s.view, s.stop, s.done
+	s.view, s.stop, s.done = nil, nil, nil
 	s.mu.Unlock()
 	if v == nil {
 		return
@@ -340,26 +160,26 @@ func (s *grabSession) closeView() {
 	<-done
 }
 
-// View runs the app on one domain's screen alone: no migration, keys
-// forwarded. It returns when the user quits.
-func View(ctx context.Context, c *libvirt.Conn, domain string, in io.Reader, out io.Writer) error {
-	s := &grabSession{o: GrabOptions{Domain: domain, In: in, Out: out}}
-	return s.run(ctx, viewOnly{}, func(ctx context.Context) {
-		defer s.closeView()
-		if err := s.showView(ctx, c); err != nil {
-			s.fail(err)
-		} else {
-			s.prog.Send(PhaseMsg{Phase: PhaseViewing, Host: c.URI()})
-		}
-		<-ctx.Done()
-	})
+func (s *screen) current() *vnc.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.view
 }
 
-// viewOnly refuses the commands that move a VM.
-type viewOnly struct{}
+// Tap sends a key to the VM's current screen.
+func (s *screen) Tap(keysym uint32, mods vnc.Modifiers) error {
+	v := s.current()
+	if v == nil {
+		return errors.New("no screen to type into yet")
+	}
+	return v.Tap(keysym, mods)
+}
 
-var errViewOnly = errors.New("this is a view only: use handoff grab to move the VM")
-
-func (viewOnly) SwitchNow() error { return errViewOnly }
-func (viewOnly) HandBack() error  { return errViewOnly }
-func (viewOnly) Abort() error     { return nil }
+// Pointer sends a mouse state to the VM's current screen.
+func (s *screen) Pointer(buttons uint8, x, y int) error {
+	v := s.current()
+	if v == nil {
+		return errors.New("no screen to point at yet")
+	}
+	return v.Pointer(buttons, x, y)
+}

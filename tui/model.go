@@ -1,12 +1,15 @@
 package tui
 
 import (
+	"fmt"
 	"image"
+	"strconv"
 	"strings"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/x/ansi"
 
 	"github.com/handoff-dev/handoff/libvirt/switchover"
 	"github.com/handoff-dev/handoff/vnc"
@@ -15,6 +18,7 @@ import (
 // KeySender takes the keys meant for the VM.
 type KeySender interface {
 	Tap(keysym uint32, mods vnc.Modifiers) error
+	Pointer(buttons uint8, x, y int) error
 }
 
 // Controller carries out the user's commands; each call is made from a
@@ -51,6 +55,12 @@ type (
 		Downtime time.Duration
 		Mode     string
 	}
+	// DiskProgressMsg is a disk move's latest report.
+	DiskProgressMsg struct {
+		Step        string // "freezing", "indexing", "sending", "receiving", "preparing", "committing"
+		Disk        string // the guest's name for it ("vda"), or the file
+		Done, Total int64  // bytes of the step's transfer, if it has one
+	}
 	LeaseMsg Lease
 	ErrMsg   struct{ Err error }
 )
@@ -70,10 +80,26 @@ type Model struct {
 	confirm  bool // asking whether to quit mid-migration
 	help     bool
 	quitting bool
-	// Keys wait here while earlier ones are sent: commands run
-	// concurrently, and typed text must arrive in order.
-	pending []vmKey
+	// Keys and pointer events wait here while earlier ones are sent:
+	// commands run concurrently, and input must arrive in order.
+	pending []vmInput
 	sending bool
+
+	gfx      *picture    // nil: half blocks in the view's text
+	cell     image.Point // a cell in pixels, for the picture
+	at       placement   // where the picture is
+	postedAt placement   // the placement of the last job given to the picture
+	noMouse  bool        // the mouse is released to the terminal
+	buttons  uint8       // held mouse buttons, as VNC masks them
+	showErr  bool        // the whole of the last error, over the screen
+}
+
+// vmInput is one thing for the VM: a key, or (pointer) the mouse.
+type vmInput struct {
+	key     vmKey
+	pointer bool
+	buttons uint8
+	at      image.Point
 }
 
 // keysSentMsg says a batch of keys went out; the next may follow.
@@ -93,8 +119,21 @@ func NewModel(o Options) *Model {
 
 func (m *Model) Init() tea.Cmd { return nil }
 
-// Update routes one message.
+// Update routes one message. In an image mode a message that moves the
+// picture (a resize, zoom, the dashboard) also clears the screen: the
+// old picture's cells would keep their pixels.
 func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	cmd := m.update(msg)
+	if m.gfx != nil {
+		if at := m.placeNow(); at != m.at {
+			m.at = at
+			cmd = tea.Batch(cmd, tea.ClearScreen)
+		}
+	}
+	return m, cmd
+}
+
+func (m *Model) update(msg tea.Msg) tea.Cmd {
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
@@ -122,21 +161,26 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		if msg.Err != nil {
 			m.dash.Err = msg.Err.Error()
 		}
+		m.note(eventText(msg))
 	case SwitchedMsg:
 		m.dash.Switched, m.dash.Downtime, m.dash.Mode = true, msg.Downtime, msg.Mode
+		m.note(fmt.Sprintf("switched by %s, downtime %d ms", msg.Mode, msg.Downtime.Milliseconds()))
 	case LeaseMsg:
 		m.dash.Lease = Lease(msg)
 	case ErrMsg:
 		if msg.Err != nil {
 			m.dash.Err = msg.Err.Error()
+			m.note("error: " + m.dash.Err)
 		}
 	case keysSentMsg:
 		m.sending = false
-		return m, m.flushKeys()
+		return m.flushKeys()
 	case tea.KeyMsg:
-		return m, m.key(msg)
+		return m.key(msg)
+	case tea.MouseMsg:
+		return m.mouse(msg)
 	}
-	return m, nil
+	return nil
 }
 
 // key routes a key: to handoff after the prefix, else to the VM.
@@ -149,8 +193,8 @@ func (m *Model) key(k tea.KeyMsg) tea.Cmd {
 		}
 		return nil
 	}
-	if m.help {
-		m.help = false
+	if m.help || m.showErr {
+		m.help, m.showErr = false, false
 		return nil
 	}
 	if !m.prefix {
@@ -174,6 +218,17 @@ func (m *Model) key(k tea.KeyMsg) tea.Cmd {
 		m.showDash = !m.showDash
 	case "?":
 		m.help = true
+	case "e":
+		m.showErr = m.dash.Err != ""
+	case "m":
+		m.noMouse = !m.noMouse
+		m.buttons = 0
+		if m.noMouse {
+			m.note("mouse released to the terminal (" + m.opts.PrefixName + " m takes it back)")
+			return tea.DisableMouse
+		}
+		m.note("mouse goes to the VM")
+		return tea.EnableMouseAllMotion
 	case "q":
 		if m.dash.Phase.migrating() {
 			m.confirm = true
@@ -199,7 +254,9 @@ func (m *Model) send(k tea.KeyMsg) tea.Cmd {
 	if !ok || m.opts.Keys == nil {
 		return nil
 	}
-	m.pending = append(m.pending, keys...)
+	for _, k := range keys {
+		m.pending = append(m.pending, vmInput{key: k})
+	}
 	return m.flushKeys()
 }
 
@@ -212,8 +269,14 @@ func (m *Model) flushKeys() tea.Cmd {
 	keys, sender := m.pending, m.opts.Keys
 	m.pending, m.sending = nil, true
 	return func() tea.Msg {
-		for _, key := range keys {
-			if err := sender.Tap(key.sym, key.mods); err != nil {
+		for _, in := range keys {
+			var err error
+			if in.pointer {
+				err = sender.Pointer(in.buttons, in.at.X, in.at.Y)
+			} else {
+				err = sender.Tap(in.key.sym, in.key.mods)
+			}
+			if err != nil {
 				return tea.BatchMsg{func() tea.Msg { return ErrMsg{err} }, func() tea.Msg { return keysSentMsg{} }}
 			}
 		}
@@ -233,56 +296,147 @@ func (m *Model) call(f func() error) tea.Cmd {
 // dashWidth is the side dashboard's width on wide terminals.
 const dashWidth = 44
 
-// View draws the screen beside (wide terminals) or above (narrow ones)
-// the dashboard.
+// layout is how the terminal is shared: the screen's cells beside (wide
+// terminals) or above (narrow ones) the dashboard's lines.
+type layout struct {
+	side       bool
+	cols, rows int
+	dash       []string
+}
+
+func (m *Model) layout() layout {
+	m.dash.Now = m.opts.Now()
+	l := layout{cols: m.width, rows: m.height}
+	switch {
+	case m.showDash && m.width >= 100:
+		l.side = true
+		l.cols = m.width - dashWidth - 1
+		l.dash = dashboardLines(m.dash, dashWidth, m.height, false)
+	case m.showDash:
+		// Below the screen, the dashboard takes at most a third.
+		l.dash = dashboardLines(m.dash, m.width, max(4, m.height/3), true)
+		l.rows = max(1, m.height-len(l.dash))
+	}
+	if m.gfx != nil {
+		// An image on the last row could scroll the screen.
+		l.rows = max(1, min(l.rows, m.height-1))
+	}
+	return l
+}
+
+// placeNow is where the picture goes now; hidden under an overlay.
+func (m *Model) placeNow() placement {
+	if m.frame == nil || m.width == 0 || m.height == 0 || m.overlay() != "" {
+		return placement{hidden: true}
+	}
+	l := m.layout()
+	return place(m.frame.Rect.Size(), m.cell, l.cols, l.rows, m.vp)
+}
+
+// useGraphics draws the screen as images through p, with cells of the
+// given size in pixels.
+func (m *Model) useGraphics(p *picture, cell image.Point) {
+	m.gfx, m.cell = p, cell
+}
+
+// note adds a line to the dashboard's recent events.
+func (m *Model) note(text string) {
+	m.dash.Events = append(m.dash.Events, m.opts.Now().Format("15:04:05")+" "+text)
+	if n := len(m.dash.Events); n > 50 {
+		m.dash.Events = m.dash.Events[n-50:]
+	}
+}
+
+func eventText(p PhaseMsg) string {
+	switch {
+	case p.From != "" && p.Phase.migrating():
+		return fmt.Sprintf("%s: %s → %s", p.Phase, p.From, p.To)
+	case p.Host != "":
+		return fmt.Sprintf("%s (%s)", p.Phase, p.Host)
+	}
+	return string(p.Phase)
+}
+
+// overlay is the text that covers the whole screen now, if any.
+func (m *Model) overlay() string {
+	box := func(text string) string {
+		w := 0
+		for _, l := range strings.Split(text, "\n") {
+			w = max(w, ansi.StringWidth(l))
+		}
+		w = min(w, max(10, m.width-2))
+		// One block, its lines flush left, centred as a whole.
+		block := lipgloss.NewStyle().Width(w).Render(text)
+		return lipgloss.Place(m.width, m.height, lipgloss.Center, lipgloss.Center, block)
+	}
+	switch {
+	case m.confirm:
+		return box("A migration is under way. Quit and abort it? The VM keeps running on the " + m.dash.From + ". [y/N]")
+	case m.help:
+		return box(helpText(m.opts.PrefixName))
+	case m.showErr:
+		return box(errStyle.Render("The last error, in full:") + "\n\n" + m.dash.Err + "\n\nany key closes this")
+	}
+	return ""
+}
+
+// View draws the screen beside or above the dashboard. In an image mode
+// the screen's cells hold no text: its lines only move the cursor past
+// them, so bubbletea never writes over the picture, which goes to the
+// terminal by its own writer.
 func (m *Model) View() string {
 	if m.width == 0 || m.height == 0 {
 		return ""
 	}
-	m.dash.Now = m.opts.Now()
-	if m.confirm {
-		return lipgloss.Place(m.width, m.height, lipgloss.Center, lipgloss.Center,
-			"A migration is under way. Quit and abort it? The VM keeps running on the "+m.dash.From+". [y/N]")
+	if o := m.overlay(); o != "" {
+		if m.gfx != nil {
+			m.gfx.post(picJob{at: m.at})
+		}
+		return o
 	}
-	if m.help {
-		return lipgloss.Place(m.width, m.height, lipgloss.Center, lipgloss.Center, helpText(m.opts.PrefixName))
-	}
-	side := m.showDash && m.width >= 100
-	var dash []string
-	cols, rows := m.width, m.height
+	l := m.layout()
+	var screen []string
+	skip := 0 // cells at the start of each screen line that the picture owns
 	switch {
-	case side:
-		cols = m.width - dashWidth - 1
-		dash = dashboardLines(m.dash, dashWidth, false)
-	case m.showDash:
-		dash = dashboardLines(m.dash, m.width, true)
-		rows = max(1, m.height-len(dash))
-	}
-	m.vp.Cols, m.vp.Rows = cols, rows
-	screen := m.renderer.Render(m.frame, m.dirty, m.vp)
-	m.dirty = image.Rectangle{}
-	if m.frame == nil {
+	case m.frame == nil:
 		screen = []string{"waiting for the VM's screen…"}
+	case m.gfx != nil:
+		if !m.dirty.Empty() || m.at != m.postedAt {
+			m.gfx.post(picJob{frame: m.frame, dirty: m.dirty, at: m.at})
+			m.postedAt = m.at
+		}
+		skip = m.at.cells.X
+		for range m.at.cells.Y {
+			screen = append(screen, cuf(skip))
+		}
+	default:
+		m.vp.Cols, m.vp.Rows = l.cols, l.rows
+		screen = m.renderer.Render(m.frame, m.dirty, m.vp)
 	}
+	m.dirty = image.Rectangle{}
 	var out []string
-	if side {
-		pad := lipgloss.NewStyle().Width(cols + 1)
+	if l.side {
+		pad := lipgloss.NewStyle().Width(l.cols + 1)
 		for i := range m.height {
-			var l, d string
+			var s, d string
 			if i < len(screen) {
-				l = screen[i]
+				s = screen[i]
 			}
-			if i < len(dash) {
-				d = dash[i]
+			if i < len(l.dash) {
+				d = l.dash[i]
 			}
-			out = append(out, pad.Render(l)+d)
+			if skip > 0 && i < len(screen) {
+				out = append(out, cuf(l.cols+1)+d)
+			} else {
+				out = append(out, pad.Render(s)+d)
+			}
 		}
 	} else {
 		out = append(out, screen...)
-		for len(out) < rows {
+		for len(out) < l.rows {
 			out = append(out, "")
 		}
-		out = append(out, dash...)
+		out = append(out, l.dash...)
 	}
 	if len(out) > m.height {
 		out = out[:m.height]
@@ -290,15 +444,20 @@ func (m *Model) View() string {
 	return strings.Join(out, "\n")
 }
 
+// cuf moves the cursor n cells right without writing.
+func cuf(n int) string { return "\x1b[" + strconv.Itoa(n) + "C" }
+
 func helpText(prefix string) string {
 	return strings.Join([]string{
-		"Everything you type goes to the VM. " + prefix + " first reaches handoff:",
+		"Everything you type goes to the VM, and the mouse too. " + prefix + " first reaches handoff:",
 		"",
 		"  " + prefix + " h       hand the VM back to the server",
 		"  " + prefix + " s       switch now (post-copy: the rest of memory follows on demand)",
-		"  " + prefix + " z       zoom: fit the window / one pixel per half cell",
+		"  " + prefix + " z       zoom: fit the window / one screen pixel per pixel (or half cell)",
 		"  " + prefix + " arrows  pan when zoomed",
 		"  " + prefix + " d       show or hide the dashboard",
+		"  " + prefix + " m       release the mouse to the terminal (to select text), or take it back",
+		"  " + prefix + " e       show the last error in full",
 		"  " + prefix + " q       quit (asks first while a migration runs)",
 		"  " + prefix + " " + prefix + "  send " + prefix + " to the VM",
 		"",

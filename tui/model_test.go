@@ -26,9 +26,17 @@ var rewriteGolden = flag.Bool("golden", false, "rewrite the golden files")
 
 // fakes record what the model asked for.
 type fakeVM struct {
-	mu    sync.Mutex
-	keys  []vmKey
-	calls []string
+	mu       sync.Mutex
+	keys     []vmKey
+	pointers []string // "buttons@x,y"
+	calls    []string
+}
+
+func (f *fakeVM) Pointer(buttons uint8, x, y int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pointers = append(f.pointers, fmt.Sprintf("%d@%d,%d", buttons, x, y))
+	return nil
 }
 
 func (f *fakeVM) Tap(sym uint32, mods vnc.Modifiers) error {
@@ -220,5 +228,116 @@ func golden(t *testing.T, path string, got []byte) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s differs from the golden file:\n%s", path, got)
+	}
+}
+
+func TestErrorsWrapWholeAndAKeyShowsThem(t *testing.T) {
+	long := "migrate handoff-guest from qemu+unix:///session?socket=/run/handoff/srv/libvirt-sock to qemu+unix:///session?socket=/run/handoff/ws/libvirt-sock: unable to connect: No such file or directory"
+	for _, size := range []struct{ w, h int }{{120, 40}, {80, 24}} {
+		m := NewModel(Options{Domain: "desktop", Now: func() time.Time { return fixedNow }})
+		m.Update(tea.WindowSizeMsg{Width: size.w, Height: size.h})
+		m.Update(PhaseMsg{Phase: PhaseFailed, Host: "server", Err: errors.New(long)})
+		text := ansi.Strip(m.View())
+		// Every word of the error is on the screen, in order.
+		flat := strings.Join(strings.Fields(text), " ")
+		if !strings.Contains(flat, "No such file or directory") || !strings.Contains(flat, "unable to connect:") {
+			t.Errorf("%dx%d: the error was cut:\n%s", size.w, size.h, text)
+		}
+		m.Update(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+		m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("e")})
+		full := strings.Join(strings.Fields(ansi.Strip(m.View())), "")
+		if !strings.Contains(full, strings.Join(strings.Fields(long), "")) {
+			t.Errorf("%dx%d: Ctrl-] e does not show the whole error", size.w, size.h)
+		}
+		m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("x")})
+		if strings.Contains(ansi.Strip(m.View()), "in full") {
+			t.Error("any key does not close the error")
+		}
+	}
+}
+
+func TestHelpIsOneAlignedBlock(t *testing.T) {
+	m := NewModel(Options{Domain: "desktop", Now: func() time.Time { return fixedNow }})
+	m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+	m.Update(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})
+	m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("?")})
+	text := ansi.Strip(m.View())
+	cols := map[int]bool{}
+	for _, l := range strings.Split(text, "\n") {
+		if i := strings.Index(l, "Ctrl-] "); i >= 0 && strings.HasPrefix(strings.TrimSpace(l), "Ctrl-]") {
+			cols[i] = true
+		}
+	}
+	if len(cols) != 1 {
+		t.Errorf("the help's key lines start in %d different columns:\n%s", len(cols), text)
+	}
+	golden(t, filepath.Join("testdata", "help-120x40.golden"), []byte(text))
+}
+
+func TestMouseBecomesPointerEventsInScreenPixels(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 720, 400))
+	for _, tc := range []struct {
+		name   string
+		gfx    bool
+		click  image.Point // the cell clicked
+		want   image.Point // the screen pixel that means
+		inside bool
+	}{
+		// Blocks: 720x400 into 75 cells (120-45): 9.6 px a cell across,
+		// 19.2 down; a click means the cell's centre.
+		{"blocks, top left", false, image.Pt(0, 0), image.Pt(4, 9), true},
+		{"blocks, middle", false, image.Pt(37, 10), image.Pt(359, 201), true},
+		// Images: cells of 8x16 px, 75x39 of them (600x624 px): the screen
+		// is scaled by 600/720; cell (37,10)'s centre is (300,168) there.
+		{"image, middle", true, image.Pt(37, 10), image.Pt(360, 201), true},
+		{"dashboard", false, image.Pt(110, 5), image.Point{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := &fakeVM{}
+			m := NewModel(Options{Domain: "desktop", Keys: vm, Control: vm, Now: func() time.Time { return fixedNow }})
+			if tc.gfx {
+				var out bytes.Buffer
+				m.useGraphics(newPicture(&termOut{w: &out}, 2, 256), image.Pt(8, 16))
+			}
+			m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+			m.Update(FrameMsg(vnc.Frame{Image: frame, Dirty: frame.Rect, Seq: 1}))
+			m.View()
+			for _, ev := range []tea.MouseEvent{
+				{X: tc.click.X, Y: tc.click.Y, Button: tea.MouseButtonLeft, Action: tea.MouseActionPress},
+				{X: tc.click.X, Y: tc.click.Y, Button: tea.MouseButtonLeft, Action: tea.MouseActionRelease},
+				{X: tc.click.X, Y: tc.click.Y, Button: tea.MouseButtonWheelDown, Action: tea.MouseActionPress},
+			} {
+				_, cmd := m.Update(tea.MouseMsg(ev))
+				runCmd(m, cmd)
+			}
+			vm.mu.Lock()
+			got := strings.Join(vm.pointers, " ")
+			vm.mu.Unlock()
+			p := fmt.Sprintf("%d,%d", tc.want.X, tc.want.Y)
+			want := "1@" + p + " 0@" + p + " 16@" + p + " 0@" + p
+			if !tc.inside {
+				want = ""
+			}
+			if got != want {
+				t.Errorf("pointer events %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// runCmd runs a command, as bubbletea would, feeding its messages back.
+func runCmd(m *Model, cmd tea.Cmd) {
+	if cmd == nil {
+		return
+	}
+	switch msg := cmd().(type) {
+	case tea.BatchMsg:
+		for _, c := range msg {
+			runCmd(m, c)
+		}
+	case nil:
+	default:
+		_, next := m.Update(msg)
+		runCmd(m, next)
 	}
 }

@@ -1,0 +1,247 @@
+package tui
+
+import (
+	"bytes"
+	"context"
+	"image"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/handoff-dev/handoff/tui/termgfx"
+)
+
+// placement is where the screen's picture goes in an image mode: which
+// source pixels, at what size, from which cell.
+type placement struct {
+	origin image.Point     // top-left cell (0-based column, row)
+	cells  image.Point     // cells covered
+	size   image.Point     // the picture in terminal pixels
+	crop   image.Rectangle // the source pixels shown
+	cell   image.Point     // one cell in pixels
+	hidden bool            // an overlay covers the screen: show no picture
+}
+
+// place fits a screen of the given size into cols x rows cells of cell
+// pixels each: at full resolution when it fits, else scaled down keeping
+// its aspect, or (1:1) cut to a panned window.
+func place(screen, cell image.Point, cols, rows int, vp Viewport) placement {
+	p := placement{cell: cell, crop: image.Rectangle{Max: screen}}
+	avail := image.Pt(cols*cell.X, rows*cell.Y)
+	switch {
+	case screen.X <= avail.X && screen.Y <= avail.Y:
+		p.size = screen
+	case vp.OneToOne:
+		p.size = image.Pt(min(screen.X, avail.X), min(screen.Y, avail.Y))
+		pan := image.Pt(clamp(vp.PanX, 0, screen.X-p.size.X), clamp(vp.PanY, 0, screen.Y-p.size.Y))
+		p.crop = image.Rectangle{Min: pan, Max: pan.Add(p.size)}
+	case screen.X*avail.Y > screen.Y*avail.X: // width-bound
+		p.size = image.Pt(avail.X, max(1, screen.Y*avail.X/screen.X))
+	default:
+		p.size = image.Pt(max(1, screen.X*avail.Y/screen.Y), avail.Y)
+	}
+	p.cells = image.Pt((p.size.X+cell.X-1)/cell.X, (p.size.Y+cell.Y-1)/cell.Y)
+	return p
+}
+
+// toScreen maps a terminal pixel (relative to the picture's top-left) to
+// the screen pixel shown there.
+func (p placement) toScreen(px image.Point) image.Point {
+	x := p.crop.Min.X + clamp(px.X, 0, p.size.X-1)*p.crop.Dx()/max(1, p.size.X)
+	y := p.crop.Min.Y + clamp(px.Y, 0, p.size.Y-1)*p.crop.Dy()/max(1, p.size.Y)
+	return image.Pt(x, y)
+}
+
+// tileCells is a tile's size in cells: about 64 pixels square, so a small
+// change sends little and a whole screen is a few hundred tiles.
+func (p placement) tileCells() image.Point {
+	return image.Pt(max(1, (64+p.cell.X-1)/p.cell.X), max(1, (64+p.cell.Y-1)/p.cell.Y))
+}
+
+// termOut is the terminal's output, shared by bubbletea and the picture:
+// one Write at a time, so escapes never interleave. It tells the picture
+// when bubbletea clears the screen, which erases images.
+type termOut struct {
+	mu      sync.Mutex
+	w       io.Writer
+	written atomic.Int64
+	cleared func()
+}
+
+func (t *termOut) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	n, err := t.w.Write(p)
+	t.mu.Unlock()
+	t.written.Add(int64(n))
+	if t.cleared != nil && bytes.Contains(p, []byte("\x1b[2J")) {
+		t.cleared()
+	}
+	return n, err
+}
+
+// picJob is what the picture should show: the newest frame, what changed
+// in it since the last job, and where it goes.
+type picJob struct {
+	frame *image.RGBA
+	dirty image.Rectangle
+	at    placement
+}
+
+// picture draws the screen as images, beside bubbletea's text. One
+// goroutine (run) owns its state; View hands it jobs through a mailbox of
+// one, merging a job that was not taken yet, so a slow terminal gets the
+// newest screen and never a backlog.
+type picture struct {
+	out    *termOut
+	proto  termgfx.Protocol
+	colors int // sixel colour registers
+	jobs   chan picJob
+	redraw chan struct{}
+	drawn  chan int64 // when not nil: bytes of each drawing, for tests and benchmarks
+
+	// run's own
+	enc    termgfx.Encoder
+	scaler termgfx.Scaler
+	last   picJob
+	scaled *image.RGBA
+	buf    []byte
+	shown  bool
+}
+
+func newPicture(out *termOut, proto termgfx.Protocol, colors int) *picture {
+	p := &picture{out: out, proto: proto, colors: colors, jobs: make(chan picJob, 1), redraw: make(chan struct{}, 1)}
+	out.cleared = p.invalidate
+	return p
+}
+
+// post hands a job over, merging it with one not yet taken.
+func (p *picture) post(j picJob) {
+	select {
+	case old := <-p.jobs:
+		if old.at == j.at && old.frame != nil && j.frame != nil && old.frame.Rect == j.frame.Rect {
+			j.dirty = j.dirty.Union(old.dirty)
+		} else if j.frame != nil {
+			j.dirty = j.frame.Rect
+		}
+	default:
+	}
+	p.jobs <- j
+}
+
+// invalidate asks for the whole picture again: the screen was cleared.
+func (p *picture) invalidate() {
+	select {
+	case p.redraw <- struct{}{}:
+	default:
+	}
+}
+
+// run draws jobs until ctx ends, then removes what it drew.
+func (p *picture) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			if p.proto == termgfx.Kitty && p.shown {
+				io.WriteString(p.out, termgfx.KittyDeleteAll)
+			}
+			return
+		case j := <-p.jobs:
+			p.draw(j, false)
+		case <-p.redraw:
+			p.draw(p.last, true)
+		}
+	}
+}
+
+// draw sends what changed, as tiles at their cells; all of it when the
+// placement changed or the screen was cleared.
+func (p *picture) draw(j picJob, all bool) {
+	p.buf = p.buf[:0]
+	if j.frame == nil || j.at.hidden {
+		if p.proto == termgfx.Kitty && p.shown {
+			p.buf = append(p.buf, termgfx.KittyDeleteAll...)
+		}
+		p.shown = false
+		p.last = j
+		p.flush()
+		return
+	}
+	if j.at != p.last.at || p.last.frame == nil || j.frame.Rect != p.last.frame.Rect || !p.shown {
+		all = true
+		if p.proto == termgfx.Kitty && p.shown {
+			p.buf = append(p.buf, termgfx.KittyDeleteAll...)
+		}
+	}
+	if p.scaled == nil || p.scaled.Rect.Size() != j.at.size {
+		p.scaled = image.NewRGBA(image.Rectangle{Max: j.at.size})
+		all = true
+	}
+	dirty := j.dirty
+	if all {
+		dirty = j.frame.Rect
+	}
+	src := j.frame.SubImage(j.at.crop).(*image.RGBA)
+	changed := p.scaler.Scale(p.scaled, src, dirty)
+	if all {
+		changed = p.scaled.Rect
+	}
+	p.last, p.shown = j, true
+	p.tiles(j.at, changed)
+	p.flush()
+}
+
+// tiles encodes the tiles that changed touches.
+func (p *picture) tiles(at placement, changed image.Rectangle) {
+	if changed.Empty() {
+		return
+	}
+	tc := at.tileCells()
+	tw, th := tc.X*at.cell.X, tc.Y*at.cell.Y
+	cols := (at.size.X + tw - 1) / tw
+	x0, x1 := changed.Min.X/tw, (changed.Max.X+tw-1)/tw
+	y0, y1 := changed.Min.Y/th, (changed.Max.Y+th-1)/th
+	for ty := y0; ty < y1; ty++ {
+		if p.proto == termgfx.Kitty {
+			for tx := x0; tx < x1; tx++ {
+				r := image.Rect(tx*tw, ty*th, (tx+1)*tw, (ty+1)*th).Intersect(p.scaled.Rect)
+				p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
+				p.buf = p.enc.Kitty(p.buf, p.scaled, r, uint32(1+ty*cols+tx))
+				p.buf = append(p.buf, "\x1b8"...)
+			}
+			continue
+		}
+		// Sixel and iTerm2 images have no identity: one image per row of
+		// changed tiles.
+		r := image.Rect(x0*tw, ty*th, x1*tw, (ty+1)*th).Intersect(p.scaled.Rect)
+		p.moveTo(at.origin.Add(image.Pt(x0*tc.X, ty*tc.Y)))
+		if p.proto == termgfx.Sixel {
+			p.buf = p.enc.Sixel(p.buf, p.scaled, r, p.colors)
+		} else {
+			p.buf = p.enc.ITerm(p.buf, p.scaled, r)
+		}
+		p.buf = append(p.buf, "\x1b8"...)
+	}
+}
+
+// moveTo saves the cursor (the tile's writer restores it) and moves it to
+// a cell.
+func (p *picture) moveTo(c image.Point) {
+	p.buf = append(p.buf, "\x1b7\x1b["...)
+	p.buf = strconv.AppendInt(p.buf, int64(c.Y+1), 10)
+	p.buf = append(p.buf, ';')
+	p.buf = strconv.AppendInt(p.buf, int64(c.X+1), 10)
+	p.buf = append(p.buf, 'H')
+}
+
+func (p *picture) flush() {
+	if len(p.buf) > 0 {
+		p.out.Write(p.buf)
+	}
+	if p.drawn != nil {
+		select {
+		case p.drawn <- int64(len(p.buf)):
+		default:
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package termgfx
+
+import (
+	"bytes"
+	"encoding/base64"
+	"image"
+	"image/png"
+	"strconv"
+)
+
+// Encoder turns tiles of a picture into escape sequences. It keeps scratch
+// buffers between calls; one Encoder per goroutine.
+type Encoder struct {
+	rgb   []byte
+	idx   []uint8
+	bits  []byte
+	pal   palette
+	png   bytes.Buffer
+	pngE  png.Encoder
+	table [paletteSlots]uint64
+}
+
+// KittyDeleteAll removes every image this program placed (and frees their
+// data): on exit, and before a new layout.
+const KittyDeleteAll = "\x1b_Ga=d,d=A,q=2\x1b\\"
+
+// kittyChunk is the most base64 a kitty escape may carry.
+const kittyChunk = 4096
+
+// Kitty appends tile r of img as kitty image id, placed at the cursor
+// (which stays where it is). The picture goes as 24-bit RGB; replies are
+// off (q=2), so nothing comes back to be mistaken for typing.
+func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint32) []byte {
+	r = r.Intersect(img.Rect)
+	n := 3 * r.Dx() * r.Dy()
+	if cap(e.rgb) < n {
+		e.rgb = make([]byte, n)
+	}
+	e.rgb = e.rgb[:n]
+	o := e.rgb
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		row := img.Pix[img.PixOffset(r.Min.X, y):][:4*r.Dx()]
+		for len(row) >= 4 && len(o) >= 3 {
+			o[0], o[1], o[2] = row[0], row[1], row[2]
+			row, o = row[4:], o[3:]
+		}
+	}
+	if need := len(dst) + base64.StdEncoding.EncodedLen(n) + (n/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
+		dst = append(make([]byte, 0, need), dst...)
+	}
+	const raw = kittyChunk / 4 * 3
+	for off := 0; off < len(e.rgb) || off == 0; off += raw {
+		end := min(off+raw, len(e.rgb))
+		dst = append(dst, "\x1b_G"...)
+		if off == 0 {
+			dst = append(dst, "a=T,f=24,s="...)
+			dst = strconv.AppendInt(dst, int64(r.Dx()), 10)
+			dst = append(dst, ",v="...)
+			dst = strconv.AppendInt(dst, int64(r.Dy()), 10)
+			dst = append(dst, ",i="...)
+			dst = strconv.AppendUint(dst, uint64(id), 10)
+			dst = append(dst, ",p=1,C=1,"...)
+		}
+		dst = append(dst, "q=2,m="...)
+		if end < len(e.rgb) {
+			dst = append(dst, '1')
+		} else {
+			dst = append(dst, '0')
+		}
+		dst = append(dst, ';')
+		dst = base64.StdEncoding.AppendEncode(dst, e.rgb[off:end])
+		dst = append(dst, "\x1b\\"...)
+		if end >= len(e.rgb) {
+			break
+		}
+	}
+	return dst
+}
+
+// ITerm appends tile r of img as an iTerm2 inline image (a PNG) at the
+// cursor, sized in pixels so the terminal does not scale it.
+func (e *Encoder) ITerm(dst []byte, img *image.RGBA, r image.Rectangle) []byte {
+	e.png.Reset()
+	e.pngE.CompressionLevel = png.BestSpeed
+	opaque := img.SubImage(r.Intersect(img.Rect))
+	if err := e.pngE.Encode(&e.png, opaque); err != nil {
+		return dst // an RGBA image always encodes
+	}
+	dst = append(dst, "\x1b]1337;File=inline=1;size="...)
+	dst = strconv.AppendInt(dst, int64(e.png.Len()), 10)
+	dst = append(dst, ";width="...)
+	dst = strconv.AppendInt(dst, int64(r.Dx()), 10)
+	dst = append(dst, "px;height="...)
+	dst = strconv.AppendInt(dst, int64(r.Dy()), 10)
+	dst = append(dst, "px;preserveAspectRatio=0;doNotMoveCursor=1:"...)
+	dst = base64.StdEncoding.AppendEncode(dst, e.png.Bytes())
+	return append(dst, '\a')
+}

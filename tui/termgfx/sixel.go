@@ -1,0 +1,178 @@
+package termgfx
+
+import (
+	"image"
+	"strconv"
+)
+
+// paletteSlots is the size of the open-addressing table that finds a
+// tile's colours; four times the most colours a sixel image may have.
+const paletteSlots = 1024
+
+// palette is a tile's colours in register order.
+type palette struct {
+	colors []uint32 // 0xRRGGBB
+	fixed  bool     // the 6x7x6 cube, for tiles with too many colours
+}
+
+// Sixel appends tile r of img as a sixel image at the cursor. A tile with
+// at most colors distinct colours keeps them exactly (text screens and most
+// of a desktop); a busier one is mapped to a fixed 6x7x6 colour cube.
+func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors int) []byte {
+	r = r.Intersect(img.Rect)
+	w, h := r.Dx(), r.Dy()
+	if w <= 0 || h <= 0 {
+		return dst
+	}
+	colors = min(max(colors, 16), 256)
+	e.index(img, r, colors)
+	dst = append(dst, "\x1bP0;1;0q\"1;1;"...)
+	dst = strconv.AppendInt(dst, int64(w), 10)
+	dst = append(dst, ';')
+	dst = strconv.AppendInt(dst, int64(h), 10)
+	for i, c := range e.pal.colors {
+		dst = append(dst, '#')
+		dst = strconv.AppendInt(dst, int64(i), 10)
+		dst = append(dst, ";2;"...)
+		dst = strconv.AppendInt(dst, int64(percent(c>>16)), 10)
+		dst = append(dst, ';')
+		dst = strconv.AppendInt(dst, int64(percent(c>>8)), 10)
+		dst = append(dst, ';')
+		dst = strconv.AppendInt(dst, int64(percent(c)), 10)
+	}
+	n := len(e.pal.colors)
+	if cap(e.bits) < n*w {
+		e.bits = make([]byte, n*w)
+	}
+	bits := e.bits[:n*w]
+	var used [256]bool
+	var order []int
+	for band := 0; band < h; band += 6 {
+		order = order[:0]
+		for y := band; y < min(band+6, h); y++ {
+			bit := byte(1) << (y - band)
+			row := e.idx[y*w:][:w]
+			for x, c := range row {
+				if !used[c] {
+					used[c] = true
+					order = append(order, int(c))
+					clear(bits[int(c)*w:][:w])
+				}
+				bits[int(c)*w+x] |= bit
+			}
+		}
+		for k, c := range order {
+			used[c] = false
+			if k > 0 {
+				dst = append(dst, '$')
+			}
+			dst = append(dst, '#')
+			dst = strconv.AppendInt(dst, int64(c), 10)
+			dst = appendRuns(dst, bits[c*w:][:w])
+		}
+		dst = append(dst, '-')
+	}
+	return append(dst, "\x1b\\"...)
+}
+
+// appendRuns writes one colour's sixels for a band, run-length coded,
+// without the empty tail.
+func appendRuns(dst []byte, row []byte) []byte {
+	end := len(row)
+	for end > 0 && row[end-1] == 0 {
+		end--
+	}
+	for x := 0; x < end; {
+		v := row[x]
+		n := 1
+		for x+n < end && row[x+n] == v {
+			n++
+		}
+		ch := v + 63
+		if n > 3 {
+			dst = append(dst, '!')
+			dst = strconv.AppendInt(dst, int64(n), 10)
+			dst = append(dst, ch)
+		} else {
+			for range n {
+				dst = append(dst, ch)
+			}
+		}
+		x += n
+	}
+	return dst
+}
+
+// percent is a colour channel as sixel's 0-100.
+func percent(v uint32) int { return (int(v&0xff)*100 + 127) / 255 }
+
+// index fills e.idx with each pixel's register and e.pal with the
+// registers' colours.
+func (e *Encoder) index(img *image.RGBA, r image.Rectangle, colors int) {
+	w, h := r.Dx(), r.Dy()
+	if cap(e.idx) < w*h {
+		e.idx = make([]uint8, w*h)
+	}
+	e.idx = e.idx[:w*h]
+	if e.exact(img, r, colors) {
+		return
+	}
+	e.pal.fixed = true
+	e.pal.colors = e.pal.colors[:0]
+	for i := range 252 {
+		rr, gg, bb := i/42, i/6%7, i%6
+		e.pal.colors = append(e.pal.colors, uint32(rr*51)<<16|uint32(gg*255/6)<<8|uint32(bb*51))
+	}
+	for y := range h {
+		row := img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w]
+		out := e.idx[y*w:][:w]
+		for x := range out {
+			p := row[4*x:]
+			out[x] = uint8((int(p[0])*5+127)/255*42 + (int(p[1])*6+127)/255*6 + (int(p[2])*5+127)/255)
+		}
+	}
+}
+
+// exact maps the tile to its own colours; false when it has too many.
+func (e *Encoder) exact(img *image.RGBA, r image.Rectangle, colors int) bool {
+	w, h := r.Dx(), r.Dy()
+	e.pal.fixed = false
+	e.pal.colors = e.pal.colors[:0]
+	clear(e.table[:])
+	var last uint32 = 1 << 31
+	var lastIdx uint8
+	for y := range h {
+		row := img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w]
+		out := e.idx[y*w:][:w]
+		for x := range out {
+			p := row[4*x:]
+			c := uint32(p[0])<<16 | uint32(p[1])<<8 | uint32(p[2])
+			if c == last {
+				out[x] = lastIdx
+				continue
+			}
+			// A slot is 1<<32 | register<<24 | colour; zero is empty.
+			slot := (c * 2654435761) >> 22 % paletteSlots
+			for {
+				v := e.table[slot]
+				if v == 0 {
+					if len(e.pal.colors) == colors {
+						return false
+					}
+					lastIdx = uint8(len(e.pal.colors))
+					e.pal.colors = append(e.pal.colors, c)
+					e.table[slot] = 1<<32 | uint64(lastIdx)<<24 | uint64(c)
+					break
+				}
+				if uint32(v)&0xffffff == c {
+					lastIdx = uint8(v >> 24)
+					break
+				}
+				slot = (slot + 1) % paletteSlots
+			}
+			last = c
+			out[x] = lastIdx
+		}
+	}
+	return true
+}

@@ -1,0 +1,357 @@
+package termgfx
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParseReplies(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     Caps
+		done     bool
+	}{
+		{"xterm -ti vt340", "\x1bP>|XTerm(379)\x1b\\\x1b[6;13;6t\x1b[4;312;480t\x1b[?1;0;16S\x1b[?2;0;1000;1000S\x1b[?1016;2$y\x1b[?63;1;2;4;6;9;15;16;22;28;29c",
+			Caps{Answered: true, Sixel: true, Cell: image.Pt(6, 13), Screen: image.Pt(480, 312), SixelColors: 16, SixelMax: image.Pt(1000, 1000), Version: "XTerm(379)", PixelMouse: true}, true},
+		{"kitty", "\x1b_Gi=31;OK\x1b\\\x1bP>|kitty(0.26.5)\x1b\\\x1b[6;20;10t\x1b[?62;c",
+			Caps{Answered: true, Kitty: true, Cell: image.Pt(10, 20), Version: "kitty(0.26.5)"}, true},
+		{"tmux 3.3a: no graphics of its own", "\x1b[?1;2c", Caps{Answered: true}, true},
+		{"kitty refuses", "\x1b_Gi=31;ENOTSUPPORTED:no\x1b\\\x1b[?62c", Caps{Answered: true}, true},
+		{"DA1 not yet in", "\x1b[6;16;8t\x1b[?62", Caps{Cell: image.Pt(8, 16)}, false},
+		{"WezTerm", "\x1bP>|WezTerm 20240203\x1b\\\x1b[?65;4;6;18;22c", Caps{Answered: true, Sixel: true, ITerm: true, Version: "WezTerm 20240203"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, done := ParseReplies([]byte(tc.in))
+			if got != tc.want || done != tc.done {
+				t.Errorf("ParseReplies = %+v, %v\nwant %+v, %v", got, done, tc.want, tc.done)
+			}
+		})
+	}
+	if p := (Caps{Kitty: true, Sixel: true}).Best(); p != Blocks {
+		t.Errorf("without a cell size Best = %v, want blocks", p)
+	}
+	if p := (Caps{Kitty: true, Sixel: true, Cell: image.Pt(8, 16)}).Best(); p != Kitty {
+		t.Errorf("Best = %v, want kitty", p)
+	}
+}
+
+// desktop makes a picture like a desktop: flat areas, text-like strokes
+// in a few colours, and a gradient (many colours).
+func desktop(w, h int) *image.RGBA {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			c := color.RGBA{40, 44, 52, 255}
+			switch {
+			case y < h/8:
+				c = color.RGBA{uint8(x * 255 / w), uint8(y * 255 / (h / 8)), 128, 255}
+			case (x/7+y/13)%5 == 0 && x%7 < 5 && y%13 < 9:
+				c = color.RGBA{220, 220, 200, 255}
+			case x > w*3/4:
+				c = color.RGBA{170, 85, 0, 255}
+			}
+			img.SetRGBA(x, y, c)
+		}
+	}
+	return img
+}
+
+// kittyImage decodes what Kitty wrote: the first escape's keys and the
+// picture, checking the chunking rules on the way.
+func kittyImage(t *testing.T, b []byte) (map[string]string, *image.RGBA) {
+	t.Helper()
+	var keys map[string]string
+	var data []byte
+	for len(b) > 0 {
+		if !bytes.HasPrefix(b, []byte("\x1b_G")) {
+			t.Fatalf("not a kitty escape: %q", b[:min(20, len(b))])
+		}
+		end := bytes.Index(b, []byte("\x1b\\"))
+		ctl, payload, _ := strings.Cut(string(b[3:end]), ";")
+		if len(payload) > kittyChunk {
+			t.Fatalf("a chunk of %d bytes, over kitty's %d", len(payload), kittyChunk)
+		}
+		k := map[string]string{}
+		for _, kv := range strings.Split(ctl, ",") {
+			a, v, _ := strings.Cut(kv, "=")
+			k[a] = v
+		}
+		if keys == nil {
+			keys = k
+		}
+		raw, err := base64.StdEncoding.DecodeString(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, raw...)
+		b = b[end+2:]
+		if k["m"] == "0" {
+			if len(b) > 0 {
+				t.Fatalf("bytes after the last chunk: %q", b)
+			}
+			break
+		}
+	}
+	w, _ := strconv.Atoi(keys["s"])
+	h, _ := strconv.Atoi(keys["v"])
+	if len(data) != w*h*3 {
+		t.Fatalf("%d bytes of RGB for %dx%d", len(data), w, h)
+	}
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for i := range w * h {
+		copy(img.Pix[4*i:], data[3*i:3*i+3])
+		img.Pix[4*i+3] = 0xff
+	}
+	return keys, img
+}
+
+func TestKittyTileDecodesToThePixels(t *testing.T) {
+	img := desktop(300, 200)
+	r := image.Rect(40, 30, 240, 190)
+	var e Encoder
+	keys, got := kittyImage(t, e.Kitty(nil, img, r, 77))
+	for k, v := range map[string]string{"a": "T", "f": "24", "i": "77", "p": "1", "C": "1", "q": "2", "s": "200", "v": "160"} {
+		if keys[k] != v {
+			t.Errorf("key %s=%q, want %q", k, keys[k], v)
+		}
+	}
+	if n := differing(got, img.SubImage(r).(*image.RGBA), 0); n != 0 {
+		t.Errorf("%d pixels differ from the tile", n)
+	}
+}
+
+// sixelImage is a small sixel decoder: enough to read back what Sixel writes.
+func sixelImage(t *testing.T, b []byte) *image.RGBA {
+	t.Helper()
+	s := string(b)
+	if !strings.HasPrefix(s, "\x1bP0;1;0q\"1;1;") || !strings.HasSuffix(s, "\x1b\\") {
+		t.Fatalf("not a sixel image: %q", s[:min(30, len(s))])
+	}
+	s = strings.TrimSuffix(s[len("\x1bP0;1;0q\"1;1;"):], "\x1b\\")
+	var w, h int
+	fmt.Sscanf(s, "%d;%d", &w, &h)
+	s = strings.TrimLeft(s, "0123456789;")
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	regs := map[int]color.RGBA{}
+	var cur color.RGBA
+	x, band := 0, 0
+	num := func() int {
+		i := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		n, _ := strconv.Atoi(s[:i])
+		s = s[i:]
+		return n
+	}
+	for len(s) > 0 {
+		c := s[0]
+		s = s[1:]
+		switch {
+		case c == '#':
+			n := num()
+			if strings.HasPrefix(s, ";2;") {
+				s = s[3:]
+				r := num()
+				s = s[1:]
+				g := num()
+				s = s[1:]
+				bl := num()
+				regs[n] = color.RGBA{uint8((r*255 + 50) / 100), uint8((g*255 + 50) / 100), uint8((bl*255 + 50) / 100), 255}
+			}
+			cur = regs[n]
+		case c == '$':
+			x = 0
+		case c == '-':
+			x, band = 0, band+6
+		case c == '!':
+			n := num()
+			ch := s[0]
+			s = s[1:]
+			for range n {
+				put(img, x, band, ch-63, cur)
+				x++
+			}
+		case c >= 63 && c <= 126:
+			put(img, x, band, c-63, cur)
+			x++
+		default:
+			t.Fatalf("unexpected byte %q in sixel data", c)
+		}
+	}
+	return img
+}
+
+func put(img *image.RGBA, x, y int, bits byte, c color.RGBA) {
+	for i := range 6 {
+		if bits&(1<<i) != 0 {
+			if !(image.Point{x, y + i}).In(img.Rect) {
+				panic(fmt.Sprintf("sixel pixel (%d,%d) outside %v", x, y+i, img.Rect))
+			}
+			img.SetRGBA(x, y+i, c)
+		}
+	}
+}
+
+// differing counts pixels whose channels differ by more than tol.
+func differing(a, b *image.RGBA, tol int) int {
+	if a.Rect.Size() != b.Rect.Size() {
+		return a.Rect.Dx() * a.Rect.Dy()
+	}
+	n := 0
+	for y := range a.Rect.Dy() {
+		for x := range a.Rect.Dx() {
+			p, q := a.RGBAAt(a.Rect.Min.X+x, a.Rect.Min.Y+y), b.RGBAAt(b.Rect.Min.X+x, b.Rect.Min.Y+y)
+			if abs(int(p.R)-int(q.R)) > tol || abs(int(p.G)-int(q.G)) > tol || abs(int(p.B)-int(q.B)) > tol {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func abs(v int) int { return max(v, -v) }
+
+func TestSixelKeepsAFewColoursExactly(t *testing.T) {
+	img := desktop(300, 200)
+	r := image.Rect(0, 100, 290, 197) // no gradient: four colours; a height that is no multiple of 6
+	var e Encoder
+	got := sixelImage(t, e.Sixel(nil, img, r, 256))
+	// Sixel says colours in percent: within 1.3 of a step.
+	if n := differing(got, img.SubImage(r).(*image.RGBA), 2); n != 0 {
+		t.Errorf("%d pixels differ from the tile", n)
+	}
+	// The gradient has more colours than registers: the colour cube
+	// keeps every pixel within half a cube step.
+	r = image.Rect(0, 0, 300, 25)
+	got = sixelImage(t, e.Sixel(nil, img, r, 256))
+	if n := differing(got, img.SubImage(r).(*image.RGBA), 26); n != 0 {
+		t.Errorf("%d pixels of the gradient are off by more than half a cube step", n)
+	}
+}
+
+func TestITermTileIsThePNGOfTheTile(t *testing.T) {
+	img := desktop(100, 80)
+	r := image.Rect(10, 10, 60, 50)
+	var e Encoder
+	s := string(e.ITerm(nil, img, r))
+	head, payload, ok := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(s, "\x1b]1337;File="), "\a"), ":")
+	if !ok || !strings.Contains(head, "width=50px;height=40px") {
+		t.Fatalf("header %q", head)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(payload)
+	p, err := png.Decode(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := image.NewRGBA(image.Rect(0, 0, 50, 40))
+	for y := range 40 {
+		for x := range 50 {
+			got.Set(x, y, p.At(p.Bounds().Min.X+x, p.Bounds().Min.Y+y))
+		}
+	}
+	if n := differing(got, img.SubImage(r).(*image.RGBA), 0); n != 0 {
+		t.Errorf("%d pixels differ", n)
+	}
+}
+
+func TestScaleAveragesAndRedoesOnlyTheDirtyPart(t *testing.T) {
+	src := image.NewRGBA(image.Rect(0, 0, 40, 40))
+	for y := range 40 {
+		for x := range 40 {
+			if (x+y)%2 == 0 {
+				src.SetRGBA(x, y, color.RGBA{255, 255, 255, 255})
+			} else {
+				src.SetRGBA(x, y, color.RGBA{0, 0, 0, 255})
+			}
+		}
+	}
+	dst := image.NewRGBA(image.Rect(0, 0, 15, 15)) // 8/3 source pixels an output pixel
+	var s Scaler
+	if got := s.Scale(dst, src, src.Rect); got != dst.Rect {
+		t.Errorf("a whole frame redid %v, want %v", got, dst.Rect)
+	}
+	for y := 1; y < 14; y++ {
+		for x := 1; x < 14; x++ {
+			if c := dst.RGBAAt(x, y); abs(int(c.R)-128) > 24 {
+				t.Fatalf("output (%d,%d) = %v, want about mid grey", x, y, c)
+			}
+		}
+	}
+	before := append([]byte(nil), dst.Pix...)
+	src.SetRGBA(39, 39, color.RGBA{255, 0, 0, 255})
+	got := s.Scale(dst, src, image.Rect(39, 39, 40, 40))
+	if !got.In(image.Rect(13, 13, 15, 15)) || got.Empty() {
+		t.Errorf("a corner pixel redid %v", got)
+	}
+	if dst.RGBAAt(14, 14) == (color.RGBA{before[len(before)-4], before[len(before)-3], before[len(before)-2], 255}) {
+		t.Error("the changed corner was not redrawn")
+	}
+	// Same size: a copy.
+	same := image.NewRGBA(src.Rect)
+	s.Scale(same, src, src.Rect)
+	if !bytes.Equal(same.Pix, src.Pix) {
+		t.Error("scaling to the same size changed pixels")
+	}
+}
+
+func benchTiles(b *testing.B, enc func(e *Encoder, dst []byte, img *image.RGBA, r image.Rectangle) []byte) {
+	img := desktop(1280, 800)
+	var e Encoder
+	var buf []byte
+	const tile = 64 // tiles as the view sends them
+	b.ReportAllocs()
+	b.ResetTimer()
+	var n int
+	for range b.N {
+		for y := 0; y < 800; y += tile {
+			for x := 0; x < 1280; x += tile {
+				buf = enc(&e, buf[:0], img, image.Rect(x, y, x+tile, y+tile))
+				n += len(buf)
+			}
+		}
+	}
+	perFrame := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(1/perFrame, "frames/s")
+	b.ReportMetric(perFrame*30*100, "%core@30fps")
+	b.ReportMetric(float64(n)/float64(b.N)/1e6, "MB/frame")
+}
+
+// The whole 1280x800 screen changing, in 64x64 tiles: the worst case.
+func BenchmarkKitty1280x800(b *testing.B) {
+	benchTiles(b, func(e *Encoder, dst []byte, img *image.RGBA, r image.Rectangle) []byte {
+		return e.Kitty(dst, img, r, 1)
+	})
+}
+
+func BenchmarkSixel1280x800(b *testing.B) {
+	benchTiles(b, func(e *Encoder, dst []byte, img *image.RGBA, r image.Rectangle) []byte {
+		return e.Sixel(dst, img, r, 256)
+	})
+}
+
+func BenchmarkITerm1280x800(b *testing.B) {
+	benchTiles(b, func(e *Encoder, dst []byte, img *image.RGBA, r image.Rectangle) []byte {
+		return e.ITerm(dst, img, r)
+	})
+}
+
+// 1280x800 into a 1000x625 window, all of it changed.
+func BenchmarkScale1280x800To1000x625(b *testing.B) {
+	src := desktop(1280, 800)
+	dst := image.NewRGBA(image.Rect(0, 0, 1000, 625))
+	var s Scaler
+	b.ResetTimer()
+	for range b.N {
+		s.Scale(dst, src, src.Rect)
+	}
+	perFrame := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(perFrame*30*100, "%core@30fps")
+}

@@ -1,4 +1,4 @@
-package lab
+package migrationbench
 
 import (
 	"context"
@@ -11,18 +11,19 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/units"
 )
 
-// BenchCase is one guest on one link.
-type BenchCase struct {
+// Case is one guest on one link.
+type Case struct {
 	Name  string
-	Link  Link
-	Guest GuestConfig
+	Link  lab.Link
+	Guest lab.GuestConfig
 }
 
-// BenchRow is one measured migration.
-type BenchRow struct {
+// Row is one measured migration.
+type Row struct {
 	Case        string
 	Tool        string // "handoff" or "virsh"
 	Mode        string // precopy, postcopy, or "did not converge"
@@ -32,24 +33,24 @@ type BenchRow struct {
 	Note        string
 }
 
-// DefaultBenchCases are the issue's: the realistic guest on three links, and
+// DefaultCases are the issue's: the realistic guest on three links, and
 // a guest that dirties faster than the slow link carries.
-func DefaultBenchCases() []BenchCase {
-	var cs []BenchCase
+func DefaultCases() []Case {
+	var cs []Case
 	for _, bw := range []string{"20mbit", "100mbit", "1gbit"} {
-		cs = append(cs, BenchCase{Name: "realistic guest, " + bw, Link: Link{Bandwidth: bw, RTT: 40 * time.Millisecond}, Guest: DefaultGuest})
+		cs = append(cs, Case{Name: "realistic guest, " + bw, Link: lab.Link{Bandwidth: bw, RTT: 40 * time.Millisecond}, Guest: lab.DefaultGuest})
 	}
-	cs = append(cs, BenchCase{Name: "busy guest (6 MB/s), 20mbit", Link: Link{Bandwidth: "20mbit", RTT: 40 * time.Millisecond},
-		Guest: GuestConfig{MemMB: 256, DirtyMBps: 6, WSSMB: 64}})
+	cs = append(cs, Case{Name: "busy guest (6 MB/s), 20mbit", Link: lab.Link{Bandwidth: "20mbit", RTT: 40 * time.Millisecond},
+		Guest: lab.GuestConfig{MemMB: 256, DirtyMBps: 6, WSSMB: 64}})
 	return cs
 }
 
-// Bench runs each case with handoff's engine and with plain 'virsh migrate
+// Run runs each case with handoff's engine and with plain 'virsh migrate
 // --live', on the same guest (restarted fresh for each) and link, and
 // returns what each measured. A run that does not finish within twice
 // memory/bandwidth is aborted and reported as not converging.
-func (l *Lab) Bench(ctx context.Context, cases []BenchCase, progress io.Writer) ([]BenchRow, error) {
-	var rows []BenchRow
+func Run(ctx context.Context, l *lab.Lab, cases []Case, progress io.Writer) ([]Row, error) {
+	var rows []Row
 	say := func(format string, a ...any) { fmt.Fprintf(progress, format+"\n", a...) }
 	for _, c := range cases {
 		bits, err := units.BitsPerSecond(c.Link.Bandwidth)
@@ -73,11 +74,11 @@ func (l *Lab) Bench(ctx context.Context, cases []BenchCase, progress io.Writer) 
 			if err := l.WaitTick(ctx, 5, time.Minute); err != nil {
 				return rows, err
 			}
-			var row BenchRow
+			var row Row
 			if tool == "handoff" {
-				row, err = l.benchHandoff(ctx, bits/8, bound)
+				row, err = runHandoff(ctx, l, bits/8, bound)
 			} else {
-				row, err = l.benchVirsh(ctx, bound)
+				row, err = runVirsh(ctx, l, bound)
 			}
 			if err != nil {
 				return rows, fmt.Errorf("%s with %s: %w", c.Name, tool, err)
@@ -93,21 +94,21 @@ func (l *Lab) Bench(ctx context.Context, cases []BenchCase, progress io.Writer) 
 	return rows, nil
 }
 
-func (l *Lab) benchHandoff(ctx context.Context, linkRate float64, bound time.Duration) (BenchRow, error) {
+func runHandoff(ctx context.Context, l *lab.Lab, linkRate float64, bound time.Duration) (Row, error) {
 	src, dst, err := l.Conns(ctx)
 	if err != nil {
-		return BenchRow{}, err
+		return Row{}, err
 	}
 	defer src.Close()
 	defer dst.Close()
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	m, err := libvirt.Start(ctx, src, dst, GuestName, libvirt.Options{LinkRate: linkRate, MigrateURI: l.MigrateURI(l.Workstation.Name)})
+	m, err := libvirt.Start(ctx, src, dst, lab.GuestName, libvirt.Options{LinkRate: linkRate, MigrateURI: l.MigrateURI(l.Workstation.Name)})
 	if err != nil {
-		return BenchRow{}, err
+		return Row{}, err
 	}
 	res, err := libvirt.Run(m, func(libvirt.Progress) {})
-	row := BenchRow{Tool: "handoff", Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Note: m.Plan().Reason}
+	row := Row{Tool: "handoff", Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Note: m.Plan().Reason}
 	if err != nil {
 		row.Mode, row.Total = "did not converge", bound
 		row.Note = err.Error()
@@ -115,15 +116,15 @@ func (l *Lab) benchHandoff(ctx context.Context, linkRate float64, bound time.Dur
 	return row, nil
 }
 
-func (l *Lab) benchVirsh(ctx context.Context, bound time.Duration) (BenchRow, error) {
-	row := BenchRow{Tool: "virsh"}
+func runVirsh(ctx context.Context, l *lab.Lab, bound time.Duration) (Row, error) {
+	row := Row{Tool: "virsh"}
 	runCtx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, "virsh", "-c", l.Server.URI, "migrate", "--live", "--p2p",
-		GuestName, l.Workstation.URI, "--migrateuri", l.MigrateURI(l.Workstation.Name))
+		lab.GuestName, l.Workstation.URI, "--migrateuri", l.MigrateURI(l.Workstation.Name))
 	cmd.Cancel = func() error {
 		// Stop the job the way a user would, so the guest stays put.
-		exec.Command("virsh", "-c", l.Server.URI, "domjobabort", GuestName).Run()
+		exec.Command("virsh", "-c", l.Server.URI, "domjobabort", lab.GuestName).Run()
 		return nil
 	}
 	cmd.WaitDelay = 30 * time.Second
@@ -135,7 +136,7 @@ func (l *Lab) benchVirsh(ctx context.Context, bound time.Duration) (BenchRow, er
 	if err != nil {
 		return row, fmt.Errorf("virsh migrate: %w: %s", err, out)
 	}
-	info, err := exec.CommandContext(ctx, "virsh", "-c", l.Server.URI, "domjobinfo", "--completed", GuestName).CombinedOutput()
+	info, err := exec.CommandContext(ctx, "virsh", "-c", l.Server.URI, "domjobinfo", "--completed", lab.GuestName).CombinedOutput()
 	if err != nil {
 		return row, fmt.Errorf("virsh domjobinfo: %w: %s", err, info)
 	}
@@ -163,8 +164,8 @@ func parseDomjobinfo(s string) (total, downtime time.Duration, transferred uint6
 	return total, downtime, transferred
 }
 
-// BenchTable writes rows as a markdown table.
-func BenchTable(w io.Writer, rows []BenchRow) {
+// WriteMarkdown writes rows as a markdown table.
+func WriteMarkdown(w io.Writer, rows []Row) {
 	fmt.Fprintln(w, "| case | tool | mode | downtime | total | sent | note |")
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---|")
 	for _, r := range rows {

@@ -6,7 +6,8 @@ import (
 	"io"
 	"os"
 
-	"github.com/handoff-dev/handoff/syncengine/syncbench"
+	"github.com/handoff-dev/handoff/bench/migrationbench"
+	"github.com/handoff-dev/handoff/bench/syncbench"
 	"github.com/handoff-dev/handoff/testvm/lab"
 )
 
@@ -34,8 +35,8 @@ Takes several minutes; needs root.
 	if !*keep {
 		defer lab.Down(context.WithoutCancel(ctx), *dir)
 	}
-	rows, err := l.Bench(ctx, lab.DefaultBenchCases(), stderr)
-	lab.BenchTable(stdout, rows)
+	rows, err := migrationbench.Run(ctx, l, migrationbench.DefaultCases(), stderr)
+	migrationbench.WriteMarkdown(stdout, rows)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}

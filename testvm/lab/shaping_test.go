@@ -51,20 +51,3 @@ func TestHostNamesDependOnTheLabDir(t *testing.T) {
 		}
 	}
 }
-
-func TestParseDomjobinfo(t *testing.T) {
-	// As virsh 9.0 prints a completed job.
-	out := `Job type:         Completed
-Operation:        Outgoing migration
-Time elapsed:     12345        ms
-Time elapsed w/o network: 12340        ms
-Data processed:   98.765 MiB
-Data remaining:   0.000 B
-Total downtime:   57           ms
-Downtime w/o network: 52           ms
-`
-	total, downtime, sent := parseDomjobinfo(out)
-	if total != 12345*time.Millisecond || downtime != 57*time.Millisecond || sent != 103562608 {
-		t.Fatalf("parseDomjobinfo = %v, %v, %d", total, downtime, sent)
-	}
-}

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/syncengine/syncbench"
+	"github.com/handoff-dev/handoff/bench/syncbench"
 )
 
 // TestSyncRoundTripUpdateDiffAndGC pushes real images from one device and

@@ -101,10 +101,13 @@ func NewViewState(domain, host string) State {
 func (s State) Stopped() bool { return s.stopped }
 
 func (s State) name(side Side) string {
-	if side == Workstation {
+	switch side {
+	case Workstation:
 		return s.WorkstationName
+	case Server:
+		return s.ServerName
 	}
-	return s.ServerName
+	return ""
 }
 
 // Inputs are what the core steps on: the user's commands and the answers

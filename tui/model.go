@@ -85,6 +85,7 @@ type Model struct {
 	pending []vmInput
 	sending bool
 
+	term     *termOut    // the terminal's writer, once NewProgram made it
 	gfx      *picture    // nil: half blocks in the view's text
 	cell     image.Point // a cell in pixels, for the picture
 	at       placement   // where the picture is

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/checkout"
 	"github.com/handoff-dev/handoff/leasectl"
 	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/testvm/lab"
@@ -45,11 +46,12 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		return err
 	}
 	toSrv := toWS
+	var labMode *lab.Lab // the lab stands in for the hosts
 	if *server == "" {
 		l, err := lab.Load(*labDir)
 		if err != nil {
 			fmt.Fprintln(stderr, "no server given: starting the built-in lab (handoff lab up)")
-			if l, err = lab.Up(ctx, lab.Config{Dir: *labDir, Progress: stderr}); err != nil {
+			if l, err = lab.Up(ctx, lab.Config{Dir: *labDir, Progress: stderr, Handoff: executable()}); err != nil {
 				return err
 			}
 		}
@@ -62,6 +64,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		}
 		if *workstation == l.Workstation.URI {
 			toWS.MigrateURI, toSrv.MigrateURI = l.MigrateURI(l.Workstation.Name), l.MigrateURI(l.Server.Name)
+			labMode = l
 		}
 	}
 	if name == "" {
@@ -80,21 +83,44 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		return err
 	}
 	defer ws.Close()
-	var keeper *leasectl.Keeper
-	if c, err := leaseClient(); err == nil && !*noLease {
-		if *leaseImage == "" {
-			*leaseImage = name
+	var lease *leasectl.Keeper
+	if !*noLease {
+		c, err := leaseClient()
+		if err != nil && labMode != nil {
+			// Not logged in to a server of one's own: the lab's serve
+			// keeps the lab guest's lease.
+			c, err = labLease(ctx, labMode, name)
 		}
-		host, _ := os.Hostname()
-		keeper = &leasectl.Keeper{Client: c, Image: *leaseImage, Holder: host}
-	} else if *leaseImage != "" && !*noLease {
-		return err
+		if err == nil {
+			if *leaseImage == "" {
+				*leaseImage = name
+			}
+			host, _ := os.Hostname()
+			lease = &leasectl.Keeper{Client: c, Image: *leaseImage, Holder: host}
+		} else if *leaseImage != "" {
+			return err
+		}
 	}
-	return tui.Grab(ctx, tui.GrabOptions{
-		Server:      tui.Host{Name: "server", Conn: srv, Migrate: toSrv},
-		Workstation: tui.Host{Name: "workstation", Conn: ws, Migrate: toWS},
-		Domain:      name, In: os.Stdin, Out: os.Stdout, Lease: keeper,
+	co := checkout.New(checkout.Config{
+		Domain:      name,
+		Server:      checkout.LibvirtHost{Conn: srv, Migrate: toSrv},
+		Workstation: checkout.LibvirtHost{Conn: ws, Migrate: toWS},
+		Lease:       checkout.Leased(lease),
 	})
+	return tui.Grab(ctx, co, tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout})
+}
+
+// labLease is the lab server's lease client, with the image's lease made
+// on first use.
+func labLease(ctx context.Context, l *lab.Lab, image string) (*leasectl.Client, error) {
+	c, err := l.LeaseClient()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Create(ctx, image); err != nil && !errors.Is(err, leasectl.ErrExists) {
+		return nil, fmt.Errorf("make the lease of %s on the lab's server: %w", image, err)
+	}
+	return c, nil
 }
 
 func runView(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -136,7 +162,7 @@ guest is shown wherever it runs.`, stdout, stderr)
 		return err
 	}
 	defer c.Close()
-	return tui.View(ctx, c, name, os.Stdin, os.Stdout)
+	return tui.View(ctx, checkout.View(checkout.LibvirtHost{Conn: c}, name), tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout})
 }
 
 func isTerminal(f *os.File) bool {

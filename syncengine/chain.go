@@ -64,12 +64,20 @@ const maxChainManifest = 1 << 20
 // returned, so callers can always call PushChain. The stats are the sum of
 // every push's; Base is the top file's.
 func (c *Client) PushChain(ctx context.Context, path string) (root Hash, members []ChainMember, st Stats, err error) {
+	return storeChain(ctx, path, c.Push, c.pushBytes)
+}
+
+// storeChain stores the chain of the image at path as PushChain describes,
+// each file with put and the manifest with putManifest: by a push, or on
+// the server into its own store (Images.Index).
+func storeChain(ctx context.Context, path string, put func(ctx context.Context, path string) (Hash, Stats, error),
+	putManifest func(ctx context.Context, near string, b []byte) (Hash, Stats, error)) (root Hash, members []ChainMember, st Stats, err error) {
 	files, err := findChain(ctx, path)
 	if err != nil {
 		return Hash{}, nil, st, err
 	}
 	if len(files) == 1 {
-		root, st, err := c.Push(ctx, path)
+		root, st, err := put(ctx, path)
 		if err != nil {
 			return Hash{}, nil, st, err
 		}
@@ -78,19 +86,19 @@ func (c *Client) PushChain(ctx context.Context, path string) (root Hash, members
 		return root, []ChainMember{m}, st, nil
 	}
 	for i := range files {
-		r, s, err := c.Push(ctx, files[i].Path)
+		r, s, err := put(ctx, files[i].Path)
 		addStats(&st, s)
 		if err != nil {
-			return Hash{}, nil, st, fmt.Errorf("push %s, a file of the backing chain of %s: %w", files[i].Path, path, err)
+			return Hash{}, nil, st, fmt.Errorf("store %s, a file of the backing chain of %s: %w", files[i].Path, path, err)
 		}
 		files[i].Root, files[i].Stats = r, s
 	}
-	// Pushed last, the manifest exists in the store only once every file
+	// Stored last, the manifest exists in the store only once every file
 	// it names does.
-	root, s, err := c.pushBytes(ctx, path, encodeChain(files))
+	root, s, err := putManifest(ctx, path, encodeChain(files))
 	addStats(&st, s)
 	if err != nil {
-		return Hash{}, nil, st, fmt.Errorf("push the manifest of the backing chain of %s: %w", path, err)
+		return Hash{}, nil, st, fmt.Errorf("store the manifest of the backing chain of %s: %w", path, err)
 	}
 	st.Base = files[len(files)-1].Stats.Base
 	return root, files, st, nil
@@ -220,34 +228,45 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 func withChainMembers(ctx context.Context, store objectGetter, codec *Codec, roots []Hash) ([]Hash, error) {
 	out := slices.Clone(roots)
 	for _, root := range roots {
-		t, err := loadTree(ctx, store, codec, root)
-		if err != nil || t.Size < int64(len(chainMagic)) || t.Size > maxChainManifest {
-			continue
-		}
-		var b []byte
-		for i, h := range t.Chunks {
-			data := make([]byte, t.chunkLen(i))
-			if !h.IsZero() {
-				if data, err = loadObject(ctx, store, codec, h); err != nil {
-					return nil, fmt.Errorf("read %s to see whether it names a chain whose files must be kept: %w", root, err)
-				}
-			}
-			if b = append(b, data...); !bytes.HasPrefix(b, []byte(chainMagic)[:min(len(b), len(chainMagic))]) {
-				break // an image, not a manifest
-			}
-		}
-		if !bytes.HasPrefix(b, []byte(chainMagic)) {
-			continue
-		}
-		members, err := parseChain(b)
+		members, err := storedChain(ctx, store, codec, root)
 		if err != nil {
-			continue // broken: it names nothing to keep
+			return nil, fmt.Errorf("read %s to see whether it names a chain whose files must be kept: %w", root, err)
 		}
 		for _, m := range members {
 			out = append(out, m.Root)
 		}
 	}
 	return out, nil
+}
+
+// storedChain returns the members of the chain root names in store, or
+// none if root names an image (or a broken manifest), or a tree the store
+// lacks.
+func storedChain(ctx context.Context, store objectGetter, codec *Codec, root Hash) ([]ChainMember, error) {
+	t, err := loadTree(ctx, store, codec, root)
+	if err != nil || t.Size < int64(len(chainMagic)) || t.Size > maxChainManifest {
+		return nil, nil
+	}
+	var b []byte
+	for i, h := range t.Chunks {
+		data := make([]byte, t.chunkLen(i))
+		if !h.IsZero() {
+			if data, err = loadObject(ctx, store, codec, h); err != nil {
+				return nil, err
+			}
+		}
+		if b = append(b, data...); !bytes.HasPrefix(b, []byte(chainMagic)[:min(len(b), len(chainMagic))]) {
+			return nil, nil // an image, not a manifest
+		}
+	}
+	if !bytes.HasPrefix(b, []byte(chainMagic)) {
+		return nil, nil
+	}
+	members, err := parseChain(b)
+	if err != nil {
+		return nil, nil // broken: it names nothing
+	}
+	return members, nil
 }
 
 // stage names a temporary file beside dest for a pull to write to. It

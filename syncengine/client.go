@@ -42,12 +42,33 @@ type Client struct {
 	ChunkSize int      // for Push; 0 means DefaultChunkSize
 	Progress  Progress // may be nil
 
+	// local, when set, holds the chunks instead of the pack cache: on the
+	// home server, its own store, so that writing an image there takes
+	// every chunk from the store and stores none twice (see Images).
+	local objectCache
+
 	mu    sync.Mutex
 	packs *packCache // the cache's objects, opened on first use
 }
 
-// cache is the cache's object store.
-func (c *Client) cache() *packCache {
+// objectCache is what a transfer needs of the place it keeps chunks in.
+type objectCache interface {
+	objectGetter
+	objectHaver
+	keep(ctx context.Context, objs []Object) error
+	drop(h Hash) // forget a damaged copy, so that it is fetched again
+}
+
+// cache is where the client keeps chunks: local, or the pack cache.
+func (c *Client) cache() objectCache {
+	if c.local != nil {
+		return c.local
+	}
+	return c.packCache()
+}
+
+// packCache is the cache's pack files, opened on first use.
+func (c *Client) packCache() *packCache {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.packs == nil {
@@ -69,11 +90,11 @@ func (c *Client) Close() error {
 // GCCache removes from the cache every object that none of the kept trees
 // (and, for a chain, its files' trees) uses, and returns how many.
 func (c *Client) GCCache(ctx context.Context, keep []Hash) (int, error) {
-	live, err := liveObjects(ctx, c.cache(), c.Codec, keep)
+	live, err := liveObjects(ctx, c.packCache(), c.Codec, keep)
 	if err != nil {
 		return 0, err
 	}
-	return c.cache().collect(ctx, live)
+	return c.packCache().collect(ctx, live)
 }
 
 // transfers is how many requests a pull keeps under way: enough to fill a

@@ -472,7 +472,7 @@ func TestTheCacheKeepsPacksAndCollectsThem(t *testing.T) {
 // damageCached flips a bit in the middle of a cached object, in its pack.
 func damageCached(t *testing.T, c *Client, h Hash) {
 	t.Helper()
-	pc := c.cache()
+	pc := c.packCache()
 	pc.mu.Lock()
 	pc.load()
 	loc, ok := pc.index[h]

@@ -32,20 +32,26 @@ points each header at the pulled file it is backed by.
   diff ROOT1 ROOT2  the byte ranges where ROOT2 differs from ROOT1
   gc ROOT...        remove from the local store what no given root (or chain) uses
 
+On the logged-in home server's own disk, inside its 'serve --images' folders:
+  index PATH          store the server's image PATH (and its chain), print its root
+  checkout ROOT PATH  write ROOT from the server's store to PATH on the server
+
 The store is the home server's (after 'handoff lease login'), or a directory with
 --store DIR. The local cache is --cache (default ~/.cache/handoff/chunks).`
 
 // syncCommands holds each sync command's arguments and what it does.
 var syncCommands = map[string][2]string{
-	"push": {"FILE", "Store FILE in the store and print its root (the name of this version of it). An overlay is stored with every file of its backing chain, and the root names the whole chain."},
-	"pull": {"ROOT FILE", "Write the image ROOT to FILE, from the local cache first; FILE is replaced only when the new image is whole. A chain's other files go beside FILE, under the names they were pushed with."},
-	"diff": {"ROOT1 ROOT2", "Print the byte ranges (offset +length) where ROOT2 differs from ROOT1."},
-	"gc":   {"ROOT...", "Remove from the local cache (or --store DIR) every object no given root uses."},
+	"push":     {"FILE", "Store FILE in the store and print its root (the name of this version of it). An overlay is stored with every file of its backing chain, and the root names the whole chain."},
+	"pull":     {"ROOT FILE", "Write the image ROOT to FILE, from the local cache first; FILE is replaced only when the new image is whole. A chain's other files go beside FILE, under the names they were pushed with."},
+	"diff":     {"ROOT1 ROOT2", "Print the byte ranges (offset +length) where ROOT2 differs from ROOT1."},
+	"gc":       {"ROOT...", "Remove from the local cache (or --store DIR) every object no given root uses."},
+	"index":    {"PATH", "Ask the home server to store the image at PATH on its own disk (with its backing chain) in its store, and print its root: a workstation then pulls it by that root. PATH must lie in one of the server's --images folders."},
+	"checkout": {"ROOT PATH", "Ask the home server to write the image or chain ROOT from its store to PATH on its own disk, reusing what the file there holds; PATH is replaced only when the new image is whole, and not while a running QEMU uses it. PATH must lie in one of the server's --images folders."},
 }
 
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
-		fmt.Fprintln(stdout, "Usage: handoff sync push|pull|diff|gc [flags] ARGS\n"+syncUsage)
+		fmt.Fprintln(stdout, "Usage: handoff sync push|pull|diff|gc|index|checkout [flags] ARGS\n"+syncUsage)
 		if len(args) == 0 {
 			return fmt.Errorf("%w: name a sync command", errUsage)
 		}
@@ -63,14 +69,17 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
+	progress := &progressLine{w: stderr}
+	defer progress.end() // an error then starts on a line of its own
+	if cmd == "index" || cmd == "checkout" {
+		return runServerImages(ctx, cmd, fs.Args(), *jsonOut, progress, stdout)
+	}
 	codec := syncengine.NewCodec()
 	cache := syncengine.DirStore{Dir: *cacheDir}
 	remote, err := syncStore(*storeDir)
 	if err != nil && cmd != "gc" && cmd != "diff" {
 		return err
 	}
-	progress := &progressLine{w: stderr}
-	defer progress.end() // an error then starts on a line of its own
 	client := &syncengine.Client{Remote: remote, Cache: cache, Codec: codec, Progress: progress.show}
 	defer client.Close()
 	var out any
@@ -227,16 +236,73 @@ func syncStore(dir string) (syncengine.Remote, error) {
 	if dir != "" {
 		return syncengine.DirStore{Dir: dir}, nil
 	}
+	return serverAPI("/v1/chunks", "give --store DIR, or log in to your home server with handoff lease login")
+}
+
+// serverAPI is the logged-in home server's API under prefix.
+func serverAPI(prefix, otherwise string) (syncengine.HTTPStore, error) {
 	raw, err := os.ReadFile(serverConfigPath())
 	if err != nil {
-		return nil, fmt.Errorf("no store: give --store DIR, or log in to your home server with handoff lease login (%v)", err)
+		return syncengine.HTTPStore{}, fmt.Errorf("no home server: %s (%v)", otherwise, err)
 	}
 	var c serverConfig
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+		return syncengine.HTTPStore{}, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
 	}
-	return syncengine.HTTPStore{Base: c.Server + "/v1/chunks", Token: c.Token,
+	return syncengine.HTTPStore{Base: c.Server + prefix, Token: c.Token,
 		Client: syncengine.NewHTTPClient(leasectl.PinnedTLS(c.Fingerprint))}, nil
+}
+
+// runServerImages runs 'sync index' and 'sync checkout' against the
+// logged-in server.
+func runServerImages(ctx context.Context, cmd string, args []string, jsonOut bool, progress *progressLine, stdout io.Writer) error {
+	api, err := serverAPI("/v1/disks", "log in to it with handoff lease login")
+	if err != nil {
+		return err
+	}
+	images := syncengine.ImagesClient{Base: api.Base, Token: api.Token, Client: api.Client, Progress: progress.show}
+	var out any
+	switch cmd {
+	case "index":
+		if len(args) != 1 {
+			return fmt.Errorf("%w: sync index PATH (a path on the server)", errUsage)
+		}
+		res, err := images.Index(ctx, args[0])
+		if err != nil {
+			return stopped(err, "index stopped: what the server stored is kept; index again to store the rest")
+		}
+		out = res
+		progress.end()
+		if !jsonOut {
+			fmt.Fprintf(stdout, "%s\n%d chunks (%d zero), %d newly stored, %s\n", res.Root, res.Stats.Chunks, res.Stats.ZeroChunks, res.Stats.Sent, units.Bytes(uint64(res.StoredBytes)))
+			for _, m := range chainMembers(res.Members) {
+				fmt.Fprintf(stdout, "%s %s (%s): %d chunks, %d newly stored\n", m.Root, m.Name, m.Format, m.Stats.Chunks, m.Stats.Sent)
+			}
+		}
+	case "checkout":
+		if len(args) != 2 {
+			return fmt.Errorf("%w: sync checkout ROOT PATH (a path on the server)", errUsage)
+		}
+		root, err := syncengine.ParseHash(args[0])
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		res, err := images.Checkout(ctx, root, args[1])
+		if err != nil {
+			return stopped(err, fmt.Sprintf("checkout stopped: %s on the server is as it was", args[1]))
+		}
+		out = res
+		progress.end()
+		if !jsonOut {
+			for _, m := range res.Members {
+				fmt.Fprintf(stdout, "%s: %d chunks (%d zero, %d already in place, %d from the store)\n", m.Path, m.Stats.Chunks, m.Stats.ZeroChunks, m.Stats.InPlace, m.Stats.FromCache)
+			}
+		}
+	}
+	if jsonOut {
+		return json.NewEncoder(stdout).Encode(out)
+	}
+	return nil
 }
 
 // progressLine keeps one line of progress on stderr, at most twice a

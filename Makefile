@@ -8,7 +8,7 @@ BIN := bin/handoff
 # Debian packages the lab, the tests and the benchmarks use.
 DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients busybox-static cpio iproute2 tmux etcd-server etcd-client \
-	rsync e2fsprogs openssh-client openssh-server nftables zstd xvfb xterm imagemagick tesseract-ocr tesseract-ocr-eng xdotool kitty
+	rsync e2fsprogs openssh-client openssh-server nftables zstd debootstrap xvfb xterm imagemagick tesseract-ocr tesseract-ocr-eng xdotool kitty
 
 .PHONY: all deps build grab test bench lab-down clean
 

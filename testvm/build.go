@@ -30,6 +30,7 @@ type BuildOptions struct {
 	CacheDir  string    // default: os.UserCacheDir()/handoff/testvm
 	Progress  io.Writer // human progress lines for slow steps; may be nil
 	AgentPath string    // the guest agent binary; default: handoff-guest beside this program, else built from source
+	Mirror    string    // BuildDebian's Debian mirror; default: the one apt uses here
 }
 
 // AgentName is the guest agent's file name, as `make build` leaves it
@@ -62,13 +63,9 @@ func Build(ctx context.Context, opts BuildOptions) (Guest, error) {
 			fmt.Fprintf(opts.Progress, "testvm: "+format+"\n", a...)
 		}
 	}
-	cache := opts.CacheDir
-	if cache == "" {
-		dir, err := os.UserCacheDir()
-		if err != nil {
-			return Guest{}, fmt.Errorf("find a cache directory for the test guest: %w (set $HOME or $XDG_CACHE_HOME)", err)
-		}
-		cache = filepath.Join(dir, "handoff", "testvm")
+	cache, err := cacheDir(opts.CacheDir)
+	if err != nil {
+		return Guest{}, err
 	}
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return Guest{}, fmt.Errorf("make test guest cache %s: %w", cache, err)

@@ -26,6 +26,13 @@ func (p Params) KernelArgs() string {
 		strconv.FormatFloat(p.DirtyMBps, 'f', -1, 64), p.withDefaults().WSSMB)
 }
 
+// DebianKernelArgs is the kernel command line of the Debian guest: its
+// root disk, and the kernel log unthrottled, since the agent reports
+// through it a line a second (and a line a key).
+func (p Params) DebianKernelArgs() string {
+	return "root=/dev/vda rw printk.devkmsg=on " + p.KernelArgs()
+}
+
 func (p Params) withDefaults() Params {
 	if p.WSSMB <= 0 {
 		p.WSSMB = DefaultWSSMB

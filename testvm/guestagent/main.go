@@ -6,8 +6,11 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,9 +39,39 @@ func main() {
 }
 
 func run() error {
-	serial, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY|syscall.O_NOCTTY, 0)
-	if err != nil {
-		serial = os.Stdout
+	recordsPath := flag.String("records", "", "check a disk too: keep records in this file (the Debian guest)")
+	flag.Parse()
+	var serial io.Writer
+	var disk *records
+	if *recordsPath != "" {
+		// systemd's getty and the kernel share the serial port on Debian;
+		// the kernel's log reaches it whole, line by line.
+		kmsg, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("open the kernel log: %w", err)
+		}
+		defer kmsg.Close()
+		serial = kmsgWriter{kmsg}
+		if disk, err = openRecords(*recordsPath); err != nil {
+			fmt.Fprintf(serial, "handoff-guest error: %v\n", err)
+			return err
+		}
+	} else {
+		tty, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY|syscall.O_NOCTTY, 0)
+		if err != nil {
+			tty = os.Stdout
+		}
+		serial = tty
+	}
+	var diskProblem string
+	if disk != nil {
+		start, err := disk.recover()
+		if err != nil {
+			return err
+		}
+		diskProblem = start.problem
+		fmt.Fprintln(serial, testvm.FormatDiskStart(testvm.DiskStart{Records: start.records, Fsynced: int(start.fsynced),
+			Last: int(start.last), Repaired: start.repaired, Problem: start.problem}))
 	}
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -93,10 +126,21 @@ func run() error {
 				}
 			}
 			t := testvm.Tick{N: tick, Uptime: uptime(), DirtiedMB: int(ws.wrote / 1e6), Problem: problem}
+			if disk != nil {
+				p, err := disk.tick()
+				if err != nil {
+					p = err.Error()
+				}
+				if diskProblem == "" {
+					diskProblem = p
+				}
+				t.Disk, t.DiskSeq, t.DiskProblem = true, int(disk.durable), diskProblem
+			}
 			fmt.Fprintln(serial, testvm.FormatTick(t))
 			if tty != nil {
 				shown := typed[max(0, len(typed)-60):]
-				tty.WriteString(screen{Tick: t.N, Uptime: t.Uptime, DirtiedMB: t.DirtiedMB, Problem: problem, Keys: printable(shown)}.render())
+				tty.WriteString(screen{Tick: t.N, Uptime: t.Uptime, DirtiedMB: t.DirtiedMB, Disk: t.Disk, DiskSeq: t.DiskSeq,
+					Problem: t.Problems(), Keys: printable(shown)}.render())
 			}
 		case k, ok := <-keys:
 			if !ok {
@@ -117,7 +161,7 @@ func run() error {
 
 // openConsole puts the VGA console in raw mode and reads keys from it; the
 // reader goroutine lives as long as the agent.
-func openConsole(serial *os.File) (*os.File, <-chan []byte) {
+func openConsole(serial io.Writer) (*os.File, <-chan []byte) {
 	tty, err := os.OpenFile("/dev/tty1", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
 		fmt.Fprintf(serial, "handoff-guest error: open console: %v\n", err)
@@ -152,11 +196,50 @@ func makeRaw(f *os.File) error {
 	return unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, t)
 }
 
+// kmsgWriter writes each line to the kernel log at a level that passes
+// "quiet", so it reaches the serial console.
+type kmsgWriter struct{ f *os.File }
+
+func (k kmsgWriter) Write(p []byte) (int, error) {
+	if _, err := k.f.Write(append([]byte("<2>"), p...)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// recordsMB is the size of the records file: scattered 4 KiB writes over
+// it overwrite blocks in place, as a desktop's files are rewritten.
+const recordsMB = 64
+
+// openRecords opens (making it, preallocated, on the first boot) the
+// records file for direct I/O: reads must come from the disk, not from
+// the page cache that moves with memory.
+func openRecords(path string) (*records, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_DIRECT, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open records %s for direct I/O: %w", path, err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, recordsMB<<20); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("preallocate %d MB of records: %w", recordsMB, err)
+	}
+	// Page-aligned buffers outside the Go heap, as O_DIRECT wants.
+	buf, err := syscall.Mmap(-1, 0, (1+sweepBlocks)*blockSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return newRecords(f, recordsMB<<20/blockSize, buf[:blockSize], buf[blockSize:]), nil
+}
+
 // corpus is the code and text the working set's pages copy: the agent's
 // and busybox's own bytes, as a desktop's memory is mostly such things.
 func corpus() []byte {
 	var c []byte
-	for _, p := range []string{"/proc/self/exe", "/bin/busybox"} {
+	for _, p := range []string{"/proc/self/exe", "/bin/busybox", "/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"} {
 		if b, err := os.ReadFile(p); err == nil {
 			c = append(c, b...)
 		}

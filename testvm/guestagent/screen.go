@@ -40,6 +40,8 @@ type screen struct {
 	Tick      int
 	Uptime    float64
 	DirtiedMB int
+	Disk      bool // a guest with a disk shows its last fsynced record
+	DiskSeq   int
 	Problem   string
 	Keys      string // the last keys typed, printable
 }
@@ -55,7 +57,11 @@ func (s screen) render() string {
 	if s.Problem != "" {
 		integrity = "integrity FAIL: " + s.Problem
 	}
-	fmt.Fprintf(&b, "\r\n  uptime %.0fs   dirtied %d MB   %s\r\n", s.Uptime, s.DirtiedMB, integrity)
+	disk := ""
+	if s.Disk {
+		disk = fmt.Sprintf("disk record %d   ", s.DiskSeq)
+	}
+	fmt.Fprintf(&b, "\r\n  uptime %.0fs   dirtied %d MB   %s%s\r\n", s.Uptime, s.DirtiedMB, disk, integrity)
 	fmt.Fprintf(&b, "\r\n  typed: %s\r\n", s.Keys)
 	return b.String()
 }

@@ -1,5 +1,5 @@
-// Package qemutest boots the test guest under plain QEMU (no libvirt) for
-// tests: serial log in a file, HMP monitor and, if asked, VNC on unix
+// Package qemutest boots the test guests (busybox, or Debian on a disk)
+// under plain QEMU (no libvirt) for tests: serial log in a file, HMP monitor and, if asked, VNC on unix
 // sockets. Everything is removed when the test ends, even when it fails.
 package qemutest
 
@@ -37,12 +37,64 @@ func Boot(t testing.TB, dir string, p testvm.Params, vnc bool) *Guest {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return start(t, dir, vnc, "-m", "256", "-kernel", g.Kernel, "-initrd", g.Initrd, "-append", p.KernelArgs())
+}
+
+// Debian is the Debian desktop guest on a disk of its own.
+type Debian struct {
+	testvm.DebianGuest
+	Params testvm.Params
+}
+
+// BuildDebian builds (or takes from the cache) the Debian guest and copies
+// its disk into dir as disk.qcow2.
+func BuildDebian(t testing.TB, dir string, p testvm.Params) (Debian, string) {
+	t.Helper()
+	g, err := testvm.BuildDebian(context.Background(), testvm.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := testvm.CopyDisk(context.Background(), g.Disk, disk); err != nil {
+		t.Fatal(err)
+	}
+	return Debian{DebianGuest: g, Params: p}, disk
+}
+
+// BootDebian starts the Debian guest (512 MiB, VNC on a unix socket) on
+// disk, in dir of its own. With incoming set, QEMU restores the memory
+// saved in that file (see SaveMemory) instead of booting.
+func BootDebian(t testing.TB, dir string, d Debian, disk, incoming string) *Guest {
+	t.Helper()
+	args := []string{"-m", "512", "-kernel", d.Kernel, "-initrd", d.Initrd, "-append", d.Params.DebianKernelArgs(),
+		"-drive", "file=" + disk + ",if=virtio,format=qcow2,cache=none"}
+	if incoming != "" {
+		args = append(args, "-incoming", "exec:cat "+incoming)
+	}
+	return start(t, dir, true, args...)
+}
+
+// SaveMemory saves the running guest's memory and device state to path
+// (a migration to a file), leaving the guest paused as a migration's
+// source is; Resume runs it on.
+func (q *Guest) SaveMemory(path string) {
+	q.t.Helper()
+	out := q.HMP(`migrate "exec:cat > ` + path + `"`)
+	if info := q.HMP("info migrate"); !strings.Contains(info, "Migration status: completed") {
+		q.t.Fatalf("save memory to %s: %s%s", path, out, info)
+	}
+}
+
+// Resume runs a paused guest on.
+func (q *Guest) Resume() { q.t.Helper(); q.HMP("cont") }
+
+func start(t testing.TB, dir string, vnc bool, machine ...string) *Guest {
+	t.Helper()
 	q := &Guest{Dir: dir, Serial: filepath.Join(dir, "serial.log"), t: t}
 	mon := filepath.Join(dir, "mon.sock")
-	args := []string{"-accel", "tcg", "-m", "256", "-nodefaults", "-no-reboot",
-		"-kernel", g.Kernel, "-initrd", g.Initrd, "-append", p.KernelArgs(),
-		"-vga", "std", "-display", "none",
-		"-serial", "file:" + q.Serial, "-monitor", "unix:" + mon + ",server,nowait"}
+	args := append([]string{"-accel", "tcg", "-nodefaults", "-no-reboot"}, machine...)
+	args = append(args, "-vga", "std", "-display", "none",
+		"-serial", "file:"+q.Serial, "-monitor", "unix:"+mon+",server,nowait")
 	if vnc {
 		q.VNCSocket = filepath.Join(dir, "vnc.sock")
 		args = append(args, "-vnc", "unix:"+q.VNCSocket)

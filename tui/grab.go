@@ -100,7 +100,7 @@ func message(ev event.Event) tea.Msg {
 // the checkout's Screen events, and the keys and pointer sent to it.
 type screen struct {
 	domain string
-	prog   *tea.Program
+	prog   interface{ Send(tea.Msg) } // the program; a recorder in tests
 
 	mu   sync.Mutex
 	view *vnc.Client

@@ -214,7 +214,8 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 		}
 	}
 	modes := map[string]fs.FileMode{}
-	for _, d := range dests {
+	for i := range dests {
+		d := dests[len(dests)-1-i] // the top first: the file the caller named
 		if _, err := im.resolve(d, false); err != nil {
 			return res, fmt.Errorf("a file of the chain %s: %w", root, err)
 		}
@@ -272,15 +273,6 @@ func (im *Images) resolve(path string, mustExist bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if mustExist {
-		fi, err := os.Stat(real)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", path, err)
-		}
-		if !fi.Mode().IsRegular() {
-			return "", fmt.Errorf("%s is not a regular file: name the image file itself", path)
-		}
-	}
 	var dirs []string
 	for _, d := range im.Dirs {
 		if rd, err := filepath.EvalSymlinks(d); err == nil {
@@ -294,6 +286,16 @@ func (im *Images) resolve(path string, mustExist bool) (string, error) {
 		}
 		return "", fmt.Errorf("%s is %w (%s): give a path in one of them, or start the server with 'handoff serve --images DIR' for its folder",
 			shown, ErrOutsideImages, strings.Join(im.Dirs, ", "))
+	}
+	// Only now: whether a file outside exists is not the device's to learn.
+	if mustExist {
+		fi, err := os.Stat(real)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return "", fmt.Errorf("%s is not a regular file: name the image file itself", path)
+		}
 	}
 	return real, nil
 }

@@ -72,17 +72,17 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startServe runs 'handoff serve --data data --listen listen' until the
-// test ends (then it must stop within 10 s of SIGTERM and exit 0), and
-// returns once it says where it listens.
-func startServe(t *testing.T, data, listen string) *server {
+// startServe runs 'handoff serve --data data --listen listen [more...]'
+// until the test ends (then it must stop within 10 s of SIGTERM and exit
+// 0), and returns once it says where it listens.
+func startServe(t *testing.T, data, listen string, more ...string) *server {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &server{data: data, out: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, "serve", "--data", data, "--listen", listen)
+	s.cmd = exec.Command(bin, append([]string{"serve", "--data", data, "--listen", listen}, more...)...)
 	s.cmd.Stdout, s.cmd.Stderr = w, s.out
 	if err := s.cmd.Start(); err != nil {
 		r.Close()

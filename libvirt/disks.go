@@ -185,7 +185,7 @@ func (d *Domain) CommitTop(ctx context.Context, target string) error {
 		d.conn.lv.DomainBlockJobAbort(d.dom, target, 0)
 		return fail(err)
 	}
-	if err := d.conn.lv.DomainBlockJobAbort(d.dom, target, golibvirt.DomainBlockJobAbortPivot); err != nil {
+	if err := d.pivot(ctx, target); err != nil {
 		return fail(err)
 	}
 	if err := d.waitBlockJob(ctx, target, nil); err != nil {
@@ -195,6 +195,23 @@ func (d *Domain) CommitTop(ctx context.Context, target string) error {
 		return fmt.Errorf("committed %s of %s, but %w", target, d.Name(), err)
 	}
 	return nil
+}
+
+// pivot ends an active commit on its base. Every block copied is not yet
+// ready: QEMU says so a moment later, and refuses the pivot until then.
+func (d *Domain) pivot(ctx context.Context, target string) error {
+	for {
+		err := d.conn.lv.DomainBlockJobAbort(d.dom, target, golibvirt.DomainBlockJobAbortPivot)
+		if err == nil || !strings.Contains(err.Error(), "not ready") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			d.conn.lv.DomainBlockJobAbort(d.dom, target, 0)
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // waitBlockJob waits until done says the disk's block job is far enough

@@ -331,14 +331,15 @@ func (p *progressLine) show(step string, done, total int64) {
 		pct = 100 * float64(done) / float64(total)
 	}
 	line := fmt.Sprintf("\r%s: %5.1f%% of %s", step, pct, units.Bytes(uint64(total)))
-	if step == "send" {
+	chunks := step == "send" || step == "store" // counted in chunks, the other steps in bytes
+	if chunks {
 		line = fmt.Sprintf("\r%s: %5.1f%% of %d chunks", step, pct, total)
 	}
 	// The rate and what is left, once a second of the step has passed.
 	if el := now.Sub(p.start); el > time.Second && done > p.from && done < total {
 		rate := float64(done-p.from) / el.Seconds()
 		left := time.Duration(float64(total-done) / rate * float64(time.Second)).Round(time.Second)
-		if step == "send" {
+		if chunks {
 			line += fmt.Sprintf(", %.0f chunks/s, %v left", rate, left)
 		} else {
 			line += fmt.Sprintf(", %s/s, %v left", units.Bytes(uint64(rate)), left)

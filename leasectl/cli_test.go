@@ -5,13 +5,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/handoff-dev/handoff/testvm/lab/labtest"
+	"github.com/handoff-dev/handoff/internal/testbin"
 )
 
 // TestReadOnlyCheckoutBranchAndUsageFromTheCLI drives 'handoff lease' as a
 // person does, flags before or after the image, against a real server.
 func TestReadOnlyCheckoutBranchAndUsageFromTheCLI(t *testing.T) {
-	bin, cleanup, err := labtest.Binary()
+	bin, cleanup, err := testbin.Binary()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"time"
@@ -22,9 +23,16 @@ type Client struct {
 // NewClient reaches the server at base (https://host:port) with a device
 // token, trusting only the certificate with the given fingerprint.
 func NewClient(base, token, fingerprint string) *Client {
+	return NewClientVia(base, token, fingerprint, nil)
+}
+
+// NewClientVia is NewClient over the connections dial opens (nil: the
+// system's dialer), as http.Transport's DialContext: the lab's
+// workstation dials from inside its network namespace, across its link.
+func NewClientVia(base, token, fingerprint string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
 	return &Client{base: base, token: token, http: &http.Client{
 		Timeout:   30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: PinnedTLS(fingerprint)},
+		Transport: &http.Transport{TLSClientConfig: PinnedTLS(fingerprint), DialContext: dial},
 	}}
 }
 

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/testvm/lab/labtest"
+	"github.com/handoff-dev/handoff/internal/testbin"
 )
 
 // serveProcess is a real 'handoff serve', to be killed with -9.
@@ -65,7 +65,7 @@ func startServe(t *testing.T, bin, data, listen string, flags ...string) *serveP
 // With etcd, the kill -9 hits the server between its reads and its
 // transactions instead of inside bbolt's.
 func TestKillNineKeepsEveryAcknowledgedCommit(t *testing.T) {
-	bin, cleanup, err := labtest.Binary()
+	bin, cleanup, err := testbin.Binary()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func killNineMidCommits(t *testing.T, bin string, flags ...string) {
 }
 
 func TestLeaseCommandsAgainstARealServer(t *testing.T) {
-	bin, cleanup, err := labtest.Binary()
+	bin, cleanup, err := testbin.Binary()
 	if err != nil {
 		t.Fatal(err)
 	}

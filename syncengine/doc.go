@@ -49,4 +49,15 @@
 //     asked for again (twice); a chunk the server itself holds damaged is
 //     a final error. path is replaced only by a whole, synced image.
 //  3. GC(keep) removes what none of the kept trees uses.
+//
+// # The server's own disk
+//
+// Images works on the home server beside its store (`handoff serve`
+// mounts its Handler under /v1/disks/; ImagesClient asks it): Index
+// stores an image or chain from the server's disk straight into the
+// store, packing and writing only the chunks the store lacks; Checkout
+// writes a root from the store to the server's disk as PullChain does,
+// every chunk from the store or in place, and refuses a file a running
+// QEMU holds locked. Both stay inside the folders the server was given
+// (--images), symlinks and ".." resolved.
 package syncengine

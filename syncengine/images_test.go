@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -173,4 +174,51 @@ func mustManifest(t *testing.T, path string) *Manifest {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestImagesCheckoutGivesNewFilesTheFolderOwner checks out, as root, into
+// a folder another user owns (as libvirt's daemon owns its images): the
+// new file is that user's, and a file it replaces keeps its permissions.
+func TestImagesCheckoutGivesNewFilesTheFolderOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test gives files away, which only root may: run it as root (as 'make test' does)")
+	}
+	ctx := context.Background()
+	src := t.TempDir()
+	img := filepath.Join(src, "disk.raw")
+	if err := os.WriteFile(img, randomImage(t, 5*DefaultChunkSize), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	folder := filepath.Join(t.TempDir(), "images")
+	if err := os.Mkdir(folder, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	if err := os.Chown(folder, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	im := &Images{Store: DirStore{Dir: t.TempDir()}, Codec: NewCodec(), Dirs: []string{src, folder}}
+	res, err := im.Index(ctx, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, replaced := filepath.Join(folder, "new.raw"), filepath.Join(folder, "old.raw")
+	if err := os.WriteFile(replaced, []byte("old"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fresh, replaced} {
+		if _, err := im.Checkout(ctx, res.Root, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody {
+			t.Errorf("%s is owned by %d:%d, want its folder's owner %d:%d", p, st.Uid, st.Gid, nobody, nobody)
+		}
+		if p == replaced && fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s has mode %v, want the replaced file's 0640", p, fi.Mode().Perm())
+		}
+	}
 }

@@ -74,9 +74,15 @@ type HTTPStore struct {
 // for each of a pull's parallel transfers: with the default two, every
 // other request paid a TLS handshake and TCP slow start, and a cold pull
 // over a 1 Gbit/s link moved 85% of what the link carries.
-func NewHTTPClient(tlsConfig *tls.Config) *http.Client {
+func NewHTTPClient(tlsConfig *tls.Config) *http.Client { return NewHTTPClientVia(tlsConfig, nil) }
+
+// NewHTTPClientVia is NewHTTPClient over the connections dial opens (nil:
+// the system's dialer), as http.Transport's DialContext: the lab's
+// workstation dials from inside its network namespace, across its link.
+func NewHTTPClientVia(tlsConfig *tls.Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     tlsConfig,
+		DialContext:         dial,
 		MaxIdleConnsPerHost: transfers,
 		IdleConnTimeout:     time.Minute,
 	}}

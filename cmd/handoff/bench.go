@@ -28,7 +28,7 @@ Takes several minutes; needs root.
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	l, err := lab.Up(ctx, lab.Config{Dir: *dir, Progress: stderr})
+	l, err := lab.Up(ctx, lab.Config{Dir: *dir, Progress: stderr, Handoff: executable()})
 	if err != nil {
 		return err
 	}
@@ -92,4 +92,11 @@ afterwards, on Ctrl-C too. Needs mkfs.ext4, rsync, zstd and iproute2 ('make deps
 		return fmt.Errorf("bench sync: %w", err)
 	}
 	return nil
+}
+
+// executable is this program, which a lab's server runs as 'handoff
+// serve'; "" if it cannot be found, which lab.Up reports.
+func executable() string {
+	self, _ := os.Executable()
+	return self
 }

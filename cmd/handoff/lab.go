@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -91,7 +92,7 @@ packages on first use (cached). Prints the hosts' libvirt URIs when ready.`, std
 	if *mem < 64 || *wss < 1 || *wss > *mem/2 || *dirty < 0 {
 		return fmt.Errorf("%w: need --mem of at least 64, --wss between 1 and half of --mem, --dirty not negative", errUsage)
 	}
-	l, err := lab.Up(ctx, lab.Config{Dir: *dir, Link: link(), Progress: stderr, NAT: *nat,
+	l, err := lab.Up(ctx, lab.Config{Dir: *dir, Link: link(), Progress: stderr, NAT: *nat, Handoff: executable(),
 		Guest: lab.GuestConfig{MemMB: *mem, DirtyMBps: *dirty, WSSMB: *wss}})
 	if err != nil {
 		return err
@@ -123,6 +124,11 @@ func labStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "server:      %s\nworkstation: %s\nlink:        %s, %.1f ms round trip\nguest:       %s runs on the %s; tick %d, uptime %.0fs, integrity %s\n",
 		st.ServerURI, st.WorkstationURI, st.Bandwidth, st.RTTMillis, st.Domain, st.GuestHost, st.GuestTick, st.GuestUptime, st.GuestIntegrity)
+	serve := "answers the workstation"
+	if !st.Serve.Answers {
+		serve = "does not answer: " + st.Serve.Error
+	}
+	fmt.Fprintf(stdout, "serve:       %s, %s\n", cmp.Or(st.Serve.URL, "none"), serve)
 	if st.GuestPanic != "" {
 		fmt.Fprintf(stdout, "             the guest's kernel died: %s (restart it with: handoff lab down && handoff lab up)\n", st.GuestPanic)
 	}

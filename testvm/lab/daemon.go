@@ -35,6 +35,7 @@ func ensureUser(ctx context.Context, h Host) (uid, gid int, err error) {
 // startDaemon starts a session-mode libvirtd for h, as h's user, inside h's
 // namespace, so that its QEMUs live on that host's side of the link.
 func startDaemon(ctx context.Context, h *Host) error {
+	keepFilesFromDaemons()
 	uid, gid, err := ensureUser(ctx, *h)
 	if err != nil {
 		return err
@@ -125,6 +126,7 @@ func Down(ctx context.Context, dir string) error {
 	if dir == "" {
 		dir = DefaultDir
 	}
+	stopServe(dir)
 	srv, ws := hosts(dir)
 	uffd := ""
 	if l, err := Load(dir); err == nil {
@@ -177,19 +179,10 @@ func killNetns(ctx context.Context, ns string) {
 
 // killUser ends every process the user runs.
 func killUser(uid int) {
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	killAll(pidsWhere(func(proc string) bool {
 		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join("/proc", e.Name()), &st) == nil && int(st.Uid) == uid {
-			pids = append(pids, pid)
-		}
-	}
-	killAll(pids)
+		return syscall.Stat(proc, &st) == nil && int(st.Uid) == uid
+	}))
 }
 
 // killAll asks politely, then insists: a daemon gets two seconds to close.

@@ -77,6 +77,7 @@ type Config struct {
 	Guest    GuestConfig
 	CacheDir string    // testvm's cache; default the user's cache directory
 	NAT      bool      // put the workstation behind NAT; the server behind SSH
+	Handoff  string    // the handoff binary the server runs as 'handoff serve'
 	Progress io.Writer // one line per slow step; may be nil
 }
 
@@ -188,6 +189,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		if err := waitForDaemon(ctx, h); err != nil {
 			return nil, err
 		}
+	}
+	if err := l.startServe(ctx, cfg.Handoff); err != nil {
+		return nil, err
 	}
 	if cfg.NAT {
 		say("putting the workstation behind NAT; the server answers SSH on %s", l.Server.Addr)

@@ -21,8 +21,9 @@ type Status struct {
 	SerialLog      string  `json:"serial_log"`
 	// ServerSSHURI is set on a NAT lab: the server as the workstation
 	// reaches it, from inside the workstation's namespace.
-	ServerSSHURI     string `json:"server_ssh_uri,omitempty"`
-	WorkstationNetns string `json:"workstation_netns"`
+	ServerSSHURI     string      `json:"server_ssh_uri,omitempty"`
+	WorkstationNetns string      `json:"workstation_netns"`
+	Serve            ServeStatus `json:"serve"` // the server's handoff serve, as the workstation sees it
 }
 
 // Status reports where the guest runs and what it last said.
@@ -32,6 +33,7 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		GuestHost: "none", Bandwidth: l.Link.Bandwidth, RTTMillis: float64(l.Link.RTT.Microseconds()) / 1000,
 		SerialLog: l.SerialLog, ServerSSHURI: l.ServerSSHURI, WorkstationNetns: l.Workstation.Netns,
 	}
+	st.Serve = l.serveStatus(ctx)
 	host, err := l.GuestHost(ctx)
 	if err != nil {
 		return st, err

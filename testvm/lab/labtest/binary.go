@@ -3,37 +3,16 @@ package labtest
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testbin"
 )
 
-// Binary is the handoff binary under test: the one 'make test' built
-// ($HANDOFF_BIN), or a fresh build; cleanup removes what was built.
-func Binary() (path string, cleanup func(), err error) {
-	if b := os.Getenv("HANDOFF_BIN"); b != "" {
-		return b, func() {}, nil
-	}
-	dir, err := os.MkdirTemp("", "handoff-bin-")
-	if err != nil {
-		return "", nil, err
-	}
-	b := filepath.Join(dir, "handoff")
-	if out, err := exec.Command("go", "build", "-o", b, "github.com/handoff-dev/handoff/cmd/handoff").CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, &buildError{err: err, out: out}
-	}
-	return b, func() { os.RemoveAll(dir) }, nil
-}
-
-type buildError struct {
-	err error
-	out []byte
-}
-
-func (e *buildError) Error() string { return "build handoff: " + e.err.Error() + "\n" + string(e.out) }
+// Binary is the handoff binary under test (see testbin.Binary), for the
+// tests that use a lab.
+func Binary() (path string, cleanup func(), err error) { return testbin.Binary() }
 
 // Result is how a run of a command ended.
 type Result struct {

@@ -9,14 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/handoff-dev/handoff/internal/netns"
 	"github.com/handoff-dev/handoff/testvm/lab"
 )
 
@@ -247,47 +245,9 @@ func (zeroes) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// listenFar listens on the link's far side, from this process: a thread
-// enters the namespace, opens the socket (which stays where it was made)
-// and comes back. It must come back: a thread that ended would take with
-// it the commands it started (their parent-death signal is the thread's);
-// only if it cannot does it end, rather than serve others in there.
+// listenFar listens on the link's far side, from this process.
 func (l *shapedLink) listenFar() (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	made := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		ln, back, err := l.listenInside()
-		if back {
-			runtime.UnlockOSThread()
-		}
-		made <- result{ln, err}
-	}()
-	r := <-made
-	return r.ln, r.err
-}
-
-// listenInside is listenFar's work on its locked thread; back says whether
-// the thread is in this process's namespace again.
-func (l *shapedLink) listenInside() (_ net.Listener, back bool, _ error) {
-	here, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		return nil, true, err
-	}
-	defer here.Close()
-	there, err := os.Open("/run/netns/" + l.ns)
-	if err != nil {
-		return nil, true, err
-	}
-	defer there.Close()
-	if err := unix.Setns(int(there.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, true, fmt.Errorf("enter %s: %w", l.ns, err)
-	}
-	ln, err := net.Listen("tcp", l.farAddr+":0")
-	return ln, unix.Setns(int(here.Fd()), unix.CLONE_NEWNET) == nil, err
+	return netns.Listen(l.ns, "tcp", l.farAddr+":0")
 }
 
 // close removes the namespace, and with it both ends of the veth.

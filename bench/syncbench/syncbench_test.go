@@ -186,6 +186,22 @@ func TestPickFilesMixesSourcesWithinBudget(t *testing.T) {
 	}
 }
 
+// TestPickFilesCountsTheirFolders: a file in a folder of its own costs
+// that folder's block too, and a folder shared costs it once.
+func TestPickFilesCountsTheirFolders(t *testing.T) {
+	var own, shared []srcFile
+	for i := range 100 {
+		own = append(own, srcFile{rel: "own/" + strconv.Itoa(i) + "/f", size: blockSize})
+		shared = append(shared, srcFile{rel: "shared/f" + strconv.Itoa(i), size: blockSize})
+	}
+	if got := pickFiles([][]srcFile{own}, 100*blockSize, 1<<20); len(got) != 49 {
+		t.Errorf("picked %d one-block files in folders of their own for 100 blocks; want 49 (own/ and each folder cost a block)", len(got))
+	}
+	if got := pickFiles([][]srcFile{shared}, 100*blockSize, 1<<20); len(got) != 99 {
+		t.Errorf("picked %d one-block files in one folder for 100 blocks; want 99", len(got))
+	}
+}
+
 func TestParseUsed(t *testing.T) {
 	got, err := parseUsed("Filesystem volume name:   <none>\nBlock count:              1000\nFree blocks:              150\n")
 	if err != nil || got != 0.85 {

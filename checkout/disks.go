@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
 	"github.com/handoff-dev/handoff/libvirt"
@@ -48,8 +50,6 @@ type StoreDisks struct {
 	// WorkstationDir is where the workstation keeps VM images (its
 	// libvirt pool); created by its daemon's pool when missing.
 	WorkstationDir string
-	// Tag names this move's overlays; it must differ from the last move's.
-	Tag string
 	// Server and Workstation are the two hosts' daemons.
 	Server, Workstation *libvirt.Conn
 
@@ -118,6 +118,10 @@ func (s *StoreDisks) Prepare(ctx context.Context, move Move, report func(event.D
 	return s.HandBack(ctx, move.Domain, report)
 }
 
+// tag names one move's overlays, unlike any earlier move's: the time, in
+// milliseconds, base 36.
+func tag() string { return "h" + strconv.FormatInt(time.Now().UnixMilli(), 36) }
+
 // Grab prepares the disks of domain for its move from the server to the
 // workstation.
 func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.DiskProgress)) (_ *DiskMove, err error) {
@@ -145,8 +149,9 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 			}
 		}
 	}()
+	moveTag := tag()
 	s.say(report, "freezing the disks", "")
-	frozen, err := dom.Freeze(s.Tag)
+	frozen, err := dom.Freeze(moveTag)
 	if err != nil {
 		return nil, err
 	}
@@ -389,8 +394,9 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 			}
 		}
 	}()
+	moveTag := tag()
 	s.say(report, "freezing the disks", "")
-	frozen, err := dom.Freeze(s.Tag)
+	frozen, err := dom.Freeze(moveTag)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +438,7 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 			return nil, err
 		}
 		s.say(report, "making the overlay", serverFile)
-		overlay, err := pool.CreateOverlay(filepath.Base(libvirt.OverlayPath(serverFile, s.Tag)), libvirt.Layer{Path: serverFile, Format: below.Format}, size)
+		overlay, err := pool.CreateOverlay(filepath.Base(libvirt.OverlayPath(serverFile, moveTag)), libvirt.Layer{Path: serverFile, Format: below.Format}, size)
 		if err != nil {
 			return nil, err
 		}

@@ -30,6 +30,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	labDir := fs.String("lab", lab.DefaultDir, "the lab that stands in for missing URIs")
 	leaseImage := fs.String("lease", "", "the image whose lease to hold while the VM runs here (default: DOMAIN, once 'handoff lease login' was run)")
 	noLease := fs.Bool("no-lease", false, "take no lease, even when logged in to a server")
+	images := imagesFlag(fs)
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -60,7 +61,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 			*workstation = l.Workstation.URI
 		}
 		if name == "" {
-			name = lab.GuestName
+			name = l.Domain()
 		}
 		if *workstation == l.Workstation.URI {
 			toWS.MigrateURI, toSrv.MigrateURI = l.MigrateURI(l.Workstation.Name), l.MigrateURI(l.Server.Name)
@@ -101,11 +102,23 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 			return err
 		}
 	}
+	var disks checkout.DiskMover
+	if has, err := domainHasDisks(srv, name); err != nil && !errors.Is(err, libvirt.ErrNoDomain) {
+		return err
+	} else if has {
+		sd, closeDisks, err := storeDisks(labMode, srv, ws, *images)
+		if err != nil {
+			return fmt.Errorf("%s has disks to move with it: %w", name, err)
+		}
+		defer closeDisks()
+		disks = sd
+	}
 	co := checkout.New(checkout.Config{
 		Domain:      name,
 		Server:      checkout.LibvirtHost{Conn: srv, Migrate: toSrv},
 		Workstation: checkout.LibvirtHost{Conn: ws, Migrate: toWS},
 		Lease:       checkout.Leased(lease),
+		Disks:       disks,
 	})
 	return tui.Grab(ctx, co, tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout})
 }

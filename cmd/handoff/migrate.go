@@ -28,6 +28,8 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	to := fs.String("to", "", "destination libvirt URI")
 	jsonOut := fs.Bool("json", false, "print one JSON object per progress report, the result last")
 	labDir := fs.String("lab", lab.DefaultDir, "the lab whose hosts stand in for a missing --from or --to")
+	disksMode := fs.String("disks", "store", "how disks in files move: store (through the home server's chunk store: only what the other side lacks) or shared (both hosts see the same files)")
+	images := imagesFlag(fs)
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -36,6 +38,9 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		return fmt.Errorf("%w: migrate takes one DOMAIN, got %q", errUsage, fs.Args())
 	}
 	name := fs.Arg(0)
+	if *disksMode != "store" && *disksMode != "shared" {
+		return fmt.Errorf("%w: --disks %q: choose store or shared", errUsage, *disksMode)
+	}
 	o, err := opts.options()
 	if err != nil {
 		return err
@@ -54,9 +59,26 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	}
 	defer dst.Close()
 
-	m, err := libvirt.Start(ctx, src, dst, name, o)
+	move, closeDisks, err := moveDisks(ctx, *labDir, *disksMode, *images, src, dst, name, *jsonOut, stdout)
 	if err != nil {
 		return err
+	}
+	defer closeDisks()
+	o.Disks = move.Copy
+	if *disksMode == "shared" {
+		o.SharedDisks = true
+	}
+	// Whatever stops the move before the switch, the disks go back as
+	// they were: the source on its own chain, nothing left on the other.
+	undo := func(err error) error {
+		if uerr := move.Undo(context.WithoutCancel(ctx)); uerr != nil {
+			return fmt.Errorf("%w; putting the disks back failed too: %v", err, uerr)
+		}
+		return err
+	}
+	m, err := libvirt.Start(ctx, src, dst, name, o)
+	if err != nil {
+		return undo(err)
 	}
 	if !*jsonOut {
 		fmt.Fprintf(stdout, "migrating %s from %s to %s\nplan: %s\n", name, *from, *to, m.Plan().Reason)
@@ -78,7 +100,10 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		json.NewEncoder(stdout).Encode(rec)
 	}
 	if err != nil {
-		return err
+		return undo(err)
+	}
+	if err := move.Finish(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("%s now runs on %s, but tidying its disks failed: %w", name, *to, err)
 	}
 	if !*jsonOut {
 		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",
@@ -185,7 +210,7 @@ func resolveEndpoints(ctx context.Context, labDir string, from, to, name *string
 		if labErr != nil {
 			return fmt.Errorf("%w: name the DOMAIN to migrate", errUsage)
 		}
-		*name = lab.GuestName
+		*name = l.Domain()
 	}
 	if labErr == nil && (*to == l.Server.URI || *to == l.Workstation.URI) {
 		dst := l.Workstation.Name
@@ -215,6 +240,10 @@ func humanReporter(w io.Writer) func(libvirt.Progress) {
 			return
 		}
 		last = s.Elapsed
+		if s.Phase == switchover.PhaseDisks {
+			fmt.Fprintf(w, "%6.1fs %-9s %s\n", s.Elapsed.Seconds(), s.Phase, d.Reason)
+			return
+		}
 		pct := 0.0
 		if s.Total > 0 {
 			pct = 100 * float64(s.Total-min(s.Remaining, s.Total)) / float64(s.Total)

@@ -72,6 +72,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	progress := &progressLine{w: stderr}
 	defer progress.end() // an error then starts on a line of its own
 	if cmd == "index" || cmd == "checkout" {
+		if *storeDir != "" {
+			return fmt.Errorf("%w: sync %s works on the logged-in server's own disk and store; --store does not apply", errUsage, cmd)
+		}
 		return runServerImages(ctx, cmd, fs.Args(), *jsonOut, progress, stdout)
 	}
 	codec := syncengine.NewCodec()

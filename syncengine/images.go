@@ -255,6 +255,9 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 			return res, err
 		}
 		if fi, err := os.Stat(d); err == nil {
+			if !fi.Mode().IsRegular() {
+				return res, fmt.Errorf("%s is not a regular file, so no image is written over it: name an image file", d)
+			}
 			modes[d] = fi.Mode().Perm()
 		}
 	}

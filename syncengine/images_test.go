@@ -152,6 +152,13 @@ func TestImagesIndexStoresOnlyWhatChanged(t *testing.T) {
 	if _, err := im.Checkout(ctx, second.Root, filepath.Join(t.TempDir(), "x.raw"), nil); !errors.Is(err, ErrOutsideImages) {
 		t.Errorf("a checkout outside the folders: %v, want it refused as outside", err)
 	}
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Checkout(ctx, second.Root, sub, nil); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a checkout over a folder: %v, want it refused as not a regular file", err)
+	}
 }
 
 func randomImage(t *testing.T, n int) []byte {

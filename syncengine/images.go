@@ -230,6 +230,11 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 	if err != nil {
 		return res, err
 	}
+	release, err := im.claim(top)
+	if err != nil {
+		return res, err
+	}
+	defer release()
 	if have, err := im.Store.Has(ctx, []Hash{root}); err != nil {
 		return res, err
 	} else if !have[0] {
@@ -261,11 +266,6 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 			modes[d] = fi.Mode().Perm()
 		}
 	}
-	release, err := im.claim(top)
-	if err != nil {
-		return res, err
-	}
-	defer release()
 	c := &Client{Remote: im.Store, Cache: im.Store, Codec: im.Codec, Progress: progress, local: storeCache{im.Store}}
 	defer c.Close()
 	res.Members, res.Stats, err = c.PullChain(ctx, root, top)

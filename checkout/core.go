@@ -68,6 +68,7 @@ type State struct {
 	Domain   string
 	ViewOnly bool // show the screen, move nothing
 	Leased   bool // take a lease before the VM moves here (else: a read-only checkout)
+	Disks    bool // the domain has disks to move: their steps show as a phase
 	// ServerName and WorkstationName are what the user calls the hosts.
 	ServerName, WorkstationName string
 
@@ -87,8 +88,8 @@ type State struct {
 }
 
 // NewState is a checkout's state before it begins.
-func NewState(domain string, leased bool) State {
-	return State{Domain: domain, Leased: leased, ServerName: "server", WorkstationName: "workstation", Phase: event.Connecting}
+func NewState(domain string, leased, disks bool) State {
+	return State{Domain: domain, Leased: leased, Disks: disks, ServerName: "server", WorkstationName: "workstation", Phase: event.Connecting}
 }
 
 // NewViewState is the state of a view of one host's screen.
@@ -458,7 +459,9 @@ func (t *step) on(in Input) error {
 		t.emit(event.Switched{Downtime: in.Result.Downtime, Mode: in.Result.Mode})
 		t.do(ShowScreen{On: m.To})
 		s.stage = finishing
-		t.enter(event.MovingDisks, m.To, nil)
+		if s.Disks {
+			t.enter(event.MovingDisks, m.To, nil)
+		}
 		t.do(FinishDisks{Move: m})
 
 	case DisksFinished:
@@ -582,7 +585,9 @@ func (t *step) startMove(m Move) {
 
 func (t *step) prepare() {
 	t.s.stage = preparing
-	t.enter(event.MovingDisks, t.s.Move.From, nil)
+	if t.s.Disks {
+		t.enter(event.MovingDisks, t.s.Move.From, nil)
+	}
 	t.do(PrepareDisks{Move: t.s.Move})
 }
 

@@ -81,7 +81,7 @@ type Config struct {
 	// runs here, and released once it is handed back. Nil: a read-only
 	// checkout.
 	Lease Keeper
-	Disks DiskMover // nil: NoDisks
+	Disks DiskMover // nil: the domain has no disks to move (NoDisks)
 	Now   func() time.Time
 	// Grace bounds the unwinding (abort, undo, release) after Run's
 	// context ends; then its I/O is cancelled. Default 30 s.
@@ -106,7 +106,7 @@ type command struct {
 
 // New makes a checkout of cfg.Domain from cfg.Server to cfg.Workstation.
 func New(cfg Config) *Checkout {
-	return newCheckout(cfg, NewState(cfg.Domain, cfg.Lease != nil))
+	return newCheckout(cfg, NewState(cfg.Domain, cfg.Lease != nil, cfg.Disks != nil))
 }
 
 // View makes a checkout that only shows domain's screen on host.

@@ -5,9 +5,11 @@ import (
 	"context"
 	"image"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/handoff-dev/handoff/tui/termgfx"
 )
@@ -98,7 +100,7 @@ type picture struct {
 	colors int // sixel colour registers
 	jobs   chan picJob
 	redraw chan struct{}
-	drawn  chan int64 // when not nil: bytes of each drawing, for tests and benchmarks
+	drawn  chan drawing // each drawing, for tests and measurements; dropped when full
 
 	// run's own
 	enc    termgfx.Encoder
@@ -110,7 +112,8 @@ type picture struct {
 }
 
 func newPicture(out *termOut, proto termgfx.Protocol, colors int) *picture {
-	p := &picture{out: out, proto: proto, colors: colors, jobs: make(chan picJob, 1), redraw: make(chan struct{}, 1)}
+	p := &picture{out: out, proto: proto, colors: colors, jobs: make(chan picJob, 1), redraw: make(chan struct{}, 1),
+		drawn: make(chan drawing, 64)}
 	out.cleared = p.invalidate
 	return p
 }
@@ -234,14 +237,30 @@ func (p *picture) moveTo(c image.Point) {
 	p.buf = append(p.buf, 'H')
 }
 
+// drawing is one write of the picture to the terminal.
+type drawing struct {
+	bytes int
+	at    placement
+	done  time.Time
+}
+
 func (p *picture) flush() {
 	if len(p.buf) > 0 {
 		p.out.Write(p.buf)
 	}
-	if p.drawn != nil {
-		select {
-		case p.drawn <- int64(len(p.buf)):
-		default:
-		}
+	select {
+	case p.drawn <- drawing{bytes: len(p.buf), at: p.last.at, done: time.Now()}:
+	default:
 	}
 }
+
+// ttyOut is termOut over a terminal: through it bubbletea still sees the
+// terminal (its size, and its resizes).
+type ttyOut struct {
+	*termOut
+	f *os.File
+}
+
+func (t ttyOut) Read(p []byte) (int, error) { return t.f.Read(p) }
+func (t ttyOut) Close() error               { return nil } // the terminal is the caller's
+func (t ttyOut) Fd() uintptr                { return t.f.Fd() }

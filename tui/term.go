@@ -49,6 +49,7 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		proto = caps.Best()
 	}
 	out := &termOut{w: t.Out}
+	m.term = out
 	if proto != termgfx.Blocks {
 		cell := caps.Cell
 		if cell.X <= 0 || cell.Y <= 0 {
@@ -69,8 +70,12 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		}
 	}
 	m.note("graphics: " + proto.String() + describe(caps))
+	var output io.Writer = out
+	if f, ok := t.Out.(*os.File); ok {
+		output = ttyOut{out, f}
+	}
 	return tea.NewProgram(m, tea.WithAltScreen(), tea.WithMouseAllMotion(), tea.WithContext(ctx),
-		tea.WithInput(t.In), tea.WithOutput(out)), nil
+		tea.WithInput(t.In), tea.WithOutput(output)), nil
 }
 
 func describe(c termgfx.Caps) string {

@@ -3,6 +3,8 @@ package termgfx
 import (
 	"bytes"
 	"encoding/base64"
+
+	"github.com/klauspost/compress/zlib"
 	"image"
 	"image/png"
 	"strconv"
@@ -16,6 +18,8 @@ type Encoder struct {
 	bits  []byte
 	pal   palette
 	png   bytes.Buffer
+	z     bytes.Buffer
+	zw    *zlib.Writer
 	pngE  png.Encoder
 	table [paletteSlots]uint64
 }
@@ -28,8 +32,9 @@ const KittyDeleteAll = "\x1b_Ga=d,d=A,q=2\x1b\\"
 const kittyChunk = 4096
 
 // Kitty appends tile r of img as kitty image id, placed at the cursor
-// (which stays where it is). The picture goes as 24-bit RGB; replies are
-// off (q=2), so nothing comes back to be mistaken for typing.
+// (which stays where it is). The picture goes as 24-bit RGB, deflated at
+// the fastest level (a screen of text shrinks some fiftyfold); replies
+// are off (q=2), so nothing comes back to be mistaken for typing.
 func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint32) []byte {
 	r = r.Intersect(img.Rect)
 	n := 3 * r.Dx() * r.Dy()
@@ -45,7 +50,16 @@ func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint3
 			row, o = row[4:], o[3:]
 		}
 	}
-	if need := len(dst) + base64.StdEncoding.EncodedLen(n) + (n/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
+	e.z.Reset()
+	if e.zw == nil {
+		e.zw, _ = zlib.NewWriterLevel(&e.z, zlib.BestSpeed)
+	} else {
+		e.zw.Reset(&e.z)
+	}
+	e.zw.Write(e.rgb)
+	e.zw.Close()
+	e.rgb = append(e.rgb[:0], e.z.Bytes()...)
+	if need := len(dst) + base64.StdEncoding.EncodedLen(len(e.rgb)) + (len(e.rgb)/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
 		dst = append(make([]byte, 0, need), dst...)
 	}
 	const raw = kittyChunk / 4 * 3
@@ -53,7 +67,7 @@ func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint3
 		end := min(off+raw, len(e.rgb))
 		dst = append(dst, "\x1b_G"...)
 		if off == 0 {
-			dst = append(dst, "a=T,f=24,s="...)
+			dst = append(dst, "a=T,f=24,o=z,s="...)
 			dst = strconv.AppendInt(dst, int64(r.Dx()), 10)
 			dst = append(dst, ",v="...)
 			dst = strconv.AppendInt(dst, int64(r.Dy()), 10)

@@ -7,9 +7,12 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zlib"
 )
 
 func TestParseReplies(t *testing.T) {
@@ -99,6 +102,15 @@ func kittyImage(t *testing.T, b []byte) (map[string]string, *image.RGBA) {
 			break
 		}
 	}
+	if keys["o"] == "z" {
+		zr, err := zlib.NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w, _ := strconv.Atoi(keys["s"])
 	h, _ := strconv.Atoi(keys["v"])
 	if len(data) != w*h*3 {
@@ -117,7 +129,7 @@ func TestKittyTileDecodesToThePixels(t *testing.T) {
 	r := image.Rect(40, 30, 240, 190)
 	var e Encoder
 	keys, got := kittyImage(t, e.Kitty(nil, img, r, 77))
-	for k, v := range map[string]string{"a": "T", "f": "24", "i": "77", "p": "1", "C": "1", "q": "2", "s": "200", "v": "160"} {
+	for k, v := range map[string]string{"a": "T", "f": "24", "o": "z", "i": "77", "p": "1", "C": "1", "q": "2", "s": "200", "v": "160"} {
 		if keys[k] != v {
 			t.Errorf("key %s=%q, want %q", k, keys[k], v)
 		}

@@ -1,0 +1,148 @@
+package tui
+
+import (
+	"bytes"
+	"image"
+	"image/color"
+	"strings"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/handoff-dev/handoff/tui/termgfx"
+	"github.com/handoff-dev/handoff/vnc"
+)
+
+func TestPlaceFitsAtFullResolutionOrScales(t *testing.T) {
+	cell := image.Pt(8, 16)
+	for _, tc := range []struct {
+		name       string
+		screen     image.Point
+		cols, rows int
+		vp         Viewport
+		size       image.Point
+		crop       image.Rectangle
+	}{
+		{"fits: full resolution", image.Pt(720, 400), 100, 30, Viewport{}, image.Pt(720, 400), image.Rect(0, 0, 720, 400)},
+		{"too wide: scaled, aspect kept", image.Pt(1280, 800), 100, 60, Viewport{}, image.Pt(800, 500), image.Rect(0, 0, 1280, 800)},
+		{"too tall: scaled", image.Pt(1280, 800), 200, 30, Viewport{}, image.Pt(768, 480), image.Rect(0, 0, 1280, 800)},
+		{"1:1 pans", image.Pt(1280, 800), 100, 30, Viewport{OneToOne: true, PanX: 100, PanY: 1000}, image.Pt(800, 480), image.Rect(100, 320, 900, 800)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := place(tc.screen, cell, tc.cols, tc.rows, tc.vp)
+			if p.size != tc.size || p.crop != tc.crop {
+				t.Errorf("place = size %v crop %v, want %v %v", p.size, p.crop, tc.size, tc.crop)
+			}
+			if p.cells.X > tc.cols || p.cells.Y > tc.rows {
+				t.Errorf("covers %v cells, more than the %dx%d given", p.cells, tc.cols, tc.rows)
+			}
+		})
+	}
+}
+
+// drawnBytes runs a picture on a frame and returns what it wrote.
+func testPicture(proto termgfx.Protocol) (*picture, *bytes.Buffer) {
+	var out bytes.Buffer
+	return newPicture(&termOut{w: &out}, proto, 256), &out
+}
+
+func TestPictureSendsOnlyTheTilesThatChanged(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 720, 400))
+	at := place(frame.Rect.Size(), image.Pt(8, 16), 100, 30, Viewport{})
+	for _, proto := range []termgfx.Protocol{termgfx.Kitty, termgfx.Sixel, termgfx.ITerm} {
+		t.Run(proto.String(), func(t *testing.T) {
+			p, out := testPicture(proto)
+			p.draw(picJob{frame: frame, dirty: frame.Rect, at: at}, false)
+			whole := out.Len()
+			// The guest's counter: a small change sends a tile or two.
+			next := image.NewRGBA(frame.Rect)
+			copy(next.Pix, frame.Pix)
+			next.SetRGBA(100, 100, color.RGBA{255, 255, 255, 255})
+			out.Reset()
+			p.draw(picJob{frame: next, dirty: image.Rect(100, 100, 101, 101), at: at}, false)
+			small := out.Len()
+			if small == 0 || small*20 > whole {
+				t.Errorf("a one-pixel change wrote %d bytes; the whole screen %d", small, whole)
+			}
+			// The tile goes to its cell: pixel (100,100) is in the tile
+			// at cell (8,4) (tiles of 8x4 cells of 8x16 px).
+			if !strings.Contains(out.String(), "\x1b7\x1b[5;9H") {
+				t.Errorf("the changed tile is not placed at its cell: %q", out.String()[:40])
+			}
+			// Nothing changed: nothing written.
+			out.Reset()
+			p.draw(picJob{frame: next, at: at}, false)
+			if out.Len() != 0 {
+				t.Errorf("an unchanged screen wrote %d bytes", out.Len())
+			}
+			// bubbletea cleared the screen: everything again.
+			p.out.Write([]byte("\x1b[2J"))
+			out.Reset()
+			p.draw(p.last, true)
+			if out.Len() < whole/2 {
+				t.Errorf("a redraw after a clear wrote %d bytes, want the whole screen (%d)", out.Len(), whole)
+			}
+		})
+	}
+}
+
+func TestImageModeViewLeavesThePictureCellsAlone(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 720, 400))
+	m := NewModel(Options{Domain: "desktop", Now: func() time.Time { return fixedNow }})
+	p, _ := testPicture(termgfx.Sixel)
+	m.useGraphics(p, image.Pt(8, 16))
+	m.Update(tea.WindowSizeMsg{Width: 160, Height: 40})
+	m.Update(FrameMsg(vnc.Frame{Image: frame, Dirty: frame.Rect, Seq: 1}))
+	lines := strings.Split(m.View(), "\n")
+	// 720x400 at 8x16 px: 90x25 cells, at full resolution.
+	for i := range 25 {
+		if !strings.HasPrefix(lines[i], "\x1b[116C") {
+			t.Fatalf("line %d over the picture does not skip to the dashboard: %q", i, lines[i])
+		}
+	}
+	select {
+	case j := <-p.jobs:
+		if j.at.size != image.Pt(720, 400) || j.dirty != frame.Rect {
+			t.Errorf("the picture was asked for %v of %v", j.dirty, j.at.size)
+		}
+	default:
+		t.Fatal("View gave the picture no job")
+	}
+}
+
+// benchmarkPicture is the app's cost for a whole 1280x800 screen changing,
+// as a video would: scaling (when it does not fit) and encoding every tile.
+func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
+	frame := image.NewRGBA(image.Rect(0, 0, 1280, 800))
+	for y := range 800 {
+		for x := range 1280 {
+			c := color.RGBA{40, 44, 52, 255}
+			if (x/7+y/13)%5 == 0 && x%7 < 5 && y%13 < 9 {
+				c = color.RGBA{220, 220, 200, 255}
+			}
+			if y < 100 {
+				c = color.RGBA{uint8(x / 5), uint8(y * 2), 128, 255}
+			}
+			frame.SetRGBA(x, y, c)
+		}
+	}
+	at := place(frame.Rect.Size(), image.Pt(8, 16), cols, rows, Viewport{})
+	p, out := testPicture(proto)
+	b.ResetTimer()
+	var n int
+	for range b.N {
+		out.Reset()
+		p.draw(picJob{frame: frame, dirty: frame.Rect, at: at}, true)
+		n += out.Len()
+	}
+	perFrame := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(1/perFrame, "frames/s")
+	b.ReportMetric(perFrame*30*100, "%core@30fps")
+	b.ReportMetric(float64(n)/float64(b.N)/1e6, "MB/frame")
+}
+
+func BenchmarkPicture1280x800FullKitty(b *testing.B)   { benchmarkPicture(b, termgfx.Kitty, 170, 55) }
+func BenchmarkPicture1280x800FullSixel(b *testing.B)   { benchmarkPicture(b, termgfx.Sixel, 170, 55) }
+func BenchmarkPicture1280x800ScaledKitty(b *testing.B) { benchmarkPicture(b, termgfx.Kitty, 125, 40) }
+func BenchmarkPicture1280x800ScaledSixel(b *testing.B) { benchmarkPicture(b, termgfx.Sixel, 125, 40) }

@@ -30,6 +30,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	labDir := fs.String("lab", lab.DefaultDir, "the lab that stands in for missing URIs")
 	leaseImage := fs.String("lease", "", "the image whose lease to hold while the VM runs here (default: DOMAIN, once 'handoff lease login' was run)")
 	noLease := fs.Bool("no-lease", false, "take no lease, even when logged in to a server")
+	graphics := fs.String("graphics", "auto", "how to draw the VM's screen: auto (ask the terminal), kitty, sixel, iterm or blocks")
 	images := imagesFlag(fs)
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -120,7 +121,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		Lease:       checkout.Leased(lease),
 		Disks:       disks,
 	})
-	return tui.Grab(ctx, co, tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout})
+	return tui.Grab(ctx, co, tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout, Graphics: *graphics})
 }
 
 // labLease is the lab server's lease client, with the image's lease made
@@ -143,6 +144,7 @@ Ctrl-] q quits, Ctrl-] ? lists the rest. With no --connect, the built-in lab's
 guest is shown wherever it runs.`, stdout, stderr)
 	uri := fs.String("connect", "", "the libvirt URI of the VM's host")
 	labDir := fs.String("lab", lab.DefaultDir, "the lab to look in when no --connect is given")
+	graphics := fs.String("graphics", "auto", "how to draw the VM's screen: auto (ask the terminal), kitty, sixel, iterm or blocks")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
@@ -175,7 +177,7 @@ guest is shown wherever it runs.`, stdout, stderr)
 		return err
 	}
 	defer c.Close()
-	return tui.View(ctx, checkout.View(checkout.LibvirtHost{Conn: c}, name), tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout})
+	return tui.View(ctx, checkout.View(checkout.LibvirtHost{Conn: c}, name), tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout, Graphics: *graphics})
 }
 
 func isTerminal(f *os.File) bool {

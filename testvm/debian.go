@@ -53,8 +53,13 @@ var trimTree string
 // AgentInGuest is where the agent lives on the Debian guest's disk.
 const AgentInGuest = "/usr/local/sbin/" + AgentName
 
-// RecordsInGuest is the file the agent writes its records to.
-const RecordsInGuest = "/var/lib/handoff-guest/records"
+// RecordsInGuest is the file the agent writes its records to, and
+// RecordsBytes its size: scattered 4 KiB writes over it overwrite blocks in
+// place, as a desktop's files are rewritten.
+const (
+	RecordsInGuest = "/var/lib/handoff-guest/records"
+	RecordsBytes   = 64 << 20
+)
 
 // agentUnit starts the agent as early as the root file system is there and
 // keeps it running: a guest that stops ticking would look hung.
@@ -72,6 +77,10 @@ RestartSec=1
 [Install]
 WantedBy=sysinit.target
 `
+
+// diskRecipeVersion names what makeDisk does beyond its inputs; bump it
+// when that changes.
+const diskRecipeVersion = "debian-disk-2"
 
 // maskedUnits would compete with the agent for the consoles (the gettys)
 // or write the disk on a schedule nobody asked for (the timers).
@@ -116,7 +125,7 @@ func BuildDebian(ctx context.Context, opts BuildOptions) (DebianGuest, error) {
 	}
 	files := guestFiles(agent)
 	sum := sha256.New()
-	fmt.Fprintf(sum, "%s %d\n", filepath.Base(tree), DebianDiskSize)
+	fmt.Fprintf(sum, "%s %d %s %d %s\n", filepath.Base(tree), DebianDiskSize, RecordsInGuest, RecordsBytes, diskRecipeVersion)
 	for _, f := range files {
 		fmt.Fprintf(sum, "%s %o %q %d\n", f.path, f.mode, f.link, len(f.data))
 		sum.Write(f.data)
@@ -359,6 +368,7 @@ func guestFiles(agent []byte) []guestFile {
 	unit := "etc/systemd/system/handoff-guest.service"
 	files := []guestFile{
 		{path: strings.TrimPrefix(AgentInGuest, "/"), mode: 0o755, data: agent},
+		{path: strings.TrimPrefix(RecordsInGuest, "/"), mode: 0o644}, // written in place by writeRecordsFile
 		{path: unit, mode: 0o644, data: []byte(agentUnit)},
 		{path: "etc/systemd/system/sysinit.target.wants/handoff-guest.service", link: "/" + unit},
 	}
@@ -414,6 +424,9 @@ func makeDisk(ctx context.Context, dir, tree string, files []guestFile, out stri
 		"-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", staging, raw); err != nil {
 		return fmt.Errorf("%w (is e2fsprogs installed? make deps)", err)
 	}
+	if err := writeRecordsFile(ctx, tmp, raw); err != nil {
+		return err
+	}
 	qcow := filepath.Join(tmp, "disk.qcow2")
 	if err := runQuiet(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1", raw, qcow); err != nil {
 		return err
@@ -432,11 +445,13 @@ func runQuiet(ctx context.Context, name string, args ...string) error {
 }
 
 // supersede removes the cache's other entries matching pattern: their
-// inputs are gone. Callers hold copies of disks, never the cached file.
+// inputs are gone. Callers copy a disk before they boot it; an entry made
+// in the last minutes is left, as a builder with other inputs (another
+// agent binary) may be about to copy it.
 func supersede(dir, pattern, keep string) {
 	old, _ := filepath.Glob(filepath.Join(dir, pattern))
 	for _, p := range old {
-		if p != keep {
+		if fi, err := os.Stat(p); p != keep && err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
 			os.RemoveAll(p)
 		}
 	}
@@ -456,4 +471,76 @@ func removeStale(dir string) {
 // CopyDisk copies a guest disk (sparse: holes stay holes) for one boot.
 func CopyDisk(ctx context.Context, src, dst string) error {
 	return runQuiet(ctx, "cp", "--sparse=always", src, dst)
+}
+
+// writeRecordsFile gives the (empty) records file its blocks, zero and
+// marked written. Written matters: ext4 answers a read of a hole or of an
+// unwritten (fallocated) extent with zeroes without asking the disk, from
+// the extent tree in memory. A memory restored against a disk from a later
+// instant would then read zeroes where that disk holds newer records, and
+// the check would pass. Zero blocks cost nothing in the qcow2.
+func writeRecordsFile(ctx context.Context, tmp, raw string) error {
+	const blocks = RecordsBytes / 4096
+	if err := runQuiet(ctx, "debugfs", "-w", "-R", fmt.Sprintf("fallocate %s 0 %d", RecordsInGuest, blocks-1), raw); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "debugfs", "-R", "ex "+RecordsInGuest, raw).Output()
+	if err != nil {
+		return fmt.Errorf("debugfs ex %s: %w", RecordsInGuest, err)
+	}
+	extents, err := parseExtents(string(out))
+	if err != nil {
+		return err
+	}
+	var script strings.Builder
+	fmt.Fprintf(&script, "sif %s size %d\nextent_open %s\n", RecordsInGuest, RecordsBytes, RecordsInGuest)
+	mapped := 0
+	for _, e := range extents {
+		for i := range e.length {
+			fmt.Fprintf(&script, "set_bmap %d %d\n", e.logical+i, e.physical+i)
+		}
+		mapped += e.length
+	}
+	script.WriteString("extent_close\n")
+	if mapped != blocks {
+		return fmt.Errorf("debugfs gave the records file %d blocks, want %d", mapped, blocks)
+	}
+	scriptPath := filepath.Join(tmp, "records.debugfs")
+	if err := os.WriteFile(scriptPath, []byte(script.String()), 0o644); err != nil {
+		return err
+	}
+	if err := runQuiet(ctx, "debugfs", "-w", "-f", scriptPath, raw); err != nil {
+		return err
+	}
+	out, err = exec.CommandContext(ctx, "debugfs", "-R", "ex "+RecordsInGuest, raw).Output()
+	if err != nil || strings.Contains(string(out), "Uninit") {
+		return fmt.Errorf("the records file still has unwritten extents (%v):\n%s", err, out)
+	}
+	return runQuiet(ctx, "e2fsck", "-fn", raw)
+}
+
+type extent struct{ logical, physical, length int }
+
+// parseExtents reads debugfs's "ex" table:
+//
+//	Level Entries       Logical        Physical Length Flags
+//	 0/ 0   1/  1     0 - 16383   4250 -  20633  16384 Uninit
+func parseExtents(table string) ([]extent, error) {
+	var es []extent
+	for _, line := range strings.Split(table, "\n")[1:] {
+		f := strings.Fields(strings.ReplaceAll(line, "/", " / "))
+		// 0 / 0 1 / 1 LSTART - LEND PSTART - PEND LEN [FLAGS]
+		if len(f) < 13 {
+			continue
+		}
+		var e extent
+		if _, err := fmt.Sscan(f[6]+" "+f[9]+" "+f[12], &e.logical, &e.physical, &e.length); err != nil {
+			return nil, fmt.Errorf("debugfs extent line %q: %w", line, err)
+		}
+		es = append(es, e)
+	}
+	if len(es) == 0 {
+		return nil, fmt.Errorf("debugfs listed no extents:\n%s", table)
+	}
+	return es, nil
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -16,8 +17,9 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprint(stdout, `Usage: handoff lab up|down|status|shape [flags]
 
 The built-in lab: two hosts on this machine, "server" and "workstation", each a network
-namespace with its own libvirt daemon, joined by a link shaped with tc, and a tiny test
-guest running on the server. Needs root.
+namespace with its own libvirt daemon, joined by a link shaped with tc, and a test guest
+running on the server: the tiny busybox one (memory only), or with --guest debian a Debian 12
+desktop on a disk the server keeps to itself. Needs root.
 
   up       start the lab (or keep the one that runs)
   down     remove every process, namespace, user and file the lab made
@@ -82,24 +84,35 @@ Start the two-host lab and its test guest on the server. Builds the guest from D
 packages on first use (cached). Prints the hosts' libvirt URIs when ready.`, stdout, stderr)
 	dir := fs.String("dir", lab.DefaultDir, "the lab's state directory")
 	link := linkFlags(fs)
-	mem := fs.Int("mem", lab.DefaultGuest.MemMB, "guest memory, MiB")
+	mem := fs.Int("mem", lab.DefaultGuest.MemMB, "guest memory, MiB (with --guest debian: 512 unless given)")
 	dirty := fs.Float64("dirty", lab.DefaultGuest.DirtyMBps, "MB/s of memory the guest dirties")
 	wss := fs.Int("wss", lab.DefaultGuest.WSSMB, "working set the guest dirties, MB")
+	guest := fs.String("guest", string(lab.Busybox), "the guest to run: busybox (tiny, memory only) or debian (a Debian 12 desktop on a qcow2 disk; 512 MiB)")
 	nat := fs.Bool("nat", false, "put the workstation behind NAT: it accepts no connections and reaches the server over SSH (run handoff inside its namespace: see 'lab status')")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
+	}
+	kind, err := lab.ParseGuestKind(*guest)
+	if err != nil {
+		return fmt.Errorf("%w: --guest: %v", errUsage, err)
+	}
+	if kind == lab.Desktop && !flagSet(fs, "mem") {
+		*mem = lab.DesktopMemMB
 	}
 	if *mem < 64 || *wss < 1 || *wss > *mem/2 || *dirty < 0 {
 		return fmt.Errorf("%w: need --mem of at least 64, --wss between 1 and half of --mem, --dirty not negative", errUsage)
 	}
 	l, err := lab.Up(ctx, lab.Config{Dir: *dir, Link: link(), Progress: stderr, NAT: *nat, Handoff: executable(),
-		Guest: lab.GuestConfig{MemMB: *mem, DirtyMBps: *dirty, WSSMB: *wss}})
+		Guest: lab.GuestConfig{MemMB: *mem, DirtyMBps: *dirty, WSSMB: *wss}, GuestKind: kind})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "server:      %s\nworkstation: %s\nguest:       %s (serial log %s)\n", l.Server.URI, l.Workstation.URI, lab.GuestName, l.SerialLog)
+	fmt.Fprintf(stdout, "server:      %s\nworkstation: %s\nguest:       %s (serial log %s)\n", l.Server.URI, l.Workstation.URI, l.Domain(), l.SerialLog)
+	if l.GuestDisk != "" {
+		fmt.Fprintf(stdout, "disk:        %s (the server's alone; the workstation's images go to %s)\n", l.GuestDisk, l.WorkstationImages)
+	}
 	if l.NAT {
-		fmt.Fprintf(stdout, "behind NAT:  ip netns exec %s handoff migrate --from '%s' --to '%s' %s\n", l.Workstation.Netns, l.ServerSSHURI, l.Workstation.URI, lab.GuestName)
+		fmt.Fprintf(stdout, "behind NAT:  ip netns exec %s handoff migrate --from '%s' --to '%s' %s\n", l.Workstation.Netns, l.ServerSSHURI, l.Workstation.URI, l.Domain())
 	}
 	return nil
 }
@@ -129,8 +142,21 @@ func labStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		serve = "does not answer: " + st.Serve.Error
 	}
 	fmt.Fprintf(stdout, "serve:       %s, %s\n", cmp.Or(st.Serve.URL, "none"), serve)
+	if st.GuestDiskIntegrity != "" {
+		fmt.Fprintf(stdout, "disk:        integrity %s, record %d fsynced\n", st.GuestDiskIntegrity, st.GuestDiskSeq)
+	}
+	if st.GuestProblem != "" {
+		fmt.Fprintf(stdout, "             what broke: %s\n", st.GuestProblem)
+	}
 	if st.GuestPanic != "" {
 		fmt.Fprintf(stdout, "             the guest's kernel died: %s (restart it with: handoff lab down && handoff lab up)\n", st.GuestPanic)
 	}
 	return nil
+}
+
+// flagSet tells whether the command line set the flag, not its default.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

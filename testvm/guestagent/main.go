@@ -207,13 +207,11 @@ func (k kmsgWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// recordsMB is the size of the records file: scattered 4 KiB writes over
-// it overwrite blocks in place, as a desktop's files are rewritten.
-const recordsMB = 64
-
-// openRecords opens (making it, preallocated, on the first boot) the
-// records file for direct I/O: reads must come from the disk, not from
-// the page cache that moves with memory.
+// openRecords opens the records file for direct I/O: reads must come from
+// the disk, not from the page cache that moves with memory. The image
+// ships the file with every block written (see testvm.writeRecordsFile);
+// if it is missing or short, it is written full of zeroes here, never
+// fallocated: ext4 answers reads of unwritten blocks from memory.
 func openRecords(path string) (*records, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
@@ -222,17 +220,26 @@ func openRecords(path string) (*records, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open records %s for direct I/O: %w", path, err)
 	}
-	if err := unix.Fallocate(int(f.Fd()), 0, 0, recordsMB<<20); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("preallocate %d MB of records: %w", recordsMB, err)
-	}
 	// Page-aligned buffers outside the Go heap, as O_DIRECT wants.
 	buf, err := syscall.Mmap(-1, 0, (1+sweepBlocks)*blockSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return newRecords(f, recordsMB<<20/blockSize, buf[:blockSize], buf[blockSize:]), nil
+	one, many := buf[:blockSize], buf[blockSize:]
+	if fi, err := f.Stat(); err != nil || fi.Size() < testvm.RecordsBytes {
+		for off := int64(0); off < testvm.RecordsBytes; off += int64(len(many)) {
+			if _, err := f.WriteAt(many, off); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("write the records file full: %w", err)
+			}
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return newRecords(f, testvm.RecordsBytes/blockSize, one, many), nil
 }
 
 // corpus is the code and text the working set's pages copy: the agent's

@@ -48,7 +48,16 @@ type Lab struct {
 	Workstation Host
 	Link        Link
 	Guest       GuestConfig
+	// GuestKind is the guest that runs (both are defined on the server);
+	// GuestDomain its domain name, SerialLog its serial log.
+	GuestKind   GuestKind `json:",omitempty"`
+	GuestDomain string    `json:",omitempty"`
 	SerialLog   string
+	// GuestDisk is the Debian guest's disk on the server, in a folder only
+	// the server's libvirt user reads; WorkstationImages is the
+	// workstation's such folder, its libvirt user's, for disks it receives.
+	GuestDisk         string `json:",omitempty"`
+	WorkstationImages string `json:",omitempty"`
 	// UFFD is vm.unprivileged_userfaultfd before the lab set it, restored by Down.
 	UFFD string
 	// NAT is set when the workstation accepts no inbound connections and
@@ -79,6 +88,9 @@ type Config struct {
 	NAT      bool      // put the workstation behind NAT; the server behind SSH
 	Handoff  string    // the handoff binary the server runs as 'handoff serve'
 	Progress io.Writer // one line per slow step; may be nil
+
+	// GuestKind is the guest to run: Busybox (the default) or Desktop.
+	GuestKind GuestKind
 }
 
 // hosts names the lab's two hosts. The default lab has plain names; a lab
@@ -116,6 +128,12 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Guest == (GuestConfig{}) {
 		cfg.Guest = DefaultGuest
 	}
+	if cfg.GuestKind == "" {
+		cfg.GuestKind = Busybox
+	}
+	if _, err := ParseGuestKind(string(cfg.GuestKind)); err != nil {
+		return nil, err
+	}
 	if _, err := ShapeCommands("x", cfg.Link, true); err != nil {
 		return nil, err
 	}
@@ -128,7 +146,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 	}
 	if l, err := Load(cfg.Dir); err == nil {
-		if l.healthy(ctx) && l.NAT == cfg.NAT {
+		if l.healthy(ctx) && l.NAT == cfg.NAT && l.kind() == cfg.GuestKind {
 			say("lab already up in %s", cfg.Dir)
 			return l, nil
 		}
@@ -138,14 +156,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 
-	say("building the test guest")
-	guest, err := testvm.Build(ctx, testvm.BuildOptions{CacheDir: cfg.CacheDir, Progress: cfg.Progress})
+	say("building the test guests")
+	guests, err := buildGuests(ctx, cfg.GuestKind, cfg.CacheDir, cfg.Progress, say)
 	if err != nil {
-		return nil, fmt.Errorf("build test guest: %w", err)
+		return nil, err
 	}
 
 	srv, ws := hosts(cfg.Dir)
-	l := &Lab{Dir: cfg.Dir, Server: srv, Workstation: ws, Link: cfg.Link, Guest: cfg.Guest,
+	l := &Lab{Dir: cfg.Dir, Server: srv, Workstation: ws, Link: cfg.Link, Guest: cfg.Guest, GuestKind: cfg.GuestKind,
 		SerialLog: filepath.Join(cfg.Dir, "guest", "serial.log"), progress: cfg.Progress}
 	ok := false
 	defer func() {
@@ -173,9 +191,6 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.makeNetwork(ctx); err != nil {
 		return nil, err
 	}
-	if err := l.prepareGuestFiles(guest); err != nil {
-		return nil, err
-	}
 	for _, h := range []*Host{&l.Server, &l.Workstation} {
 		say("starting libvirtd for the %s (user %s)", h.Name, h.User)
 		if err := startDaemon(ctx, h); err != nil {
@@ -199,11 +214,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			return nil, err
 		}
 	}
-	say("starting the guest on the server (%d MiB, dirtying %.1f MB/s over %d MB)", cfg.Guest.MemMB, cfg.Guest.DirtyMBps, cfg.Guest.WSSMB)
-	if err := l.startGuest(ctx, guest); err != nil {
+	if err := l.prepareImages(ctx, guests); err != nil {
 		return nil, err
 	}
-	if err := l.WaitTick(ctx, 1, 90*time.Second); err != nil {
+	say("starting the %s guest %s on the server (dirtying %.1f MB/s over %d MB)", cfg.GuestKind, cfg.GuestKind.Domain(), cfg.Guest.DirtyMBps, cfg.Guest.WSSMB)
+	if err := l.defineGuests(ctx, guests); err != nil {
+		return nil, err
+	}
+	if err := l.WaitTick(ctx, 1, cfg.GuestKind.firstTickWithin()); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -318,11 +336,11 @@ func hasNetem(ctx context.Context, ns, dev string) bool {
 	return run(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", "1us") == nil
 }
 
-// prepareGuestFiles copies the guest's kernel and initrd where both lab
-// users can read them, and makes the serial log both QEMUs append to: the
-// log then runs on across migrations, one tick after another.
+// prepareGuestFiles copies the busybox guest's kernel and initrd where
+// both lab users can read them, and makes the serial log both QEMUs append
+// to: the log then runs on across migrations, one tick after another.
 func (l *Lab) prepareGuestFiles(g testvm.Guest) error {
-	dir := filepath.Join(l.Dir, "guest")
+	dir := l.guestDir()
 	for src, dst := range map[string]string{g.Kernel: "vmlinuz", g.Initrd: "initrd"} {
 		if err := copyFile(src, filepath.Join(dir, dst), 0o644); err != nil {
 			return fmt.Errorf("copy guest %s: %w", dst, err)
@@ -331,12 +349,7 @@ func (l *Lab) prepareGuestFiles(g testvm.Guest) error {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(l.SerialLog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o666)
-	if err != nil {
-		return fmt.Errorf("make serial log: %w", err)
-	}
-	f.Close()
-	return os.Chmod(l.SerialLog, 0o666)
+	return makeSerialLog(filepath.Join(dir, "serial.log"))
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {
@@ -356,64 +369,71 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return out.Close()
 }
 
-// RestartGuest stops the guest wherever it runs and starts it afresh on
-// the server with new settings, keeping the rest of the lab.
+// RestartGuest stops the guests wherever they run and starts the lab's
+// guest afresh on the server with new settings (the Debian guest on a
+// fresh disk), keeping the rest of the lab.
 func (l *Lab) RestartGuest(ctx context.Context, g GuestConfig, progress io.Writer) error {
-	guest, err := testvm.Build(ctx, testvm.BuildOptions{Progress: progress})
-	if err != nil {
-		return fmt.Errorf("build test guest: %w", err)
+	say := func(format string, a ...any) {
+		if progress != nil {
+			fmt.Fprintf(progress, format+"\n", a...)
+		}
 	}
-	for _, h := range []Host{l.Server, l.Workstation} {
-		c, err := libvirt.Connect(ctx, h.URI)
-		if err != nil {
-			return err
-		}
-		if d, err := c.Lookup(GuestName); err == nil {
-			err = d.Destroy(true)
-		} else if errors.Is(err, libvirt.ErrNoDomain) {
-			err = nil
-		}
-		c.Close()
-		if err != nil {
-			return err
-		}
+	l.GuestKind = l.kind()
+	guests, err := buildGuests(ctx, l.GuestKind, "", progress, say)
+	if err != nil {
+		return err
+	}
+	if err := l.undefineGuests(ctx); err != nil {
+		return err
 	}
 	l.Guest = g
-	if err := l.save(); err != nil {
+	if err := l.prepareImages(ctx, guests); err != nil {
 		return err
 	}
-	if err := l.prepareGuestFiles(guest); err != nil {
+	if err := l.defineGuests(ctx, guests); err != nil {
 		return err
 	}
-	if err := l.startGuest(ctx, guest); err != nil {
-		return err
-	}
-	return l.WaitTick(ctx, 1, 90*time.Second)
+	return l.WaitTick(ctx, 1, l.GuestKind.firstTickWithin())
 }
 
-func (l *Lab) startGuest(ctx context.Context, g testvm.Guest) error {
-	c, err := libvirt.Connect(ctx, l.Server.URI)
-	if err != nil {
-		return err
+// kind is the guest the lab runs (Busybox in a lab saved before there
+// were two).
+func (l *Lab) kind() GuestKind {
+	if l.GuestKind == "" {
+		return Busybox
 	}
-	defer c.Close()
-	dir := filepath.Join(l.Dir, "guest")
-	params := testvm.Params{DirtyMBps: l.Guest.DirtyMBps, WSSMB: l.Guest.WSSMB}
-	x := DomainXML(GuestName, l.Guest.MemMB, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd"), params.KernelArgs(), l.SerialLog)
-	if _, err := c.DefineAndStart(x); err != nil {
-		return fmt.Errorf("start the test guest: %w (QEMU's log: %s)", err, filepath.Join(l.Server.Dir, "home", ".cache", "libvirt", "qemu", "log", GuestName+".log"))
-	}
-	return nil
+	return l.GuestKind
 }
 
-// DomainXML describes the test guest: TCG (no KVM here), no disk and no
-// NIC, so a migration moves memory and device state only; VNC on a unix
-// socket libvirt places in each host's own directory.
+// DomainXML describes the busybox test guest: TCG (no KVM here), no disk
+// and no NIC, so a migration moves memory and device state only; VNC on a
+// unix socket libvirt places in each host's own directory.
 func DomainXML(name string, memMB int, kernel, initrd, cmdline, serialLog string) string {
+	return domainXML(name, memMB, kernel, initrd, cmdline, serialLog, "")
+}
+
+// DesktopXML describes the Debian guest: DomainXML's with its qcow2 disk
+// on virtio. cache='none' (direct I/O on the host) is what a migration
+// without shared storage wants, and it keeps the host's page cache out of
+// what the guest's fsyncs promise.
+func DesktopXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk string) string {
+	return domainXML(name, memMB, kernel, initrd, cmdline, serialLog, disk)
+}
+
+func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk string) string {
 	esc := func(s string) string {
 		var b bytes.Buffer
 		xmlEscape(&b, s)
 		return b.String()
+	}
+	diskXML := ""
+	if disk != "" {
+		diskXML = fmt.Sprintf(`    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='%s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+`, esc(disk))
 	}
 	return fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
@@ -432,7 +452,7 @@ func DomainXML(name string, memMB int, kernel, initrd, cmdline, serialLog string
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='file'>
+%s    <serial type='file'>
       <source path='%s' append='on'/>
       <target port='0'/>
     </serial>
@@ -444,7 +464,7 @@ func DomainXML(name string, memMB int, kernel, initrd, cmdline, serialLog string
     <memballoon model='none'/>
   </devices>
 </domain>
-`, esc(name), memMB, esc(kernel), esc(initrd), esc(cmdline), esc(serialLog))
+`, esc(name), memMB, esc(kernel), esc(initrd), esc(cmdline), diskXML, esc(serialLog))
 }
 
 func xmlEscape(b *bytes.Buffer, s string) {

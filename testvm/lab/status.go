@@ -24,12 +24,20 @@ type Status struct {
 	ServerSSHURI     string      `json:"server_ssh_uri,omitempty"`
 	WorkstationNetns string      `json:"workstation_netns"`
 	Serve            ServeStatus `json:"serve"` // the server's handoff serve, as the workstation sees it
+
+	// GuestProblem is what broke, when GuestIntegrity (memory and, on the
+	// Debian guest, disk) is FAIL. GuestDiskIntegrity is the Debian guest's
+	// disk verdict ("ok" or "FAIL"; "" for the busybox guest), GuestDiskSeq
+	// its last fsynced record.
+	GuestProblem       string `json:"guest_problem,omitempty"`
+	GuestDiskIntegrity string `json:"guest_disk_integrity,omitempty"`
+	GuestDiskSeq       int    `json:"guest_disk_seq,omitempty"`
 }
 
 // Status reports where the guest runs and what it last said.
 func (l *Lab) Status(ctx context.Context) (Status, error) {
 	st := Status{
-		ServerURI: l.Server.URI, WorkstationURI: l.Workstation.URI, Domain: GuestName,
+		ServerURI: l.Server.URI, WorkstationURI: l.Workstation.URI, Domain: l.Domain(),
 		GuestHost: "none", Bandwidth: l.Link.Bandwidth, RTTMillis: float64(l.Link.RTT.Microseconds()) / 1000,
 		SerialLog: l.SerialLog, ServerSSHURI: l.ServerSSHURI, WorkstationNetns: l.Workstation.Netns,
 	}
@@ -44,6 +52,7 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.GuestTick, st.GuestUptime, st.GuestIntegrity, st.GuestPanic = serial.Tick, serial.Uptime, serial.Integrity, serial.Panic
+	st.GuestProblem, st.GuestDiskIntegrity, st.GuestDiskSeq = serial.Problem, serial.Disk, serial.DiskSeq
 	return st, nil
 }
 
@@ -56,7 +65,7 @@ func (l *Lab) GuestHost(ctx context.Context) (string, error) {
 			return "", err
 		}
 		state := libvirt.StateShutoff
-		if d, err := c.Lookup(GuestName); err == nil {
+		if d, err := c.Lookup(l.Domain()); err == nil {
 			state, _ = d.State()
 		}
 		c.Close()

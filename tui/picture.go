@@ -97,7 +97,8 @@ type picJob struct {
 type picture struct {
 	out    *termOut
 	proto  termgfx.Protocol
-	colors int // sixel colour registers
+	colors int  // sixel colour registers
+	files  bool // kitty runs on this machine: tiles go by temporary file
 	jobs   chan picJob
 	redraw chan struct{}
 	drawn  chan drawing // each drawing, for tests and measurements; dropped when full
@@ -199,6 +200,17 @@ func (p *picture) tiles(at placement, changed image.Rectangle) {
 	if changed.Empty() {
 		return
 	}
+	if p.proto == termgfx.Kitty && p.files {
+		// By file, the whole picture costs a copy in memory and ~150
+		// bytes to the terminal: one image, whatever changed.
+		if path, err := p.tileFile(p.scaled.Rect); err == nil {
+			p.moveTo(at.origin)
+			p.buf = termgfx.KittyFile(p.buf, path, at.size.X, at.size.Y, 1)
+			p.buf = append(p.buf, "\x1b8"...)
+			return
+		}
+		p.files = false // no more files: tiles go through the terminal
+	}
 	tc := at.tileCells()
 	tw, th := tc.X*at.cell.X, tc.Y*at.cell.Y
 	cols := (at.size.X + tw - 1) / tw
@@ -209,7 +221,8 @@ func (p *picture) tiles(at placement, changed image.Rectangle) {
 			for tx := x0; tx < x1; tx++ {
 				r := image.Rect(tx*tw, ty*th, (tx+1)*tw, (ty+1)*th).Intersect(p.scaled.Rect)
 				p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
-				p.buf = p.enc.Kitty(p.buf, p.scaled, r, uint32(1+ty*cols+tx))
+				id := uint32(1 + ty*cols + tx)
+				p.buf = p.enc.Kitty(p.buf, p.scaled, r, id)
 				p.buf = append(p.buf, "\x1b8"...)
 			}
 			continue
@@ -225,6 +238,24 @@ func (p *picture) tiles(at placement, changed image.Rectangle) {
 		}
 		p.buf = append(p.buf, "\x1b8"...)
 	}
+}
+
+// tileFile writes a tile's pixels to a temporary file for kitty, which
+// deletes it once read.
+func (p *picture) tileFile(r image.Rectangle) (string, error) {
+	f, err := os.CreateTemp(termgfx.TempDir(), termgfx.TempPattern)
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(p.enc.RGB(p.scaled, r))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // moveTo saves the cursor (the tile's writer restores it) and moves it to

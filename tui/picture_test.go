@@ -114,6 +114,10 @@ func TestImageModeViewLeavesThePictureCellsAlone(t *testing.T) {
 	}
 }
 
+// kittyFiles marks a benchmark of kitty by temporary files. The files are
+// left for the kitty that is not there to delete: removed after.
+const kittyFiles termgfx.Protocol = 1 << 8
+
 // benchmarkPicture is the app's cost for a whole 1280x800 screen changing,
 // as a video would: scaling (when it does not fit) and encoding every tile.
 func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
@@ -131,7 +135,8 @@ func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
 		}
 	}
 	at := place(frame.Rect.Size(), image.Pt(8, 16), cols, rows, Viewport{})
-	p, out := testPicture(proto)
+	p, out := testPicture(proto &^ kittyFiles)
+	p.files = proto&kittyFiles != 0
 	b.ResetTimer()
 	var n int
 	for range b.N {
@@ -146,6 +151,9 @@ func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
 }
 
 func BenchmarkPicture1280x800FullKitty(b *testing.B)   { benchmarkPicture(b, termgfx.Kitty, 170, 55) }
+func BenchmarkPicture1280x800FullKittyFiles(b *testing.B) {
+	benchmarkPicture(b, termgfx.Kitty|kittyFiles, 170, 55)
+}
 func BenchmarkPicture1280x800FullSixel(b *testing.B)   { benchmarkPicture(b, termgfx.Sixel, 170, 55) }
 func BenchmarkPicture1280x800ScaledKitty(b *testing.B) { benchmarkPicture(b, termgfx.Kitty, 125, 40) }
 func BenchmarkPicture1280x800ScaledSixel(b *testing.B) { benchmarkPicture(b, termgfx.Sixel, 125, 40) }

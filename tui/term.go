@@ -60,7 +60,9 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		if colors == 0 {
 			colors = 256
 		}
-		m.useGraphics(newPicture(out, proto, colors), cell)
+		pic := newPicture(out, proto, colors)
+		pic.files = caps.KittyFiles
+		m.useGraphics(pic, cell)
 		go m.gfx.run(ctx)
 		if proto == termgfx.Sixel {
 			// Sixel leaves the cursor beside the image, so a tile on the
@@ -85,6 +87,9 @@ func describe(c termgfx.Caps) string {
 	}
 	if c.Cell.X > 0 {
 		s += fmt.Sprintf(", cells %dx%d px", c.Cell.X, c.Cell.Y)
+	}
+	if c.KittyFiles {
+		s += ", pictures by file"
 	}
 	return s
 }

@@ -2,6 +2,7 @@ package termgfx
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"image"
@@ -30,6 +31,9 @@ func Ask(ctx context.Context, in *os.File, out io.Writer, timeout time.Duration)
 	c, err := round(ctx, int(fd), out, Queries, timeout)
 	if err != nil {
 		return c, err
+	}
+	if c.Kitty {
+		c.KittyFiles = kittyReadsFiles(ctx, int(fd), out, timeout)
 	}
 	if c.Sixel && c.SixelColors > 0 && c.SixelColors < 256 {
 		more, err := round(ctx, int(fd), out, "\x1b[?1;3;256S\x1b[?1;1;0S\x1b[c", timeout)
@@ -83,4 +87,34 @@ func round(ctx context.Context, fd int, out io.Writer, q string, timeout time.Du
 			return c, nil
 		}
 	}
+}
+
+// TempDir is where pictures for a kitty on this machine go: memory, where
+// there is such a place.
+func TempDir() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// TempPattern names the files; kitty reads only files whose name says
+// what they are for.
+const TempPattern = "handoff-tty-graphics-protocol-*"
+
+// kittyReadsFiles asks kitty to read a one-pixel picture from a temporary
+// file: it can when it runs on this machine.
+func kittyReadsFiles(ctx context.Context, fd int, out io.Writer, timeout time.Duration) bool {
+	f, err := os.CreateTemp(TempDir(), TempPattern)
+	if err != nil {
+		return false
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write([]byte{0, 0, 0})
+	if f.Close() != nil || err != nil {
+		return false
+	}
+	q := "\x1b_Gi=32,s=1,v=1,a=q,t=t,f=24;" + base64.StdEncoding.EncodeToString([]byte(f.Name())) + "\x1b\\\x1b[c"
+	c, err := round(ctx, fd, out, q, timeout)
+	return err == nil && c.KittyFiles
 }

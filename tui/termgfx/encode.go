@@ -22,6 +22,7 @@ type Encoder struct {
 	zw    *zlib.Writer
 	pngE  png.Encoder
 	table [paletteSlots]uint64
+	slots []uint16 // the table's slots in use
 }
 
 // KittyDeleteAll removes every image this program placed (and frees their
@@ -37,19 +38,7 @@ const kittyChunk = 4096
 // are off (q=2), so nothing comes back to be mistaken for typing.
 func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint32) []byte {
 	r = r.Intersect(img.Rect)
-	n := 3 * r.Dx() * r.Dy()
-	if cap(e.rgb) < n {
-		e.rgb = make([]byte, n)
-	}
-	e.rgb = e.rgb[:n]
-	o := e.rgb
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		row := img.Pix[img.PixOffset(r.Min.X, y):][:4*r.Dx()]
-		for len(row) >= 4 && len(o) >= 3 {
-			o[0], o[1], o[2] = row[0], row[1], row[2]
-			row, o = row[4:], o[3:]
-		}
-	}
+	e.RGB(img, r)
 	e.z.Reset()
 	if e.zw == nil {
 		e.zw, _ = zlib.NewWriterLevel(&e.z, zlib.BestSpeed)
@@ -89,6 +78,42 @@ func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint3
 		}
 	}
 	return dst
+}
+
+// RGB returns tile r of img as packed 24-bit RGB, in a buffer the next
+// call reuses.
+func (e *Encoder) RGB(img *image.RGBA, r image.Rectangle) []byte {
+	r = r.Intersect(img.Rect)
+	n := 3 * r.Dx() * r.Dy()
+	if cap(e.rgb) < n {
+		e.rgb = make([]byte, n)
+	}
+	e.rgb = e.rgb[:n]
+	o := e.rgb
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		row := img.Pix[img.PixOffset(r.Min.X, y):][:4*r.Dx()]
+		for len(row) >= 4 && len(o) >= 3 {
+			o[0], o[1], o[2] = row[0], row[1], row[2]
+			row, o = row[4:], o[3:]
+		}
+	}
+	return e.rgb
+}
+
+// KittyFile appends the escape that shows a w x h RGB picture the caller
+// wrote to path (a temporary file, which the terminal reads and deletes)
+// as image id at the cursor. Only a terminal on this machine can read it
+// (Caps.KittyFiles); the picture's bytes never cross the terminal's stream.
+func KittyFile(dst []byte, path string, w, h int, id uint32) []byte {
+	dst = append(dst, "\x1b_Ga=T,f=24,t=t,s="...)
+	dst = strconv.AppendInt(dst, int64(w), 10)
+	dst = append(dst, ",v="...)
+	dst = strconv.AppendInt(dst, int64(h), 10)
+	dst = append(dst, ",i="...)
+	dst = strconv.AppendUint(dst, uint64(id), 10)
+	dst = append(dst, ",p=1,C=1,q=2;"...)
+	dst = base64.StdEncoding.AppendEncode(dst, []byte(path))
+	return append(dst, "\x1b\\"...)
 }
 
 // ITerm appends tile r of img as an iTerm2 inline image (a PNG) at the

@@ -42,6 +42,7 @@ func ParseProtocol(s string) (p Protocol, auto bool, err error) {
 type Caps struct {
 	Answered    bool        // the terminal answered DA1: the other fields are its word
 	Kitty       bool        // answered the kitty graphics query
+	KittyFiles  bool        // kitty read a picture from a temporary file: it runs on this machine
 	Sixel       bool        // DA1 lists sixel (4)
 	ITerm       bool        // XTVERSION names iTerm2 or WezTerm
 	Cell        image.Point // one cell in pixels; zero when unknown

@@ -126,8 +126,11 @@ func (c *Caps) stringReply(kind byte, body []byte) {
 	s := string(body)
 	switch kind {
 	case '_':
-		if strings.HasPrefix(s, "Gi=31;") {
-			c.Kitty = strings.HasPrefix(s[len("Gi=31;"):], "OK")
+		if rest, ok := strings.CutPrefix(s, "Gi=31;"); ok {
+			c.Kitty = strings.HasPrefix(rest, "OK")
+		}
+		if rest, ok := strings.CutPrefix(s, "Gi=32;"); ok {
+			c.KittyFiles = strings.HasPrefix(rest, "OK")
 		}
 	case 'P':
 		if name, ok := strings.CutPrefix(s, ">|"); ok {

@@ -5,44 +5,57 @@ import "image"
 // Scaler shrinks a picture by area averaging: each output pixel is the
 // mean of the source area it covers, partly covered pixels weighed by how
 // much of them it covers, so text stays smooth at any ratio. It keeps the
-// weights for the last pair of sizes.
+// weights for the last pair of sizes, and its buffers.
+//
+// The three channels ride in one uint64, 21 bits apart: a channel times
+// a weight (at most 255 x 4096) fits in 20 bits, so one multiply-add does
+// all three.
 type Scaler struct {
 	from, to image.Point
-	xs, ys   []span
-	acc      []uint32
+	xs, ys   taps
+	packed   []uint64 // one source row, packed
+	rows     []uint64 // horizontally scaled source rows, packed 8-bit channels
 }
 
-// span is the source pixels one output pixel averages: first, and their
-// weights (in 1/4096, summing to 4096).
-type span struct {
-	first int
-	w     []uint32
+// taps are, for each output pixel along one axis, the first source pixel
+// and n weights (in 1/4096, summing to 4096), n the same for all.
+type taps struct {
+	n     int
+	first []int
+	w     []uint64
 }
 
-const weightOne = 4096
+const (
+	weightOne = 4096
+	lane      = 21
+	laneMask  = 1<<lane - 1
+)
 
-func spans(src, dst int) []span {
-	out := make([]span, dst)
+func makeTaps(src, dst int) taps {
+	t := taps{n: (src+dst-1)/dst + 1, first: make([]int, dst)}
+	t.n = min(t.n, src)
+	t.w = make([]uint64, dst*t.n)
 	for o := range dst {
 		// In units of 1/dst source pixels, output pixel o covers
 		// [o*src, (o+1)*src); source pixel s covers [s*dst, (s+1)*dst).
 		lo, hi := o*src, (o+1)*src
-		sp := span{first: lo / dst}
-		var sum uint32
+		first := min(lo/dst, src-t.n) // so that first+n stays in the row
+		t.first[o] = first
+		w := t.w[o*t.n:][:t.n]
+		var sum uint64
 		big := 0
-		for s := sp.first; s*dst < hi && s < src; s++ {
+		for s := lo / dst; s*dst < hi && s < src; s++ {
 			cover := min(hi, (s+1)*dst) - max(lo, s*dst)
-			w := uint32(cover * weightOne / src)
-			sp.w = append(sp.w, w)
-			sum += w
-			if w > sp.w[big] {
-				big = len(sp.w) - 1
+			k := s - first
+			w[k] = uint64(cover * weightOne / src)
+			sum += w[k]
+			if w[k] > w[big] {
+				big = k
 			}
 		}
-		sp.w[big] += weightOne - sum
-		out[o] = sp
+		w[big] += weightOne - sum
 	}
-	return out
+	return t
 }
 
 // Scale draws src into dst, scaled to dst's size, redoing only the output
@@ -63,42 +76,64 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 	}
 	if s.from != src.Rect.Size() || s.to != dst.Rect.Size() {
 		s.from, s.to = src.Rect.Size(), dst.Rect.Size()
-		s.xs, s.ys = spans(sw, dw), spans(sh, dh)
-		s.acc = make([]uint32, 3*dw)
+		s.xs, s.ys = makeTaps(sw, dw), makeTaps(sh, dh)
+		s.packed = make([]uint64, sw)
 	}
-	// The output pixels whose spans reach into dirty.
-	out := image.Rect(dirty.Min.X*dw/sw, dirty.Min.Y*dh/sh,
+	// The output pixels whose taps reach into dirty.
+	out := image.Rect(max(0, dirty.Min.X*dw/sw-1), max(0, dirty.Min.Y*dh/sh-1),
 		min(dw, (dirty.Max.X*dw+sw-1)/sw+1), min(dh, (dirty.Max.Y*dh+sh-1)/sh+1))
-	acc := s.acc[:3*out.Dx()]
-	for oy := out.Min.Y; oy < out.Max.Y; oy++ {
-		clear(acc)
-		ys := s.ys[oy]
-		for j, wy := range ys.w {
-			row := src.Pix[src.PixOffset(src.Rect.Min.X, src.Rect.Min.Y+ys.first+j):]
-			for ox := out.Min.X; ox < out.Max.X; ox++ {
-				xs := s.xs[ox]
-				var r, g, b uint32
-				p := row[4*xs.first:]
-				for _, wx := range xs.w {
-					r += uint32(p[0]) * wx
-					g += uint32(p[1]) * wx
-					b += uint32(p[2]) * wx
-					p = p[4:]
-				}
-				a := acc[3*(ox-out.Min.X):]
-				a[0] += r * wy
-				a[1] += g * wy
-				a[2] += b * wy
-			}
+	// The source rows and columns those output pixels read.
+	y0, y1 := s.ys.first[out.Min.Y], s.ys.first[out.Max.Y-1]+s.ys.n
+	x0 := s.xs.first[out.Min.X]
+	x1 := s.xs.first[out.Max.X-1] + s.xs.n
+	ow := out.Dx()
+	if need := (y1 - y0) * ow; cap(s.rows) < need {
+		s.rows = make([]uint64, need)
+	}
+	rows := s.rows[:(y1-y0)*ow]
+	n := s.xs.n
+	for y := y0; y < y1; y++ {
+		row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
+		packed := s.packed[x0:x1]
+		for i := range packed {
+			p := row[4*i : 4*i+3]
+			packed[i] = uint64(p[0]) | uint64(p[1])<<lane | uint64(p[2])<<(2*lane)
 		}
-		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):]
-		for i := range out.Dx() {
-			a := acc[3*i:]
-			d[4*i] = uint8((a[0] + weightOne*weightOne/2) >> 24)
-			d[4*i+1] = uint8((a[1] + weightOne*weightOne/2) >> 24)
-			d[4*i+2] = uint8((a[2] + weightOne*weightOne/2) >> 24)
-			d[4*i+3] = 0xff
+		h := rows[(y-y0)*ow:][:ow]
+		for i := range h {
+			ox := out.Min.X + i
+			src := s.packed[s.xs.first[ox]:][:n]
+			w := s.xs.w[ox*n:][:n]
+			var acc uint64
+			for k, p := range src {
+				acc += p * w[k]
+			}
+			h[i] = unpackRound(acc)
+		}
+	}
+	n = s.ys.n
+	for oy := out.Min.Y; oy < out.Max.Y; oy++ {
+		first := s.ys.first[oy] - y0
+		w := s.ys.w[oy*n:][:n]
+		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
+		for i := range ow {
+			var acc uint64
+			for k, wk := range w {
+				acc += rows[(first+k)*ow+i] * wk
+			}
+			v := unpackRound(acc)
+			px := d[4*i : 4*i+4]
+			px[0], px[1], px[2], px[3] = uint8(v), uint8(v>>lane), uint8(v>>(2*lane)), 0xff
 		}
 	}
 	return out.Add(dst.Rect.Min)
+}
+
+// unpackRound divides each lane of a weighted sum by the weights' total,
+// rounding, back to one 8-bit value a lane.
+func unpackRound(acc uint64) uint64 {
+	r := (acc&laneMask + weightOne/2) >> 12
+	g := (acc>>lane&laneMask + weightOne/2) >> 12
+	b := (acc>>(2*lane)&laneMask + weightOne/2) >> 12
+	return r | g<<lane | b<<(2*lane)
 }

@@ -138,7 +138,10 @@ func (e *Encoder) exact(img *image.RGBA, r image.Rectangle, colors int) bool {
 	w, h := r.Dx(), r.Dy()
 	e.pal.fixed = false
 	e.pal.colors = e.pal.colors[:0]
-	clear(e.table[:])
+	for _, slot := range e.slots {
+		e.table[slot] = 0 // only the slots the last tile used
+	}
+	e.slots = e.slots[:0]
 	var last uint32 = 1 << 31
 	var lastIdx uint8
 	for y := range h {
@@ -162,6 +165,7 @@ func (e *Encoder) exact(img *image.RGBA, r image.Rectangle, colors int) bool {
 					lastIdx = uint8(len(e.pal.colors))
 					e.pal.colors = append(e.pal.colors, c)
 					e.table[slot] = 1<<32 | uint64(lastIdx)<<24 | uint64(c)
+					e.slots = append(e.slots, uint16(slot))
 					break
 				}
 				if uint32(v)&0xffffff == c {

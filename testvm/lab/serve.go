@@ -113,7 +113,7 @@ func (l *Lab) startServe(ctx context.Context, bin string) error {
 	// setsid --fork detaches it, as it does the libvirt daemons; Down
 	// finds it by its binary, which only this lab runs.
 	args := append([]string{"--fork", "ip", "netns", "exec", l.Server.Netns},
-		asServer("serve", "--data", data, "--listen", net.JoinHostPort(l.Server.Addr, servePort))...)
+		asServer("serve", "--data", data, "--listen", net.JoinHostPort(l.Server.Addr, servePort), "--images", imagesDir(l.Server))...)
 	cmd := exec.CommandContext(ctx, "setsid", args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {

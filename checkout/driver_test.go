@@ -484,3 +484,71 @@ func TestDriverView(t *testing.T) {
 		t.Error("a checkout ran twice")
 	}
 }
+
+// shortKeeper grants a lease that renewals never reach.
+type shortKeeper struct {
+	fakeKeeper
+	ttl time.Duration
+}
+
+func (k *shortKeeper) Acquire(context.Context) (Lease, error) {
+	k.j.add("acquire")
+	return Lease{ID: "L1", Holder: "laptop", Epoch: 1, Expires: time.Now().Add(k.ttl)}, nil
+}
+
+func (k *shortKeeper) Renew(ctx context.Context, l Lease, renewed func(Lease)) error {
+	<-ctx.Done() // the server never answers
+	k.j.add("renew stopped")
+	return ctx.Err()
+}
+
+// ctxHost remembers the context its migrations run under.
+type ctxHost struct {
+	*fakeHost
+	mu  sync.Mutex
+	ctx context.Context
+}
+
+func (h *ctxHost) MigrateTo(ctx context.Context, to Host, domain string, disks Prepared) (Migration, error) {
+	h.mu.Lock()
+	h.ctx = ctx
+	h.mu.Unlock()
+	return h.fakeHost.MigrateTo(ctx, to, domain, disks)
+}
+
+func TestDriverLeaseExpiringMidMigrationStopsTheMove(t *testing.T) {
+	j := &journal{}
+	srv := &ctxHost{fakeHost: &fakeHost{name: "server", runs: true, j: j, hold: true}}
+	ws := &fakeHost{name: "workstation", j: j}
+	keeper := &shortKeeper{fakeKeeper: fakeKeeper{j: j}, ttl: 300 * time.Millisecond}
+	co := New(Config{Domain: "desktop", Server: srv, Workstation: ws, Lease: keeper, Disks: fakeDisks{j}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan struct{})
+	go func() { defer close(ran); co.Run(ctx) }()
+	var aborted event.PhaseChanged
+	for ev := range co.Events() {
+		if p, ok := ev.(event.PhaseChanged); ok && p.Phase == event.Aborted {
+			aborted = p
+			break
+		}
+	}
+	if aborted.Err == nil || !strings.Contains(aborted.Err.Error(), "expired") {
+		t.Errorf("aborted with %v, want the lease's expiry as why", aborted.Err)
+	}
+	srv.mu.Lock()
+	mctx := srv.ctx
+	srv.mu.Unlock()
+	if mctx == nil || mctx.Err() == nil {
+		t.Error("the migration here did not run under a context the lost lease cancelled")
+	}
+	j.waitFor(t, "undo server→workstation")
+	if err := co.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	<-ran
+	if slices.ContainsFunc(j.entries(), func(e string) bool { return strings.HasPrefix(e, "release") }) {
+		t.Errorf("an expired lease was released: %q", j.entries())
+	}
+	j.before(t, "acquire", "migrate server→workstation", "undo server→workstation")
+}

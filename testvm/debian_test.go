@@ -208,6 +208,29 @@ func TestBuildDebianSaysWhenTheMirrorIsUnreachable(t *testing.T) {
 	}
 }
 
+func TestBuildDebianSaysWhatIsMissing(t *testing.T) {
+	// No debootstrap on the PATH.
+	t.Run("debootstrap", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir())
+		_, err := testvm.BuildDebian(context.Background(), testvm.BuildOptions{CacheDir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), "debootstrap is not installed: run make deps") {
+			t.Errorf("BuildDebian without debootstrap: %v", err)
+		}
+	})
+	// A cache on a file system too small for the tree.
+	t.Run("room", func(t *testing.T) {
+		small := t.TempDir()
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64m", "handoff-test", small).CombinedOutput(); err != nil {
+			t.Fatalf("mount a small tmpfs: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", small).Run() })
+		_, err := testvm.BuildDebian(context.Background(), testvm.BuildOptions{CacheDir: small})
+		if err == nil || !strings.Contains(err.Error(), "MB free in") || !strings.Contains(err.Error(), "needs about") {
+			t.Errorf("BuildDebian on a 64 MB file system: %v", err)
+		}
+	})
+}
+
 func sub(t *testing.T, dir, name string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)

@@ -459,7 +459,18 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 			sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
 			t.Logf("key to screen (tap sent until the picture with the echo is written): median %v, max %v", lat[len(lat)/2], lat[len(lat)-1])
 
-			// Bytes to the terminal per second while only the guest's counter changes.
+			// Bytes to the terminal per second while the guest's screen is
+			// still (its CPUs stopped), then while only its counter changes.
+			q.HMP("stop")
+			time.Sleep(time.Second)
+			i0 := lastWritten(w.lines())
+			time.Sleep(4 * time.Second)
+			idle := float64(lastWritten(w.lines())-i0) / 4
+			q.HMP("cont")
+			t.Logf("%s: %.0f bytes/s to the terminal while the guest's screen is still", term.name, idle)
+			if idle > 1000 {
+				t.Errorf("a still screen costs %.0f bytes/s to the terminal, over 1 kB/s", idle)
+			}
 			w0 := lastWritten(w.lines())
 			time.Sleep(4 * time.Second)
 			w1 := lastWritten(w.lines())

@@ -146,11 +146,16 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 	}
 	if l, err := Load(cfg.Dir); err == nil {
-		if l.healthy(ctx) && l.NAT == cfg.NAT && l.kind() == cfg.GuestKind {
+		healthy := l.healthy(ctx)
+		switch {
+		case healthy && l.NAT == cfg.NAT && l.kind() == cfg.GuestKind:
 			say("lab already up in %s", cfg.Dir)
 			return l, nil
+		case healthy:
+			say("the lab in %s runs another setup (the %s guest, NAT %v); making it anew", cfg.Dir, l.kind(), l.NAT)
+		default:
+			say("taking down a broken lab in %s", cfg.Dir)
 		}
-		say("taking down a broken lab in %s", cfg.Dir)
 	}
 	if err := Down(ctx, cfg.Dir); err != nil {
 		return nil, err

@@ -150,3 +150,21 @@ func TestGrabQuitsTheCheckoutAndWaitsForIt(t *testing.T) {
 		t.Errorf("calls %v, want one quit", calls)
 	}
 }
+
+func TestDiskStepsShowOnceWithTheirBytes(t *testing.T) {
+	m := NewModel(Options{Domain: "desktop", Now: func() time.Time { return fixedNow }})
+	for _, d := range []DiskProgressMsg{
+		{Step: "freezing", Disk: "vda"},
+		{Step: "receiving", Disk: "vda"},
+		{Step: "receiving", Disk: "vda", Done: 1 << 20, Total: 4 << 20},
+		{Step: "receiving", Disk: "vda", Done: 3 << 20, Total: 4 << 20},
+		{Step: "committing", Disk: "vda"},
+	} {
+		m.Update(d)
+	}
+	got := strings.Join(m.dash.Events, "\n")
+	want := "03:00:00 disks: freezing vda\n03:00:00 disks: receiving vda 3.1 MB of 4.2 MB\n03:00:00 disks: committing vda"
+	if got != want {
+		t.Errorf("recent events:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -166,6 +166,8 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 	case SwitchedMsg:
 		m.dash.Switched, m.dash.Downtime, m.dash.Mode = true, msg.Downtime, msg.Mode
 		m.note(fmt.Sprintf("switched by %s, downtime %d ms", msg.Mode, msg.Downtime.Milliseconds()))
+	case DiskProgressMsg:
+		m.noteDisk(msg)
 	case LeaseMsg:
 		m.dash.Lease = Lease(msg)
 	case ErrMsg:

@@ -49,7 +49,11 @@ type screen struct {
 func (s screen) render() string {
 	var b strings.Builder
 	b.WriteString("\x1b[?25l\x1b[H\x1b[2J") // hide the cursor, home, clear
-	b.WriteString("  handoff test guest\r\n\r\n")
+	if s.Disk {
+		b.WriteString("  handoff desktop guest (Debian 12)\r\n\r\n")
+	} else {
+		b.WriteString("  handoff test guest\r\n\r\n")
+	}
 	for _, line := range bigNumber(s.Tick) {
 		b.WriteString("    " + line + "\r\n")
 	}

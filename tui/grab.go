@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 
@@ -62,7 +63,13 @@ func Grab(ctx context.Context, co Checkout, o GrabOptions) error {
 	// The user quit (after confirming an abort): the checkout unwinds
 	// what is under way before the app's goroutines stop.
 	_ = co.Quit()
-	<-ran
+	select {
+	case <-ran:
+	case <-time.After(time.Second):
+		// Past the switch a move can only finish; say why the terminal waits.
+		fmt.Fprintf(o.Out, "handoff: waiting for the move of %s under way to end (past its switch it cannot go back)\n", o.Domain)
+		<-ran
+	}
 	cancel()
 	wg.Wait()
 	sc.close()

@@ -23,6 +23,7 @@ type fakeCheckout struct {
 	send   []event.Event
 	quit   chan struct{}
 	once   sync.Once
+	linger time.Duration // how long Run takes to end once quit
 
 	mu            sync.Mutex
 	quitBeforeEnd bool // Quit came while Run's context was still alive
@@ -45,6 +46,7 @@ func (f *fakeCheckout) Run(ctx context.Context) error {
 		f.mu.Lock()
 		f.quitBeforeEnd = ctx.Err() == nil
 		f.mu.Unlock()
+		time.Sleep(f.linger)
 	case <-ctx.Done():
 	}
 	f.mu.Lock()
@@ -166,5 +168,49 @@ func TestDiskStepsShowOnceWithTheirBytes(t *testing.T) {
 	want := "03:00:00 disks: freezing vda\n03:00:00 disks: receiving vda 3.1 MB of 4.2 MB\n03:00:00 disks: committing vda"
 	if got != want {
 		t.Errorf("recent events:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A checkout that takes long to end (a VM past its switch) is waited for,
+// and the terminal says so.
+func TestGrabSaysWhyItWaitsForTheCheckout(t *testing.T) {
+	co := &fakeCheckout{events: make(chan event.Event), quit: make(chan struct{}), linger: 1500 * time.Millisecond}
+	in, typed := io.Pipe()
+	t.Cleanup(func() { typed.Close() })
+	out := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Grab(context.Background(), co, GrabOptions{Domain: "desktop", In: in, Out: out, Graphics: "blocks"})
+	}()
+	typed.Write([]byte("\x1dq"))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Grab did not return")
+	}
+	if !strings.Contains(out.String(), "waiting for the move of desktop under way to end") {
+		t.Errorf("the terminal was not told why it waits: %q", out.String())
+	}
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	if !co.ran {
+		t.Error("Grab returned before the checkout had ended")
 	}
 }

@@ -117,9 +117,19 @@ type screen struct {
 
 // follow is the one bridge from the checkout to the program: it passes
 // every event on, and moves the view where a Screen event says, until the
-// events end.
+// events end or ctx does.
 func (s *screen) follow(ctx context.Context, events <-chan event.Event) {
-	for ev := range events {
+	for {
+		var ev event.Event
+		select {
+		case e, ok := <-events:
+			if !ok {
+				return
+			}
+			ev = e
+		case <-ctx.Done():
+			return
+		}
 		if sc, ok := ev.(event.Screen); ok {
 			if err := s.show(ctx, sc); err != nil {
 				s.prog.Send(ErrMsg{err})

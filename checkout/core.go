@@ -79,12 +79,12 @@ type State struct {
 	Renewing  bool // a lease is held and being renewed
 	LeaseLost bool
 
-	stage   stage
-	begun   bool
-	unwind  error // set: the move under way stops at its next step, for this reason
-	abortOK bool  // AbortMigration was sent for this move
-	quit    bool
-	stopped bool
+	stage     stage
+	begun     bool
+	unwind    error // set: the move under way stops at its next step, for this reason
+	abortSent bool  // AbortMigration was sent for this move
+	quit      bool
+	stopped   bool
 }
 
 // NewState is a checkout's state before it begins.
@@ -422,7 +422,7 @@ func (t *step) on(in Input) error {
 		default:
 			s.stage = precopy
 			if s.unwind != nil {
-				s.abortOK = true
+				s.abortSent = true
 				t.do(AbortMigration{})
 			}
 		}
@@ -562,8 +562,8 @@ func (t *step) abort(why error) error {
 		if s.unwind == nil {
 			s.unwind = why
 		}
-		if !s.abortOK {
-			s.abortOK = true
+		if !s.abortSent {
+			s.abortSent = true
 			t.do(AbortMigration{})
 		}
 	}
@@ -573,7 +573,7 @@ func (t *step) abort(why error) error {
 // startMove takes the first step of a move: the lease when going there.
 func (t *step) startMove(m Move) {
 	s := &t.s
-	s.Move, s.unwind, s.abortOK = m, nil, false
+	s.Move, s.unwind, s.abortSent = m, nil, false
 	if m.there() && s.Leased {
 		s.stage = leasing
 		t.enter(event.TakingLease, m.From, nil)

@@ -100,15 +100,27 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 			packed[i] = uint64(p[0]) | uint64(p[1])<<lane | uint64(p[2])<<(2*lane)
 		}
 		h := rows[(y-y0)*ow:][:ow]
-		for i := range h {
-			ox := out.Min.X + i
-			src := s.packed[s.xs.first[ox]:][:n]
-			w := s.xs.w[ox*n:][:n]
-			var acc uint64
-			for k, p := range src {
-				acc += p * w[k]
+		first, ws := s.xs.first[out.Min.X:out.Max.X], s.xs.w[out.Min.X*n:out.Max.X*n]
+		switch n {
+		case 2: // shrinking by less than 2, the common case: unrolled
+			for i := range h {
+				src, w := s.packed[first[i]:][:2], ws[2*i:][:2]
+				h[i] = unpackRound(src[0]*w[0] + src[1]*w[1])
 			}
-			h[i] = unpackRound(acc)
+		case 3:
+			for i := range h {
+				src, w := s.packed[first[i]:][:3], ws[3*i:][:3]
+				h[i] = unpackRound(src[0]*w[0] + src[1]*w[1] + src[2]*w[2])
+			}
+		default:
+			for i := range h {
+				src, w := s.packed[first[i]:][:n], ws[n*i:][:n]
+				var acc uint64
+				for k, p := range src {
+					acc += p * w[k]
+				}
+				h[i] = unpackRound(acc)
+			}
 		}
 	}
 	n = s.ys.n
@@ -116,6 +128,20 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 		first := s.ys.first[oy] - y0
 		w := s.ys.w[oy*n:][:n]
 		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
+		if n == 2 || n == 3 {
+			r0, r1 := rows[first*ow:][:ow], rows[(first+1)*ow:][:ow]
+			r2, w2 := r1, uint64(0)
+			if n == 3 {
+				r2, w2 = rows[(first+2)*ow:][:ow], w[2]
+			}
+			w0, w1 := w[0], w[1]
+			for i := range ow {
+				v := unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2)
+				px := d[4*i : 4*i+4]
+				px[0], px[1], px[2], px[3] = uint8(v), uint8(v>>lane), uint8(v>>(2*lane)), 0xff
+			}
+			continue
+		}
 		for i := range ow {
 			var acc uint64
 			for k, wk := range w {

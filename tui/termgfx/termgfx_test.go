@@ -367,3 +367,40 @@ func BenchmarkScale1280x800To1000x625(b *testing.B) {
 	perFrame := b.Elapsed().Seconds() / float64(b.N)
 	b.ReportMetric(perFrame*30*100, "%core@30fps")
 }
+
+// TestScaleMatchesAreaAveraging checks the fast paths against the plain
+// definition: each output pixel the coverage-weighted mean of the source.
+func TestScaleMatchesAreaAveraging(t *testing.T) {
+	src := desktop(1280, 800)
+	for _, size := range []image.Point{{1000, 625}, {700, 437}, {300, 190}} {
+		dst := image.NewRGBA(image.Rectangle{Max: size})
+		var s Scaler
+		s.Scale(dst, src, src.Rect)
+		fx, fy := float64(1280)/float64(size.X), float64(800)/float64(size.Y)
+		worst := 0
+		for oy := 0; oy < size.Y; oy += 7 {
+			for ox := 0; ox < size.X; ox += 7 {
+				var sum [3]float64
+				var area float64
+				for sy := int(float64(oy) * fy); float64(sy) < float64(oy+1)*fy; sy++ {
+					cy := min(float64(sy+1), float64(oy+1)*fy) - max(float64(sy), float64(oy)*fy)
+					for sx := int(float64(ox) * fx); float64(sx) < float64(ox+1)*fx; sx++ {
+						cx := min(float64(sx+1), float64(ox+1)*fx) - max(float64(sx), float64(ox)*fx)
+						p := src.RGBAAt(sx, sy)
+						sum[0] += cx * cy * float64(p.R)
+						sum[1] += cx * cy * float64(p.G)
+						sum[2] += cx * cy * float64(p.B)
+						area += cx * cy
+					}
+				}
+				got := dst.RGBAAt(ox, oy)
+				for c, v := range []uint8{got.R, got.G, got.B} {
+					worst = max(worst, abs(int(v)-int(sum[c]/area+0.5)))
+				}
+			}
+		}
+		if worst > 2 {
+			t.Errorf("1280x800 to %v: a channel off by %d from the area average", size, worst)
+		}
+	}
+}

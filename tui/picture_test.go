@@ -150,7 +150,7 @@ func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
 	b.ReportMetric(float64(n)/float64(b.N)/1e6, "MB/frame")
 }
 
-func BenchmarkPicture1280x800FullKitty(b *testing.B)   { benchmarkPicture(b, termgfx.Kitty, 170, 55) }
+func BenchmarkPicture1280x800FullKitty(b *testing.B) { benchmarkPicture(b, termgfx.Kitty, 170, 55) }
 func BenchmarkPicture1280x800FullKittyFiles(b *testing.B) {
 	benchmarkPicture(b, termgfx.Kitty|kittyFiles, 170, 55)
 }

@@ -98,7 +98,8 @@ type picture struct {
 	out    *termOut
 	proto  termgfx.Protocol
 	colors int  // sixel colour registers
-	files  bool // kitty runs on this machine: tiles go by temporary file
+	files  bool   // kitty runs on this machine: the picture goes by temporary file
+	tmp    string // where those files go
 	jobs   chan picJob
 	redraw chan struct{}
 	drawn  chan drawing // each drawing, for tests and measurements; dropped when full
@@ -114,7 +115,7 @@ type picture struct {
 
 func newPicture(out *termOut, proto termgfx.Protocol, colors int) *picture {
 	p := &picture{out: out, proto: proto, colors: colors, jobs: make(chan picJob, 1), redraw: make(chan struct{}, 1),
-		drawn: make(chan drawing, 64)}
+		drawn: make(chan drawing, 64), tmp: termgfx.TempDir()}
 	out.cleared = p.invalidate
 	return p
 }
@@ -243,7 +244,7 @@ func (p *picture) tiles(at placement, changed image.Rectangle) {
 // tileFile writes a tile's pixels to a temporary file for kitty, which
 // deletes it once read.
 func (p *picture) tileFile(r image.Rectangle) (string, error) {
-	f, err := os.CreateTemp(termgfx.TempDir(), termgfx.TempPattern)
+	f, err := os.CreateTemp(p.tmp, termgfx.TempPattern)
 	if err != nil {
 		return "", err
 	}

@@ -114,8 +114,8 @@ func TestImageModeViewLeavesThePictureCellsAlone(t *testing.T) {
 	}
 }
 
-// kittyFiles marks a benchmark of kitty by temporary files. The files are
-// left for the kitty that is not there to delete: removed after.
+// kittyFiles marks a benchmark of kitty by temporary files, which no
+// kitty reads and deletes here: they go to the benchmark's own folder.
 const kittyFiles termgfx.Protocol = 1 << 8
 
 // benchmarkPicture is the app's cost for a whole 1280x800 screen changing,
@@ -136,7 +136,7 @@ func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
 	}
 	at := place(frame.Rect.Size(), image.Pt(8, 16), cols, rows, Viewport{})
 	p, out := testPicture(proto &^ kittyFiles)
-	p.files = proto&kittyFiles != 0
+	p.files, p.tmp = proto&kittyFiles != 0, b.TempDir()
 	b.ResetTimer()
 	var n int
 	for range b.N {

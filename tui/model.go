@@ -12,6 +12,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/tui/termgfx"
 	"github.com/handoff-dev/handoff/vnc"
 )
 
@@ -333,7 +334,7 @@ func (m *Model) placeNow() placement {
 		return placement{hidden: true}
 	}
 	l := m.layout()
-	return place(m.frame.Rect.Size(), m.cell, l.cols, l.rows, m.vp)
+	return place(m.frame.Rect.Size(), m.cell, l.cols, l.rows, m.vp, m.gfx.proto == termgfx.Kitty && m.gfx.files.Load())
 }
 
 // useGraphics draws the screen as images through p, with cells of the

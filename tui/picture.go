@@ -27,8 +27,10 @@ type placement struct {
 
 // place fits a screen of the given size into cols x rows cells of cell
 // pixels each: at full resolution when it fits, else scaled down keeping
-// its aspect, or (1:1) cut to a panned window.
-func place(screen, cell image.Point, cols, rows int, vp Viewport) placement {
+// its aspect, or (1:1) cut to a panned window. whole is for a terminal
+// that scales the picture itself into a box of cells: a scaled picture
+// then fills its cells (its aspect kept within a cell).
+func place(screen, cell image.Point, cols, rows int, vp Viewport, whole bool) placement {
 	p := placement{cell: cell, crop: image.Rectangle{Max: screen}}
 	avail := image.Pt(cols*cell.X, rows*cell.Y)
 	switch {
@@ -44,6 +46,9 @@ func place(screen, cell image.Point, cols, rows int, vp Viewport) placement {
 		p.size = image.Pt(max(1, screen.X*avail.Y/screen.Y), avail.Y)
 	}
 	p.cells = image.Pt((p.size.X+cell.X-1)/cell.X, (p.size.Y+cell.Y-1)/cell.Y)
+	if whole && p.size != p.crop.Size() {
+		p.size = image.Pt(p.cells.X*cell.X, p.cells.Y*cell.Y)
+	}
 	return p
 }
 
@@ -97,9 +102,9 @@ type picJob struct {
 type picture struct {
 	out    *termOut
 	proto  termgfx.Protocol
-	colors int  // sixel colour registers
-	files  bool   // kitty runs on this machine: the picture goes by temporary file
-	tmp    string // where those files go
+	colors int         // sixel colour registers
+	files  atomic.Bool // kitty runs on this machine: the picture goes by temporary file (the model reads it too)
+	tmp    string      // where those files go
 	jobs   chan picJob
 	redraw chan struct{}
 	drawn  chan drawing // each drawing, for tests and measurements; dropped when full
@@ -178,12 +183,37 @@ func (p *picture) draw(j picJob, all bool) {
 			p.buf = append(p.buf, termgfx.KittyDeleteAll...)
 		}
 	}
+	dirty := j.dirty
+	if all {
+		dirty = j.frame.Rect
+	}
+	if p.proto == termgfx.Kitty && p.files.Load() {
+		if !all && dirty.Intersect(j.at.crop).Empty() {
+			p.last = j
+			p.flush()
+			return
+		}
+		// By file, the whole screen costs a copy in memory and ~150 bytes
+		// to the terminal, whatever changed; kitty scales it to its cells.
+		if path, err := p.tileFile(j.frame, j.at.crop); err == nil {
+			p.last, p.shown = j, true
+			p.moveTo(j.at.origin)
+			var cols, rows int
+			if j.at.size != j.at.crop.Size() {
+				cols, rows = j.at.cells.X, j.at.cells.Y
+			}
+			p.buf = termgfx.KittyFile(p.buf, path, j.at.crop.Dx(), j.at.crop.Dy(), 1, cols, rows)
+			p.buf = append(p.buf, "\x1b8"...)
+			p.flush()
+			return
+		}
+		p.files.Store(false) // no more files: tiles go through the terminal
+		all = true
+		dirty = j.frame.Rect
+	}
 	if p.scaled == nil || p.scaled.Rect.Size() != j.at.size {
 		p.scaled = image.NewRGBA(image.Rectangle{Max: j.at.size})
 		all = true
-	}
-	dirty := j.dirty
-	if all {
 		dirty = j.frame.Rect
 	}
 	src := j.frame.SubImage(j.at.crop).(*image.RGBA)
@@ -200,17 +230,6 @@ func (p *picture) draw(j picJob, all bool) {
 func (p *picture) tiles(at placement, changed image.Rectangle) {
 	if changed.Empty() {
 		return
-	}
-	if p.proto == termgfx.Kitty && p.files {
-		// By file, the whole picture costs a copy in memory and ~150
-		// bytes to the terminal: one image, whatever changed.
-		if path, err := p.tileFile(p.scaled.Rect); err == nil {
-			p.moveTo(at.origin)
-			p.buf = termgfx.KittyFile(p.buf, path, at.size.X, at.size.Y, 1)
-			p.buf = append(p.buf, "\x1b8"...)
-			return
-		}
-		p.files = false // no more files: tiles go through the terminal
 	}
 	tc := at.tileCells()
 	tw, th := tc.X*at.cell.X, tc.Y*at.cell.Y
@@ -243,12 +262,12 @@ func (p *picture) tiles(at placement, changed image.Rectangle) {
 
 // tileFile writes a tile's pixels to a temporary file for kitty, which
 // deletes it once read.
-func (p *picture) tileFile(r image.Rectangle) (string, error) {
+func (p *picture) tileFile(img *image.RGBA, r image.Rectangle) (string, error) {
 	f, err := os.CreateTemp(p.tmp, termgfx.TempPattern)
 	if err != nil {
 		return "", err
 	}
-	_, err = f.Write(p.enc.RGB(p.scaled, r))
+	_, err = f.Write(p.enc.RGB(img, r))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -2,6 +2,7 @@ package tui
 
 import (
 	"bytes"
+	"encoding/base64"
 	"image"
 	"image/color"
 	"os"
@@ -28,10 +29,11 @@ func TestPlaceFitsAtFullResolutionOrScales(t *testing.T) {
 		{"fits: full resolution", image.Pt(720, 400), 100, 30, Viewport{}, image.Pt(720, 400), image.Rect(0, 0, 720, 400)},
 		{"too wide: scaled, aspect kept", image.Pt(1280, 800), 100, 60, Viewport{}, image.Pt(800, 500), image.Rect(0, 0, 1280, 800)},
 		{"too tall: scaled", image.Pt(1280, 800), 200, 30, Viewport{}, image.Pt(768, 480), image.Rect(0, 0, 1280, 800)},
+		{"the terminal scales: whole cells", image.Pt(1280, 800), 100, 60, Viewport{}, image.Pt(800, 512), image.Rect(0, 0, 1280, 800)},
 		{"1:1 pans", image.Pt(1280, 800), 100, 30, Viewport{OneToOne: true, PanX: 100, PanY: 1000}, image.Pt(800, 480), image.Rect(100, 320, 900, 800)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := place(tc.screen, cell, tc.cols, tc.rows, tc.vp)
+			p := place(tc.screen, cell, tc.cols, tc.rows, tc.vp, strings.HasPrefix(tc.name, "the terminal scales"))
 			if p.size != tc.size || p.crop != tc.crop {
 				t.Errorf("place = size %v crop %v, want %v %v", p.size, p.crop, tc.size, tc.crop)
 			}
@@ -53,7 +55,7 @@ func TestPictureSendsOnlyTheTilesThatChanged(t *testing.T) {
 	for i := range frame.Pix {
 		frame.Pix[i] = byte(i * 7 / 3 % 13 * 19) // busy, so a whole screen is large
 	}
-	at := place(frame.Rect.Size(), image.Pt(8, 16), 100, 30, Viewport{})
+	at := place(frame.Rect.Size(), image.Pt(8, 16), 100, 30, Viewport{}, false)
 	for _, proto := range []termgfx.Protocol{termgfx.Kitty, termgfx.Sixel, termgfx.ITerm} {
 		t.Run(proto.String(), func(t *testing.T) {
 			p, out := testPicture(proto)
@@ -135,10 +137,10 @@ func benchmarkPicture(b *testing.B, proto termgfx.Protocol, cols, rows int) {
 			frame.SetRGBA(x, y, c)
 		}
 	}
-	at := place(frame.Rect.Size(), image.Pt(8, 16), cols, rows, Viewport{})
+	at := place(frame.Rect.Size(), image.Pt(8, 16), cols, rows, Viewport{}, proto&kittyFiles != 0)
 	p, out := testPicture(proto &^ kittyFiles)
-	p.files = proto&kittyFiles != 0
-	if p.files {
+	p.files.Store(proto&kittyFiles != 0)
+	if p.files.Load() {
 		// In memory, where kitty's files go, but in a folder of its own.
 		dir, err := os.MkdirTemp(termgfx.TempDir(), "handoff-bench-")
 		if err != nil {
@@ -166,4 +168,35 @@ func BenchmarkPicture1280x800FullKittyFiles(b *testing.B) {
 }
 func BenchmarkPicture1280x800FullSixel(b *testing.B)   { benchmarkPicture(b, termgfx.Sixel, 170, 55) }
 func BenchmarkPicture1280x800ScaledKitty(b *testing.B) { benchmarkPicture(b, termgfx.Kitty, 125, 40) }
+func BenchmarkPicture1280x800ScaledKittyFiles(b *testing.B) {
+	benchmarkPicture(b, termgfx.Kitty|kittyFiles, 125, 40)
+}
 func BenchmarkPicture1280x800ScaledSixel(b *testing.B) { benchmarkPicture(b, termgfx.Sixel, 125, 40) }
+
+func TestKittyOnThisMachineGetsTheScreenByFile(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 1280, 800))
+	for i := range frame.Pix {
+		frame.Pix[i] = byte(i % 251)
+	}
+	p, out := testPicture(termgfx.Kitty)
+	p.files.Store(true)
+	p.tmp = t.TempDir()
+	at := place(frame.Rect.Size(), image.Pt(8, 16), 125, 40, Viewport{}, true)
+	p.draw(picJob{frame: frame, dirty: frame.Rect, at: at}, false)
+	s := out.String()
+	head, path64, ok := strings.Cut(strings.TrimPrefix(s, "\x1b7\x1b[1;1H\x1b_G"), ";")
+	if !ok || !strings.Contains(head, "t=t,s=1280,v=800,i=1,c=125,r=40") {
+		t.Fatalf("kitty was not told to read a 1280x800 file into 125x40 cells: %q", s)
+	}
+	path, _ := base64.StdEncoding.DecodeString(strings.TrimSuffix(path64, "\x1b\\\x1b8"))
+	if !strings.Contains(string(path), "tty-graphics-protocol") {
+		t.Errorf("kitty reads only files named for it; this one is %s", path)
+	}
+	b, err := os.ReadFile(string(path))
+	if err != nil || len(b) != 1280*800*3 || b[3*1000] != frame.Pix[4*1000] {
+		t.Fatalf("the file holds %d bytes (%v), want the screen's RGB", len(b), err)
+	}
+	if len(s) > 300 {
+		t.Errorf("%d bytes to the terminal for a screen sent by file", len(s))
+	}
+}

@@ -61,7 +61,7 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 			colors = 256
 		}
 		pic := newPicture(out, proto, colors)
-		pic.files = caps.KittyFiles
+		pic.files.Store(caps.KittyFiles)
 		m.useGraphics(pic, cell)
 		go m.gfx.run(ctx)
 		if proto == termgfx.Sixel {

@@ -102,15 +102,23 @@ func (e *Encoder) RGB(img *image.RGBA, r image.Rectangle) []byte {
 
 // KittyFile appends the escape that shows a w x h RGB picture the caller
 // wrote to path (a temporary file, which the terminal reads and deletes)
-// as image id at the cursor. Only a terminal on this machine can read it
-// (Caps.KittyFiles); the picture's bytes never cross the terminal's stream.
-func KittyFile(dst []byte, path string, w, h int, id uint32) []byte {
+// as image id at the cursor, scaled by the terminal to cols x rows cells
+// (when they are not 0).
+// Only a terminal on this machine can read it (Caps.KittyFiles); the
+// picture's bytes never cross the terminal's stream.
+func KittyFile(dst []byte, path string, w, h int, id uint32, cols, rows int) []byte {
 	dst = append(dst, "\x1b_Ga=T,f=24,t=t,s="...)
 	dst = strconv.AppendInt(dst, int64(w), 10)
 	dst = append(dst, ",v="...)
 	dst = strconv.AppendInt(dst, int64(h), 10)
 	dst = append(dst, ",i="...)
 	dst = strconv.AppendUint(dst, uint64(id), 10)
+	if cols > 0 && rows > 0 { // else at its own size
+		dst = append(dst, ",c="...)
+		dst = strconv.AppendInt(dst, int64(cols), 10)
+		dst = append(dst, ",r="...)
+		dst = strconv.AppendInt(dst, int64(rows), 10)
+	}
 	dst = append(dst, ",p=1,C=1,q=2;"...)
 	dst = base64.StdEncoding.AppendEncode(dst, []byte(path))
 	return append(dst, "\x1b\\"...)

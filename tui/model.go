@@ -86,14 +86,15 @@ type Model struct {
 	pending []vmInput
 	sending bool
 
-	term     *termOut    // the terminal's writer, once NewProgram made it
-	gfx      *picture    // nil: half blocks in the view's text
-	cell     image.Point // a cell in pixels, for the picture
-	at       placement   // where the picture is
-	postedAt placement   // the placement of the last job given to the picture
-	noMouse  bool        // the mouse is released to the terminal
-	buttons  uint8       // held mouse buttons, as VNC masks them
-	showErr  bool        // the whole of the last error, over the screen
+	term       *termOut    // the terminal's writer, once NewProgram made it
+	gfx        *picture    // nil: half blocks in the view's text
+	cell       image.Point // a cell in pixels, for the picture
+	at         placement   // where the picture is
+	postedAt   placement   // the placement of the last job given to the picture
+	noMouse    bool        // the mouse is released to the terminal
+	pixelMouse bool        // mouse reports are in pixels (SGR-pixel), not cells
+	buttons    uint8       // held mouse buttons, as VNC masks them
+	showErr    bool        // the whole of the last error, over the screen
 }
 
 // vmInput is one thing for the VM: a key, or (pointer) the mouse.

@@ -290,6 +290,8 @@ func TestMouseBecomesPointerEventsInScreenPixels(t *testing.T) {
 		// Images: cells of 8x16 px, 75x39 of them (600x624 px): the screen
 		// is scaled by 600/720; cell (37,10)'s centre is (300,168) there.
 		{"image, middle", true, image.Pt(37, 10), image.Pt(360, 201), true},
+		// SGR-pixel reports: terminal pixel (300,168) is screen (360,201).
+		{"image, pixel reports", true, image.Pt(300, 168), image.Pt(360, 201), true},
 		{"dashboard", false, image.Pt(110, 5), image.Point{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -298,6 +300,7 @@ func TestMouseBecomesPointerEventsInScreenPixels(t *testing.T) {
 			if tc.gfx {
 				var out bytes.Buffer
 				m.useGraphics(newPicture(&termOut{w: &out}, 2, 256), image.Pt(8, 16))
+				m.pixelMouse = strings.Contains(tc.name, "pixel")
 			}
 			m.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
 			m.Update(FrameMsg(vnc.Frame{Image: frame, Dirty: frame.Rect, Seq: 1}))

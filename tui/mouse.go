@@ -50,9 +50,16 @@ func pointerAt(buttons uint8, at image.Point) vmInput {
 	return vmInput{pointer: true, buttons: buttons, at: at}
 }
 
-// screenPoint is the screen pixel under a terminal cell's centre (clamped
-// to the screen), and whether the cell shows the screen.
+// screenPoint is the screen pixel under a terminal cell's centre, or under
+// a terminal pixel when reports are in pixels (clamped to the screen), and
+// whether that shows the screen.
 func (m *Model) screenPoint(col, row int) (image.Point, bool) {
+	if m.gfx != nil && m.pixelMouse {
+		p := m.at
+		px := image.Pt(col, row).Sub(image.Pt(p.origin.X*p.cell.X, p.origin.Y*p.cell.Y))
+		inside := px.X >= 0 && px.Y >= 0 && px.X < p.size.X && px.Y < p.size.Y
+		return p.toScreen(px), inside && !p.hidden
+	}
 	if m.gfx != nil {
 		p := m.at
 		rel := image.Pt(col, row).Sub(p.origin)

@@ -64,6 +64,13 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		pic.files.Store(caps.KittyFiles)
 		m.useGraphics(pic, cell)
 		go m.gfx.run(ctx)
+		if caps.PixelMouse {
+			// SGR-pixel mouse reports (1016): the same reports bubbletea
+			// reads, in pixels, so a click lands on the pixel it means.
+			m.pixelMouse = true
+			io.WriteString(out, "\x1b[?1016h")
+			context.AfterFunc(ctx, func() { io.WriteString(out, "\x1b[?1016l") })
+		}
 		if proto == termgfx.Sixel {
 			// Sixel leaves the cursor beside the image, so a tile on the
 			// last rows never scrolls the screen.
@@ -90,6 +97,9 @@ func describe(c termgfx.Caps) string {
 	}
 	if c.KittyFiles {
 		s += ", pictures by file"
+	}
+	if c.PixelMouse {
+		s += ", mouse in pixels"
 	}
 	return s
 }

@@ -95,7 +95,7 @@ func child(sock, gfx, logPath string) int {
 		log.printf("event %s", e)
 	}
 	if m.gfx != nil {
-		log.printf("graphics %s cell %d %d", m.gfx.proto, m.cell.X, m.cell.Y)
+		log.printf("graphics %s cell %d %d pixelmouse %v files %v", m.gfx.proto, m.cell.X, m.cell.Y, m.pixelMouse, m.gfx.files.Load())
 		go func() {
 			for d := range m.gfx.drawn {
 				if d.bytes > 0 {
@@ -324,6 +324,8 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 			started := time.Now()
 			g, _ := w.waitLine("graphics", 0, 30*time.Second)
 			t.Logf("%s: %s", term.name, g)
+			ev, _ := w.waitLine("event", 0, time.Second)
+			t.Logf("%s: %s", term.name, ev)
 			want := map[string]string{"xterm": "sixel", "kitty": "kitty"}[term.name]
 			if !strings.Contains(g, " "+want+" ") {
 				t.Fatalf("%s chose %q, want %s", term.name, g, want)
@@ -421,8 +423,12 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 			}
 			var b, x, y int
 			fmt.Sscanf(strings.Join(strings.Fields(down)[2:], " "), "%d %d %d", &b, &x, &y)
-			cell := parseCell(g)
-			if abs(x-target.X) > cell.X || abs(y-target.Y) > cell.Y {
+			t.Logf("%s: a click at screen pixel %v went to the VM as (%d,%d)", term.name, target, x, y)
+			tol := parseCell(g) // a click means its cell's centre
+			if strings.Contains(g, "pixelmouse true") {
+				tol = image.Pt(2, 2) // or its pixel
+			}
+			if abs(x-target.X) > tol.X || abs(y-target.Y) > tol.Y {
 				t.Errorf("the click at screen (%d,%d) went to the VM at (%d,%d)", target.X, target.Y, x, y)
 			}
 			waitFile(t, trace, "input_event_btn", 10*time.Second)

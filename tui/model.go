@@ -73,6 +73,7 @@ type Model struct {
 	height   int
 	frame    *image.RGBA
 	dirty    image.Rectangle
+	rects    []image.Rectangle // the parts of dirty that changed
 	renderer Renderer
 	vp       Viewport
 	dash     dashState
@@ -141,10 +142,15 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
 	case FrameMsg:
+		rects := msg.Rects
+		if rects == nil {
+			rects = []image.Rectangle{msg.Dirty}
+		}
 		if m.frame != nil && m.frame.Rect == msg.Image.Rect {
 			m.dirty = m.dirty.Union(msg.Dirty)
+			m.rects = vnc.MergeRects(m.rects, rects, m.dirty)
 		} else {
-			m.dirty = msg.Image.Rect
+			m.dirty, m.rects = msg.Image.Rect, nil
 		}
 		m.frame = msg.Image
 	case ProgressMsg:
@@ -407,7 +413,7 @@ func (m *Model) View() string {
 		screen = []string{"waiting for the VM's screen…"}
 	case m.gfx != nil:
 		if !m.dirty.Empty() || m.at != m.postedAt {
-			m.gfx.post(picJob{frame: m.frame, dirty: m.dirty, at: m.at})
+			m.gfx.post(picJob{frame: m.frame, dirty: m.dirty, rects: m.rects, at: m.at})
 			m.postedAt = m.at
 		}
 		skip = m.at.cells.X
@@ -418,7 +424,7 @@ func (m *Model) View() string {
 		m.vp.Cols, m.vp.Rows = l.cols, l.rows
 		screen = m.renderer.Render(m.frame, m.dirty, m.vp)
 	}
-	m.dirty = image.Rectangle{}
+	m.dirty, m.rects = image.Rectangle{}, nil
 	var out []string
 	if l.side {
 		pad := lipgloss.NewStyle().Width(l.cols + 1)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/tui/termgfx"
+	"github.com/handoff-dev/handoff/vnc"
 )
 
 // placement is where the screen's picture goes in an image mode: which
@@ -92,6 +93,7 @@ func (t *termOut) Write(p []byte) (int, error) {
 type picJob struct {
 	frame *image.RGBA
 	dirty image.Rectangle
+	rects []image.Rectangle // the parts of dirty that changed; nil for all of it
 	at    placement
 }
 
@@ -115,6 +117,7 @@ type picture struct {
 	last   picJob
 	scaled *image.RGBA
 	buf    []byte
+	marks  []bool // the tiles to send
 	shown  bool
 }
 
@@ -131,8 +134,9 @@ func (p *picture) post(j picJob) {
 	case old := <-p.jobs:
 		if old.at == j.at && old.frame != nil && j.frame != nil && old.frame.Rect == j.frame.Rect {
 			j.dirty = j.dirty.Union(old.dirty)
+			j.rects = vnc.MergeRects(old.rects, j.rects, j.dirty)
 		} else if j.frame != nil {
-			j.dirty = j.frame.Rect
+			j.dirty, j.rects = j.frame.Rect, nil
 		}
 	default:
 	}
@@ -217,46 +221,67 @@ func (p *picture) draw(j picJob, all bool) {
 		dirty = j.frame.Rect
 	}
 	src := j.frame.SubImage(j.at.crop).(*image.RGBA)
-	changed := p.scaler.Scale(p.scaled, src, dirty)
-	if all {
-		changed = p.scaled.Rect
+	rects := j.rects
+	if all || len(rects) == 0 {
+		rects = []image.Rectangle{dirty}
+	}
+	var changed []image.Rectangle
+	for _, r := range rects {
+		if c := p.scaler.Scale(p.scaled, src, r); !c.Empty() {
+			changed = append(changed, c)
+		}
 	}
 	p.last, p.shown = j, true
 	p.tiles(j.at, changed)
 	p.flush()
 }
 
-// tiles encodes the tiles that changed touches.
-func (p *picture) tiles(at placement, changed image.Rectangle) {
-	if changed.Empty() {
-		return
-	}
+// tiles encodes the tiles that the changed rectangles touch.
+func (p *picture) tiles(at placement, changed []image.Rectangle) {
 	tc := at.tileCells()
 	tw, th := tc.X*at.cell.X, tc.Y*at.cell.Y
-	cols := (at.size.X + tw - 1) / tw
-	x0, x1 := changed.Min.X/tw, (changed.Max.X+tw-1)/tw
-	y0, y1 := changed.Min.Y/th, (changed.Max.Y+th-1)/th
-	for ty := y0; ty < y1; ty++ {
-		if p.proto == termgfx.Kitty {
-			for tx := x0; tx < x1; tx++ {
+	cols, rows := (at.size.X+tw-1)/tw, (at.size.Y+th-1)/th
+	if cap(p.marks) < cols*rows {
+		p.marks = make([]bool, cols*rows)
+	}
+	marks := p.marks[:cols*rows]
+	clear(marks)
+	for _, c := range changed {
+		c = c.Intersect(p.scaled.Rect)
+		for ty := c.Min.Y / th; ty < (c.Max.Y+th-1)/th; ty++ {
+			for tx := c.Min.X / tw; tx < (c.Max.X+tw-1)/tw; tx++ {
+				marks[ty*cols+tx] = true
+			}
+		}
+	}
+	for ty := range rows {
+		for tx := 0; tx < cols; tx++ {
+			if !marks[ty*cols+tx] {
+				continue
+			}
+			if p.proto == termgfx.Kitty {
 				r := image.Rect(tx*tw, ty*th, (tx+1)*tw, (ty+1)*th).Intersect(p.scaled.Rect)
 				p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
-				id := uint32(1 + ty*cols + tx)
-				p.buf = p.enc.Kitty(p.buf, p.scaled, r, id)
+				p.buf = p.enc.Kitty(p.buf, p.scaled, r, uint32(1+ty*cols+tx))
 				p.buf = append(p.buf, "\x1b8"...)
+				continue
 			}
-			continue
+			// Sixel and iTerm2 images have no identity: one image for a
+			// run of changed tiles in a row.
+			end := tx
+			for end < cols && marks[ty*cols+end] {
+				end++
+			}
+			r := image.Rect(tx*tw, ty*th, end*tw, (ty+1)*th).Intersect(p.scaled.Rect)
+			p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
+			if p.proto == termgfx.Sixel {
+				p.buf = p.enc.Sixel(p.buf, p.scaled, r, p.colors)
+			} else {
+				p.buf = p.enc.ITerm(p.buf, p.scaled, r)
+			}
+			p.buf = append(p.buf, "\x1b8"...)
+			tx = end
 		}
-		// Sixel and iTerm2 images have no identity: one image per row of
-		// changed tiles.
-		r := image.Rect(x0*tw, ty*th, x1*tw, (ty+1)*th).Intersect(p.scaled.Rect)
-		p.moveTo(at.origin.Add(image.Pt(x0*tc.X, ty*tc.Y)))
-		if p.proto == termgfx.Sixel {
-			p.buf = p.enc.Sixel(p.buf, p.scaled, r, p.colors)
-		} else {
-			p.buf = p.enc.ITerm(p.buf, p.scaled, r)
-		}
-		p.buf = append(p.buf, "\x1b8"...)
 	}
 }
 

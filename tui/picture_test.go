@@ -76,6 +76,14 @@ func TestPictureSendsOnlyTheTilesThatChanged(t *testing.T) {
 			if !strings.Contains(out.String(), "\x1b7\x1b[5;9H") {
 				t.Errorf("the changed tile is not placed at its cell: %q", out.String()[:40])
 			}
+			// Two changes far apart are two tiles, not the screen between.
+			next.SetRGBA(0, 0, color.RGBA{1, 2, 3, 255})
+			next.SetRGBA(719, 399, color.RGBA{1, 2, 3, 255})
+			out.Reset()
+			p.draw(picJob{frame: next, dirty: next.Rect, rects: []image.Rectangle{image.Rect(0, 0, 1, 1), image.Rect(719, 399, 720, 400)}, at: at}, false)
+			if n := strings.Count(out.String(), "\x1b7"); n != 2 || out.Len()*10 > whole {
+				t.Errorf("two one-pixel changes wrote %d tiles, %d bytes (the whole screen %d)", n, out.Len(), whole)
+			}
 			// Nothing changed: nothing written.
 			out.Reset()
 			p.draw(picJob{frame: next, at: at}, false)

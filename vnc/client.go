@@ -17,6 +17,10 @@ import (
 type Frame struct {
 	Image *image.RGBA     // a copy the receiver owns and may keep
 	Dirty image.Rectangle // what changed since the previous Frame (all of it after a resize or reconnect)
+	// Rects are the rectangles that changed, as the server sent them (at
+	// most maxRects; more merge into Dirty): a change at the top and one at
+	// the bottom are two small areas, not the screen between them.
+	Rects []image.Rectangle
 	Seq   uint64
 }
 
@@ -194,6 +198,7 @@ func (c *Client) serve(ctx context.Context, s *session, seq *uint64) error {
 		return err
 	}
 	dirty := fb.Rect // a new connection shows the whole screen anew
+	rects := []image.Rectangle{fb.Rect}
 	for {
 		select {
 		case <-ctx.Done():
@@ -216,13 +221,16 @@ func (c *Client) serve(ctx context.Context, s *session, seq *uint64) error {
 					c.mu.Unlock()
 				}
 				dirty = dirty.Union(d)
+				if !d.Empty() {
+					rects = append(rects, d)
+				}
 			}
 			if full {
-				dirty = fb.Rect
+				dirty, rects = fb.Rect, append(rects[:0], fb.Rect)
 			}
 			*seq++
-			c.publish(Frame{Image: cloneRGBA(fb), Dirty: dirty, Seq: *seq})
-			dirty = image.Rectangle{}
+			c.publish(Frame{Image: cloneRGBA(fb), Dirty: dirty, Rects: MergeRects(nil, rects, dirty), Seq: *seq})
+			dirty, rects = image.Rectangle{}, rects[:0]
 			c.mu.Lock()
 			err := s.conn.FramebufferUpdateRequest(!full, 0, 0, uint16(fb.Rect.Dx()), uint16(fb.Rect.Dy()))
 			c.mu.Unlock()
@@ -241,12 +249,26 @@ func (c *Client) publish(f Frame) {
 	case old := <-c.frames:
 		if old.Image.Rect == f.Image.Rect {
 			f.Dirty = f.Dirty.Union(old.Dirty)
+			f.Rects = MergeRects(old.Rects, f.Rects, f.Dirty)
 		} else {
-			f.Dirty = f.Image.Rect
+			f.Dirty, f.Rects = f.Image.Rect, []image.Rectangle{f.Image.Rect}
 		}
 	default:
 	}
 	c.frames <- f
+}
+
+// maxRects bounds a Frame's list of changed rectangles; past it, their
+// union stands for them.
+const maxRects = 32
+
+// MergeRects appends more to rects (in a new slice: the receiver may keep
+// both) and returns them, or just union when they grow past maxRects.
+func MergeRects(rects, more []image.Rectangle, union image.Rectangle) []image.Rectangle {
+	if len(rects)+len(more) > maxRects {
+		return []image.Rectangle{union}
+	}
+	return append(append(make([]image.Rectangle, 0, len(rects)+len(more)), rects...), more...)
 }
 
 func cloneRGBA(m *image.RGBA) *image.RGBA {

@@ -75,11 +75,19 @@ type termOut struct {
 	w       io.Writer
 	written atomic.Int64
 	cleared func()
+	// pixelMouse keeps mouse reports in pixels (1016) whenever bubbletea
+	// turns SGR reports on.
+	pixelMouse bool
 }
 
 func (t *termOut) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	n, err := t.w.Write(p)
+	if t.pixelMouse && bytes.Contains(p, []byte("\x1b[?1006h")) {
+		// Turning on SGR reports turns off their pixel form (1016), which
+		// bubbletea does not know: on again, after it.
+		t.w.Write([]byte("\x1b[?1016h"))
+	}
 	t.mu.Unlock()
 	t.written.Add(int64(n))
 	if t.cleared != nil && bytes.Contains(p, []byte("\x1b[2J")) {

@@ -208,3 +208,12 @@ func TestKittyOnThisMachineGetsTheScreenByFile(t *testing.T) {
 		t.Errorf("%d bytes to the terminal for a screen sent by file", len(s))
 	}
 }
+
+func TestPixelMouseStaysOnWhenBubbleteaTurnsOnSGR(t *testing.T) {
+	var b bytes.Buffer
+	out := &termOut{w: &b, pixelMouse: true}
+	out.Write([]byte("\x1b[?1003h\x1b[?1006h"))
+	if got := b.String(); !strings.HasSuffix(got, "\x1b[?1006h\x1b[?1016h") {
+		t.Errorf("wrote %q: the pixel form is not on after SGR", got)
+	}
+}

@@ -63,12 +63,10 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		pic := newPicture(out, proto, colors)
 		pic.files.Store(caps.KittyFiles)
 		m.useGraphics(pic, cell)
-		go m.gfx.run(ctx)
 		if caps.PixelMouse {
 			// SGR-pixel mouse reports (1016): the same reports bubbletea
 			// reads, in pixels, so a click lands on the pixel it means.
-			m.pixelMouse = true
-			io.WriteString(out, "\x1b[?1016h")
+			m.pixelMouse, out.pixelMouse = true, true
 			context.AfterFunc(ctx, func() { io.WriteString(out, "\x1b[?1016l") })
 		}
 		if proto == termgfx.Sixel {
@@ -77,6 +75,7 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 			io.WriteString(out, "\x1b[?8452h")
 			context.AfterFunc(ctx, func() { io.WriteString(out, "\x1b[?8452l") })
 		}
+		go m.gfx.run(ctx)
 	}
 	m.note("graphics: " + proto.String() + describe(caps))
 	var output io.Writer = out

@@ -80,7 +80,7 @@ WantedBy=sysinit.target
 
 // diskRecipeVersion names what makeDisk does beyond its inputs; bump it
 // when that changes.
-const diskRecipeVersion = "debian-disk-2"
+const diskRecipeVersion = "debian-disk-3"
 
 // maskedUnits would compete with the agent for the consoles (the gettys)
 // or write the disk on a schedule nobody asked for (the timers).
@@ -411,6 +411,9 @@ func makeDisk(ctx context.Context, dir, tree string, files []guestFile, out stri
 			return fmt.Errorf("add %s to the guest: %w", f.path, err)
 		}
 	}
+	if err := addUserFiles(ctx, staging); err != nil {
+		return err
+	}
 	raw := filepath.Join(tmp, "disk.raw")
 	if err := os.WriteFile(raw, nil, 0o644); err != nil {
 		return err
@@ -435,6 +438,29 @@ func makeDisk(ctx context.Context, dir, tree string, files []guestFile, out stri
 		return err
 	}
 	return os.Rename(qcow, out)
+}
+
+// userFileCopies is how many copies of the system's /usr stand in for a
+// user's files in /home/desktop: a desktop's disk holds more of its
+// user's data than of its system, and a disk test that moved only a
+// trimmed system would flatter every tool that copies whole disks less.
+const userFileCopies = 3
+
+// addUserFiles fills /home/desktop with real bytes of every kind
+// (programs, libraries, text, data): copies, not hard links, so each is
+// its own blocks on the disk.
+func addUserFiles(ctx context.Context, staging string) error {
+	home := filepath.Join(staging, "home", "desktop")
+	for i, name := range []string{"Documents", "Projects", "Downloads"}[:userFileCopies] {
+		dst := filepath.Join(home, name)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if err := runQuiet(ctx, "cp", "-r", "--no-preserve=links", filepath.Join(staging, "usr"), filepath.Join(dst, fmt.Sprintf("usr-%d", i))); err != nil {
+			return fmt.Errorf("fill the guest's home folder: %w", err)
+		}
+	}
+	return nil
 }
 
 func runQuiet(ctx context.Context, name string, args ...string) error {

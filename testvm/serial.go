@@ -105,7 +105,7 @@ type Status struct {
 }
 
 // panicMarks start the kernel's lines that mean the guest is dead or dying.
-var panicMarks = []string{"Kernel panic - not syncing", "BUG: ", "Oops: "}
+var panicMarks = []string{"Kernel panic - not syncing", "BUG: ", "Oops: ", "kernel BUG at ", "list_add corruption", "list_del corruption", "general protection fault"}
 
 // ParseSerialLog reads a guest's serial log. Lines that are not the agent's
 // (kernel messages, a torn last line) are passed over.

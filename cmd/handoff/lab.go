@@ -85,7 +85,7 @@ packages on first use (cached). Prints the hosts' libvirt URIs when ready.`, std
 	dir := fs.String("dir", lab.DefaultDir, "the lab's state directory")
 	link := linkFlags(fs)
 	mem := fs.Int("mem", lab.DefaultGuest.MemMB, "guest memory, MiB (with --guest debian: 512 unless given)")
-	dirty := fs.Float64("dirty", lab.DefaultGuest.DirtyMBps, "MB/s of memory the guest dirties")
+	dirty := fs.Float64("dirty", lab.DefaultGuest.DirtyMBps, "MB/s of memory the guest dirties (with --guest debian: 0 unless given)")
 	wss := fs.Int("wss", lab.DefaultGuest.WSSMB, "working set the guest dirties, MB")
 	guest := fs.String("guest", string(lab.Busybox), "the guest to run: busybox (tiny, memory only) or debian (a Debian 12 desktop on a qcow2 disk; 512 MiB)")
 	nat := fs.Bool("nat", false, "put the workstation behind NAT: it accepts no connections and reaches the server over SSH (run handoff inside its namespace: see 'lab status')")
@@ -96,8 +96,16 @@ packages on first use (cached). Prints the hosts' libvirt URIs when ready.`, std
 	if err != nil {
 		return fmt.Errorf("%w: --guest: %v", errUsage, err)
 	}
-	if kind == lab.Desktop && !flagSet(fs, "mem") {
-		*mem = lab.DesktopMemMB
+	if kind == lab.Desktop {
+		if !flagSet(fs, "mem") {
+			*mem = lab.DefaultDesktop.MemMB
+		}
+		if !flagSet(fs, "dirty") {
+			*dirty = lab.DefaultDesktop.DirtyMBps
+		}
+		if !flagSet(fs, "wss") {
+			*wss = lab.DefaultDesktop.WSSMB
+		}
 	}
 	if *mem < 64 || *wss < 1 || *wss > *mem/2 || *dirty < 0 {
 		return fmt.Errorf("%w: need --mem of at least 64, --wss between 1 and half of --mem, --dirty not negative", errUsage)

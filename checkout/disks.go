@@ -243,10 +243,13 @@ func checkFree(dst *libvirt.Conn, pool *libvirt.Pool, disks []libvirt.Disk) erro
 		}
 		need += size
 	}
-	avail, err := pool.Available()
-	if err != nil {
-		return err
+	// The pull writes here, from this process: its free space is what
+	// this process sees (the daemon may live in another mount namespace).
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(pool.Dir, &fs); err != nil {
+		return fmt.Errorf("free space in %s: %w", pool.Dir, err)
 	}
+	avail := fs.Bavail * uint64(fs.Bsize)
 	if need > avail {
 		return fmt.Errorf("the disks need up to %d MB in %s on %s, which has %d MB free: free some room, or give another folder (--images)", need>>20, pool.Dir, dst.URI(), avail>>20)
 	}

@@ -40,7 +40,10 @@ type ResultRecord struct {
 	TransferredBytes uint64 `json:"transferred_bytes"`
 	MemoryBytes      uint64 `json:"memory_bytes"`
 	Iterations       uint64 `json:"iterations"`
-	Error            string `json:"error,omitempty"`
+	// DiskBytes is what the disks' own transfer put on the link, apart
+	// from the migration stream.
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // Record is r as the final --json line.

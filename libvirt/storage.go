@@ -42,15 +42,6 @@ func (c *Conn) EnsurePool(dir string) (*Pool, error) {
 	return &Pool{conn: c, pool: p, Name: p.Name, Dir: dir}, nil
 }
 
-// Available is the pool's free space in bytes.
-func (p *Pool) Available() (uint64, error) {
-	_, _, _, avail, err := p.conn.lv.StoragePoolGetInfo(p.pool)
-	if err != nil {
-		return 0, fmt.Errorf("free space of pool %s on %s: %w", p.Name, p.conn.uri, err)
-	}
-	return avail, nil
-}
-
 // Refresh makes the pool see files put into its directory from outside.
 func (p *Pool) Refresh() error {
 	if err := p.conn.lv.StoragePoolRefresh(p.pool, 0); err != nil {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/handoff-dev/handoff/checkout"
 	"github.com/handoff-dev/handoff/checkout/event"
@@ -112,7 +113,14 @@ func moveDisks(ctx context.Context, labDir, mode, images string, src, dst *libvi
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s has disks to move with it: %w", name, err)
 	}
+	var last time.Time
 	report := func(p event.DiskProgress) {
+		// A step's bytes arrive chunk by chunk: a few lines a second are
+		// enough to follow.
+		if p.Total > 0 && p.Done < p.Total && time.Since(last) < 250*time.Millisecond {
+			return
+		}
+		last = time.Now()
 		if jsonOut {
 			json.NewEncoder(stdout).Encode(map[string]any{"phase": "disks", "step": p.Step, "disk": p.Disk, "done_bytes": p.Done, "total_bytes": p.Total})
 			return
@@ -129,6 +137,9 @@ func moveDisks(ctx context.Context, labDir, mode, images string, src, dst *libvi
 	}
 	if err != nil {
 		closeDisks()
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("stopped before the VM moved (%w): %s keeps running on %s on its disk as it was, and %s keeps nothing of this move", err, name, src.URI(), dst.URI())
+		}
 		return nil, nil, err
 	}
 	if !jsonOut {

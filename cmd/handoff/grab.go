@@ -32,6 +32,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	noLease := fs.Bool("no-lease", false, "take no lease, even when logged in to a server")
 	graphics := fs.String("graphics", "auto", "how to draw the VM's screen: auto (ask the terminal), kitty, sixel, iterm or blocks")
 	images := imagesFlag(fs)
+	guest := fs.String("guest", string(lab.Desktop), "the guest a lab started by grab runs: debian (a desktop on a disk, moved through the chunk store) or busybox (memory only)")
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -53,7 +54,11 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		l, err := lab.Load(*labDir)
 		if err != nil {
 			fmt.Fprintln(stderr, "no server given: starting the built-in lab (handoff lab up)")
-			if l, err = lab.Up(ctx, lab.Config{Dir: *labDir, Progress: stderr, Handoff: executable()}); err != nil {
+			kind, err := lab.ParseGuestKind(*guest)
+			if err != nil {
+				return fmt.Errorf("%w: --guest: %v", errUsage, err)
+			}
+			if l, err = lab.Up(ctx, lab.Config{Dir: *labDir, Progress: stderr, Handoff: executable(), GuestKind: kind}); err != nil {
 				return err
 			}
 		}

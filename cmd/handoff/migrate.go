@@ -89,8 +89,16 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		report = func(p libvirt.Progress) { enc.Encode(p.Record()) }
 	}
 	res, err := libvirt.Run(m, report)
+	if err != nil {
+		err = undo(err)
+	}
+	var tidy error
+	if err == nil {
+		tidy = move.Finish(context.WithoutCancel(ctx))
+	}
 	if *jsonOut {
 		rec := res.Record()
+		rec.DiskBytes = move.SentBytes
 		if err != nil {
 			rec.Phase, rec.Error = "failed", err.Error()
 			if errors.Is(err, libvirt.ErrAborted) {
@@ -100,10 +108,10 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		json.NewEncoder(stdout).Encode(rec)
 	}
 	if err != nil {
-		return undo(err)
+		return err
 	}
-	if err := move.Finish(context.WithoutCancel(ctx)); err != nil {
-		return fmt.Errorf("%s now runs on %s, but tidying its disks failed: %w", name, *to, err)
+	if tidy != nil {
+		return fmt.Errorf("%s now runs on %s, but tidying its disks failed: %w", name, *to, tidy)
 	}
 	if !*jsonOut {
 		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",

@@ -78,6 +78,39 @@ func (m *DiskMove) Finish(ctx context.Context) error { return runAll(ctx, m.fini
 // runs on its original chain again and the destination keeps nothing.
 func (m *DiskMove) Undo(ctx context.Context) error { return runAll(ctx, m.undo) }
 
+// undoIfFailed undoes the move when *err says its preparation failed.
+func (m *DiskMove) undoIfFailed(ctx context.Context, err *error) {
+	if *err == nil {
+		return
+	}
+	if uerr := m.Undo(context.WithoutCancel(ctx)); uerr != nil {
+		*err = fmt.Errorf("%w; putting the disks back also failed: %v", *err, uerr)
+	}
+}
+
+// overlayOn starts an empty overlay called name in pool on base, a file
+// of the pool's host, of base's virtual size; it returns its path.
+func overlayOn(host *libvirt.Conn, pool *libvirt.Pool, name string, base libvirt.Layer) (string, error) {
+	if err := pool.Refresh(); err != nil {
+		return "", err
+	}
+	size, err := host.VirtualSize(base.Path)
+	if err != nil {
+		return "", err
+	}
+	return pool.CreateOverlay(name, base, size)
+}
+
+// commitOn commits the top layer of the domain's disk target on host, where
+// the VM now runs, down into the file below it.
+func commitOn(ctx context.Context, host *libvirt.Conn, domain, target string) error {
+	there, err := host.Lookup(domain)
+	if err != nil {
+		return err
+	}
+	return there.CommitTop(ctx, target)
+}
+
 func runAll(ctx context.Context, steps []func(context.Context) error) error {
 	var errs []error
 	for _, f := range steps {
@@ -142,13 +175,7 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		return nil, err
 	}
 	move := &DiskMove{}
-	defer func() {
-		if err != nil {
-			if uerr := move.Undo(context.WithoutCancel(ctx)); uerr != nil {
-				err = fmt.Errorf("%w; putting the disks back also failed: %v", err, uerr)
-			}
-		}
-	}()
+	defer move.undoIfFailed(ctx, &err)
 	moveTag := tag()
 	s.say(report, "freezing the disks", "")
 	frozen, err := dom.Freeze(moveTag)
@@ -177,6 +204,12 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		if err != nil {
 			return nil, fmt.Errorf("receive disk %s of %s: %w", d.Target, domain, err)
 		}
+		// The mirror writes only the top layer: everything below must be
+		// the server's, file for file, or it would be written onto a base
+		// that differs.
+		if err := sameChain(indexed.Members, members); err != nil {
+			return nil, fmt.Errorf("disk %s of %s: %w: refused, nothing was mirrored", d.Target, domain, err)
+		}
 		move.SentBytes += st.WireBytes
 		for _, m := range members {
 			if err := chownLike(m.Path, pool.Dir); err != nil {
@@ -185,15 +218,8 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 			path := m.Path
 			move.undo = append(move.undo, func(context.Context) error { return removeFile(path) })
 		}
-		if err := pool.Refresh(); err != nil {
-			return nil, err
-		}
-		size, err := dst.VirtualSize(local)
-		if err != nil {
-			return nil, err
-		}
 		s.say(report, "making the overlay", local)
-		overlay, err := pool.CreateOverlay(filepath.Base(d.Top().Path), libvirt.Layer{Path: local, Format: below.Format}, size)
+		overlay, err := overlayOn(dst, pool, filepath.Base(d.Top().Path), libvirt.Layer{Path: local, Format: below.Format})
 		if err != nil {
 			return nil, err
 		}
@@ -202,12 +228,8 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		targets = append(targets, d.Target)
 		target := d.Target
 		move.finish = append(move.finish, func(ctx context.Context) error {
-			there, err := dst.Lookup(domain)
-			if err != nil {
-				return err
-			}
 			s.say(report, "committing the overlay down", target)
-			return there.CommitTop(ctx, target)
+			return commitOn(ctx, dst, domain, target)
 		})
 	}
 	x, err := dom.MigratableXML()
@@ -220,6 +242,20 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 	}
 	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML}
 	return move, nil
+}
+
+// sameChain checks that the chain pulled here holds, file for file, what
+// the server indexed.
+func sameChain(server, here []syncengine.ChainMember) error {
+	if len(server) != len(here) {
+		return fmt.Errorf("the server's chain has %d files, the copy here %d", len(server), len(here))
+	}
+	for i := range server {
+		if server[i].Root != here[i].Root {
+			return fmt.Errorf("%s here is not the server's %s (roots %s and %s)", here[i].Path, server[i].Name, here[i].Root, server[i].Root)
+		}
+	}
+	return nil
 }
 
 // checkFree refuses a move the destination has no room for, or whose
@@ -390,13 +426,7 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		return nil, err
 	}
 	move := &DiskMove{}
-	defer func() {
-		if err != nil {
-			if uerr := move.Undo(context.WithoutCancel(ctx)); uerr != nil {
-				err = fmt.Errorf("%w; putting the disks back also failed: %v", err, uerr)
-			}
-		}
-	}()
+	defer move.undoIfFailed(ctx, &err)
 	moveTag := tag()
 	s.say(report, "freezing the disks", "")
 	frozen, err := dom.Freeze(moveTag)
@@ -433,15 +463,8 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		if err != nil {
 			return nil, err
 		}
-		if err := pool.Refresh(); err != nil {
-			return nil, err
-		}
-		size, err := dst.VirtualSize(serverFile)
-		if err != nil {
-			return nil, err
-		}
 		s.say(report, "making the overlay", serverFile)
-		overlay, err := pool.CreateOverlay(filepath.Base(libvirt.OverlayPath(serverFile, moveTag)), libvirt.Layer{Path: serverFile, Format: below.Format}, size)
+		overlay, err := overlayOn(dst, pool, filepath.Base(libvirt.OverlayPath(serverFile, moveTag)), libvirt.Layer{Path: serverFile, Format: below.Format})
 		if err != nil {
 			return nil, err
 		}
@@ -450,12 +473,8 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		targets = append(targets, d.Target)
 		target := d.Target
 		move.finish = append(move.finish, func(ctx context.Context) error {
-			there, err := dst.Lookup(domain)
-			if err != nil {
-				return err
-			}
 			s.say(report, "committing the overlay down", target)
-			if err := there.CommitTop(ctx, target); err != nil {
+			if err := commitOn(ctx, dst, domain, target); err != nil {
 				return err
 			}
 			if old != serverFile {

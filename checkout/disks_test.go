@@ -3,6 +3,8 @@ package checkout
 import (
 	"strings"
 	"testing"
+
+	"github.com/handoff-dev/handoff/syncengine"
 )
 
 func TestWithDiskSources(t *testing.T) {
@@ -53,5 +55,23 @@ func TestWithDiskSources(t *testing.T) {
 	}
 	if strings.Count(out, "<disk ") != 3 || strings.Count(out, "</disk>") != 3 {
 		t.Errorf("disks lost or doubled:\n%s", out)
+	}
+}
+
+func TestSameChain(t *testing.T) {
+	a, b := syncengine.Hash{1}, syncengine.Hash{2}
+	tests := []struct {
+		name         string
+		server, here []syncengine.ChainMember
+		ok           bool
+	}{
+		{"the same file", []syncengine.ChainMember{{Name: "d.qcow2", Root: a}}, []syncengine.ChainMember{{Path: "/ws/d.qcow2", Root: a}}, true},
+		{"a base that differs", []syncengine.ChainMember{{Root: a}, {Root: b}}, []syncengine.ChainMember{{Root: b}, {Root: b}}, false},
+		{"a file missing", []syncengine.ChainMember{{Root: a}, {Root: b}}, []syncengine.ChainMember{{Root: b}}, false},
+	}
+	for _, tt := range tests {
+		if err := sameChain(tt.server, tt.here); (err == nil) != tt.ok {
+			t.Errorf("%s: sameChain = %v, want ok %v", tt.name, err, tt.ok)
+		}
 	}
 }

@@ -128,6 +128,11 @@ func (s *StoreDisks) say(report func(event.DiskProgress), step, file string) {
 	s.report, s.step = report, step
 	s.mu.Unlock()
 	if report != nil {
+		// The file's name is enough on a dashboard: the folder is each
+		// host's image folder.
+		if file != "" {
+			file = filepath.Base(file)
+		}
 		report(event.DiskProgress{Step: step, Disk: file})
 	}
 }

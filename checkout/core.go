@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 )
 
 // Side names one of the two hosts.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 )
 
 var t0 = time.Date(2026, 12, 1, 22, 0, 0, 0, time.UTC)

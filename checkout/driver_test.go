@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 )
 
 // journal records what the fakes were asked to do, in order.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/testvm/lab/labtest"
 )

@@ -5,7 +5,7 @@ import (
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 )
 
 // jobStats is the part of a libvirt job-stats reply that handoff reads.

@@ -7,7 +7,7 @@ import (
 
 	"github.com/charmbracelet/lipgloss"
 
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/units"
 )
 

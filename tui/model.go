@@ -11,7 +11,7 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
 
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/tui/termgfx"
 	"github.com/handoff-dev/handoff/vnc"
 )

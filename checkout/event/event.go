@@ -9,7 +9,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/handoff-dev/handoff/libvirt/switchover"
+	"github.com/handoff-dev/handoff/switchover"
 )
 
 // Phase is where a checkout stands, as the user sees it.

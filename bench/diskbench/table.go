@@ -46,9 +46,16 @@ func WriteMarkdown(w io.Writer, rows []Row) {
 		if !r.Met() {
 			verdict = "NOT met"
 		}
-		fmt.Fprintf(w, "- %s, %s: the disk's %s on the link is %.2fx zstd -3 of %s (%d blocks of 4 KiB, %s); target at most %.1fx, guest %s: %s\n",
+		fmt.Fprintf(w, "- %s, %s: the disk's %s on the link is %.2fx zstd -3 of %s (%d blocks of 4 KiB, %s); target at most %.1fx, guest %s: %s",
 			rateName(r.Link), moveName(r), units.Bytes(uint64(r.Split.Disk())), r.Ratio(), referenceOf(r.Move), r.Reference.Blocks,
 			units.Bytes(uint64(r.Reference.Zstd)), TargetRatio, r.Guest, verdict)
+		if r.Split.NBD > 0 {
+			// The mirror carries what the guest wrote during the move,
+			// which the reference, made of the frozen image, leaves out.
+			fmt.Fprintf(w, " (through the chunk store alone %s, %.2fx; NBD's mirror of the writes during the move %s)",
+				units.Bytes(uint64(r.Split.Store)), float64(r.Split.Store)/float64(r.Reference.Zstd), units.Bytes(uint64(r.Split.NBD)))
+		}
+		fmt.Fprintln(w)
 	}
 }
 

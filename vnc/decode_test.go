@@ -172,3 +172,26 @@ func TestFunctionKeysAreX11Keysyms(t *testing.T) {
 		t.Errorf("KeyF12 = %#x, KeyF(12) = %#x", KeyF12, KeyF(12))
 	}
 }
+
+func TestMergeRectsKeepsThemApartUpToABound(t *testing.T) {
+	a, b := image.Rect(0, 0, 10, 10), image.Rect(700, 390, 720, 400)
+	got := MergeRects([]image.Rectangle{a}, []image.Rectangle{b}, a.Union(b))
+	if len(got) != 2 || got[0] != a || got[1] != b {
+		t.Errorf("merged %v, want both rectangles apart", got)
+	}
+	var many []image.Rectangle
+	for i := range maxRects {
+		many = append(many, image.Rect(i, 0, i+1, 1))
+	}
+	if got := MergeRects(many, []image.Rectangle{b}, image.Rect(0, 0, 720, 400)); len(got) != 1 || got[0] != image.Rect(0, 0, 720, 400) {
+		t.Errorf("past %d rectangles the union should stand for them, got %d", maxRects, len(got))
+	}
+	// The result is a new slice: appending to it leaves the inputs alone.
+	in := make([]image.Rectangle, 1, 4)
+	in[0] = a
+	out := MergeRects(in, nil, a)
+	out[0] = b
+	if in[0] != a {
+		t.Error("MergeRects wrote into its input")
+	}
+}

@@ -14,6 +14,10 @@
 // The connection goes through a buffered reader, as go-vnc reads the wire
 // field by field.
 //
+// Each Frame says what changed: Dirty, their bounding box, and Rects, the
+// rectangles themselves (up to a bound), so a viewer that sends images
+// sends only those parts.
+//
 // Reaching the screen: QEMU puts each guest's VNC server on a unix socket
 // (libvirt's <graphics type='vnc' socket=...>), which Options.Dial opens.
 // For a remote host, SSHDialer opens that socket through the workstation's

@@ -20,8 +20,9 @@ func runGrab(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("grab", "[--server URI] [--workstation URI] [flags] [DOMAIN]", `
 Take a VM from the server and run it here. The VM's screen shows at once in this
 terminal, keys go to it, and a live migration moves it under the view; the view
-follows it here by itself. Ctrl-] h hands it back to the server, Ctrl-] ? lists the
-rest.
+follows it here by itself. A VM's disks come along through the home server's chunk
+store (only what this machine lacks), into --images. Ctrl-] h hands it back to the
+server, Ctrl-] ? lists the rest.
 
 With no --server/--workstation, the built-in lab stands in for both (started if it
 is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, stderr)

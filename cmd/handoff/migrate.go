@@ -20,7 +20,12 @@ Live-migrate a running VM from one libvirt host to another. Memory streams while
 VM runs (pre-copy); the switchover policy switches execution once the dirty rate stays
 below the link's bandwidth and the rest fits the downtime target, or falls back to
 post-copy when it never converges. Ctrl-C before the switch aborts: the VM keeps
-running on the source.
+running on the source, on its disks as they were.
+
+A VM whose disks are image files takes them along: they travel through the home
+server's chunk store (log in with 'handoff lease login'; the lab's own serve in the
+lab), sending only what the other host lacks, and the migration then mirrors only
+what the guest wrote meanwhile. One of --from and --to must be this machine.
 
 With no --from/--to, the built-in lab's hosts are used (see 'handoff lab up'), from
 wherever its guest runs now to the other host; DOMAIN defaults to the lab's guest.`, stdout, stderr)

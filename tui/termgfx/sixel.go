@@ -46,6 +46,7 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 	}
 	bits := e.bits[:n*w]
 	var used [256]bool
+	var lo, hi [256]int // each colour's first and last column in the band
 	var order []int
 	for band := 0; band < h; band += 6 {
 		order = order[:0]
@@ -57,7 +58,9 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 					used[c] = true
 					order = append(order, int(c))
 					clear(bits[int(c)*w:][:w])
+					lo[c], hi[c] = x, x
 				}
+				lo[c], hi[c] = min(lo[c], x), max(hi[c], x)
 				bits[int(c)*w+x] |= bit
 			}
 		}
@@ -68,7 +71,9 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 			}
 			dst = append(dst, '#')
 			dst = strconv.AppendInt(dst, int64(c), 10)
-			dst = appendRuns(dst, bits[c*w:][:w])
+			// Only the columns the colour has: skip to its first.
+			dst = appendRun(dst, lo[c], '?')
+			dst = appendRuns(dst, bits[c*w+lo[c]:][:hi[c]-lo[c]+1])
 		}
 		dst = append(dst, '-')
 	}
@@ -88,17 +93,21 @@ func appendRuns(dst []byte, row []byte) []byte {
 		for x+n < end && row[x+n] == v {
 			n++
 		}
-		ch := v + 63
-		if n > 3 {
-			dst = append(dst, '!')
-			dst = strconv.AppendInt(dst, int64(n), 10)
-			dst = append(dst, ch)
-		} else {
-			for range n {
-				dst = append(dst, ch)
-			}
-		}
+		dst = appendRun(dst, n, v+63)
 		x += n
+	}
+	return dst
+}
+
+// appendRun writes n sixels ch, repeated by count when that is shorter.
+func appendRun(dst []byte, n int, ch byte) []byte {
+	if n > 3 {
+		dst = append(dst, '!')
+		dst = strconv.AppendInt(dst, int64(n), 10)
+		return append(dst, ch)
+	}
+	for range n {
+		dst = append(dst, ch)
 	}
 	return dst
 }

@@ -110,14 +110,15 @@ type picJob struct {
 // one, merging a job that was not taken yet, so a slow terminal gets the
 // newest screen and never a backlog.
 type picture struct {
-	out    *termOut
-	proto  termgfx.Protocol
-	colors int         // sixel colour registers
-	files  atomic.Bool // kitty runs on this machine: the picture goes by temporary file (the model reads it too)
-	tmp    string      // where those files go
-	jobs   chan picJob
-	redraw chan struct{}
-	drawn  chan drawing // each drawing, for tests and measurements; dropped when full
+	out      *termOut
+	proto    termgfx.Protocol
+	colors   int         // sixel colour registers
+	maxWidth int         // the widest sixel image the terminal takes
+	files    atomic.Bool // kitty runs on this machine: the picture goes by temporary file (the model reads it too)
+	tmp      string      // where those files go
+	jobs     chan picJob
+	redraw   chan struct{}
+	drawn    chan drawing // each drawing, for tests and measurements; dropped when full
 
 	// run's own
 	enc    termgfx.Encoder
@@ -129,9 +130,11 @@ type picture struct {
 	shown  bool
 }
 
+// newPicture draws in proto; sixel images are at most 1000 pixels wide
+// (xterm's default) unless the caller knows better.
 func newPicture(out *termOut, proto termgfx.Protocol, colors int) *picture {
 	p := &picture{out: out, proto: proto, colors: colors, jobs: make(chan picJob, 1), redraw: make(chan struct{}, 1),
-		drawn: make(chan drawing, 64), tmp: termgfx.TempDir()}
+		drawn: make(chan drawing, 64), tmp: termgfx.TempDir(), maxWidth: 1000}
 	out.cleared = p.invalidate
 	return p
 }
@@ -277,9 +280,10 @@ func (p *picture) tiles(at placement, changed []image.Rectangle) {
 			// Sixel and iTerm2 images have no identity: one image for a
 			// run of changed tiles in a row.
 			end := tx
-			for end < cols && marks[ty*cols+end] {
+			for end < cols && marks[ty*cols+end] && (end-tx+1)*tw <= p.maxWidth {
 				end++
 			}
+			end = max(end, tx+1)
 			r := image.Rect(tx*tw, ty*th, end*tw, (ty+1)*th).Intersect(p.scaled.Rect)
 			p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
 			if p.proto == termgfx.Sixel {

@@ -3,6 +3,7 @@ package tui
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"image"
 	"image/color"
 	"os"
@@ -99,6 +100,20 @@ func TestPictureSendsOnlyTheTilesThatChanged(t *testing.T) {
 				t.Errorf("a redraw after a clear wrote %d bytes, want the whole screen (%d)", out.Len(), whole)
 			}
 		})
+	}
+}
+
+func TestSixelImagesStayWithinTheTerminalsLargest(t *testing.T) {
+	frame := image.NewRGBA(image.Rect(0, 0, 1280, 800))
+	p, out := testPicture(termgfx.Sixel)
+	at := place(frame.Rect.Size(), image.Pt(6, 13), 250, 70, Viewport{}, false)
+	p.draw(picJob{frame: frame, dirty: frame.Rect, at: at}, false)
+	for _, img := range strings.Split(out.String(), "\x1bP0;1;0q\"1;1;")[1:] {
+		var w int
+		fmt.Sscanf(img, "%d;", &w)
+		if w > 1000 {
+			t.Fatalf("a sixel image %d pixels wide: xterm takes at most 1000", w)
+		}
 	}
 }
 

@@ -62,6 +62,9 @@ func NewProgram(ctx context.Context, m *Model, t Terminal) (*tea.Program, error)
 		}
 		pic := newPicture(out, proto, colors)
 		pic.files.Store(caps.KittyFiles)
+		if caps.SixelMax.X > 0 {
+			pic.maxWidth = caps.SixelMax.X
+		}
 		m.useGraphics(pic, cell)
 		if caps.PixelMouse {
 			// SGR-pixel mouse reports (1016): the same reports bubbletea

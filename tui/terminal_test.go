@@ -132,7 +132,7 @@ func display(t *testing.T) string {
 			continue
 		}
 		d := fmt.Sprintf(":%d", n)
-		x := exec.Command("Xvfb", d, "-screen", "0", "1600x1000x24", "-nolisten", "tcp")
+		x := exec.Command("Xvfb", d, "-screen", "0", "2000x1200x24", "-nolisten", "tcp")
 		if err := x.Start(); err != nil {
 			t.Fatalf("start Xvfb: %v", err)
 		}
@@ -287,200 +287,216 @@ func savePNG(t *testing.T, img image.Image, path string) {
 // in the terminal and checks the guest's QEMU got the click; types keys and
 // times them until the guest's echo is drawn.
 func TestTheScreenInRealTerminals(t *testing.T) {
-	q := qemutest.Boot(t, t.TempDir(), testvm.Params{}, true)
-	q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, term := range []struct {
-		name, gfx string
-		argv      []string
+	for _, guest := range []struct {
+		name, kernelArgs string
+		size             image.Point
+		xterm, kitty     []string // window sizes: the screen fits at full resolution beside the dashboard
 	}{
-		{"xterm", "auto", []string{"xterm", "-ti", "vt340", "-geometry", "180x45+0+0", "-xrm", "XTerm*numColorRegisters: 256", "-e", self}},
-		{"kitty", "auto", []string{"kitty", "-o", "linux_display_server=x11", "-o", "initial_window_width=1400", "-o", "initial_window_height=800", "-o", "remember_window_size=no", self}},
+		{"text 720x400", "", image.Pt(720, 400), []string{"-geometry", "180x45+0+0"},
+			[]string{"-o", "initial_window_width=1400", "-o", "initial_window_height=800"}},
+		{"framebuffer 1280x800", "vga=0x37a", image.Pt(1280, 800), []string{"-geometry", "270x72+0+0"},
+			[]string{"-o", "initial_window_width=1800", "-o", "initial_window_height=900"}},
 	} {
-		t.Run(term.name, func(t *testing.T) {
-			dir := t.TempDir()
-			disp := display(t)
-			logPath := filepath.Join(dir, "app.log")
-			cmd := exec.Command(term.argv[0], term.argv[1:]...)
-			cmd.Env = append(os.Environ(), "DISPLAY="+disp, "HANDOFF_TUI_CHILD_VNC="+q.VNCSocket,
-				"HANDOFF_TUI_CHILD_GFX="+term.gfx, "HANDOFF_TUI_CHILD_LOG="+logPath, "TERM=xterm-256color")
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatalf("start %s: %v", term.name, err)
+		t.Run(guest.name, func(t *testing.T) {
+			q := qemutest.BootKernelArgs(t, t.TempDir(), testvm.Params{}, true, guest.kernelArgs)
+			q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
+			if got := ppmImage(t, q.Screendump("size.ppm")).Rect.Size(); got != guest.size {
+				t.Fatalf("the guest's screen is %v, want %v", got, guest.size)
 			}
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				cmd.Wait()
-				if t.Failed() {
-					b, _ := os.ReadFile(logPath)
-					t.Logf("%s stderr: %s\napp log:\n%s", term.name, stderr.String(), b)
-				}
-			})
-			w := watch{t, logPath}
-			started := time.Now()
-			g, _ := w.waitLine("graphics", 0, 30*time.Second)
-			t.Logf("%s: %s", term.name, g)
-			ev, _ := w.waitLine("event", 0, time.Second)
-			t.Logf("%s: %s", term.name, ev)
-			want := map[string]string{"xterm": "sixel", "kitty": "kitty"}[term.name]
-			if !strings.Contains(g, " "+want+" ") {
-				t.Fatalf("%s chose %q, want %s", term.name, g, want)
-			}
-			first, i := w.waitLine("drawn", 0, 30*time.Second)
-			t.Logf("first picture drawn %v after the terminal started, %v after the app did", time.Since(started).Round(time.Millisecond), stamp(first).Round(time.Millisecond))
-
-			// The screen and QEMU's picture of it at one moment: a dump on
-			// each side of the screenshot, the same (the guest's counter and
-			// uptime change once a second), the picture drawn since.
-			var shot, after *image.RGBA
-			var mask []bool
-			for attempt := 0; ; attempt++ {
-				_, k := w.waitLine("drawn", len(w.lines()), 10*time.Second)
-				time.Sleep(400 * time.Millisecond)
-				before := ppmImage(t, q.Screendump("before.ppm"))
-				shot = screenshot(t, disp, filepath.Join(dir, "shot.png"))
-				after = ppmImage(t, q.Screendump("after.ppm"))
-				_, late := w.waitLine("frame", k+1, 0)
-				if bytes.Equal(before.Pix, after.Pix) && late < 0 || attempt == 4 {
-					mask = make([]bool, before.Rect.Dx()*before.Rect.Dy())
-					for k := range mask {
-						mask[k] = bytes.Equal(before.Pix[4*k:4*k+3], after.Pix[4*k:4*k+3])
+			for _, term := range []struct {
+				name, gfx string
+				argv      []string
+			}{
+				{"xterm", "auto", append(append([]string{"xterm", "-ti", "vt340"}, guest.xterm...), "-xrm", "XTerm*numColorRegisters: 256", "-e", self)},
+				{"kitty", "auto", append(append([]string{"kitty", "-o", "linux_display_server=x11", "-o", "remember_window_size=no"}, guest.kitty...), self)},
+			} {
+				t.Run(term.name, func(t *testing.T) {
+					dir := t.TempDir()
+					disp := display(t)
+					logPath := filepath.Join(dir, "app.log")
+					cmd := exec.Command(term.argv[0], term.argv[1:]...)
+					cmd.Env = append(os.Environ(), "DISPLAY="+disp, "HANDOFF_TUI_CHILD_VNC="+q.VNCSocket,
+						"HANDOFF_TUI_CHILD_GFX="+term.gfx, "HANDOFF_TUI_CHILD_LOG="+logPath, "TERM=xterm-256color")
+					var stderr bytes.Buffer
+					cmd.Stderr = &stderr
+					if err := cmd.Start(); err != nil {
+						t.Fatalf("start %s: %v", term.name, err)
 					}
-					break
-				}
-			}
-			best, off := 0.0, image.Point{}
-			for y := 0; y <= 12; y++ {
-				for x := 0; x <= 12; x++ {
-					if s := match(shot, after, image.Pt(x, y), mask, 4); s > best {
-						best, off = s, image.Pt(x, y)
+					t.Cleanup(func() {
+						cmd.Process.Kill()
+						cmd.Wait()
+						if t.Failed() {
+							b, _ := os.ReadFile(logPath)
+							t.Logf("%s stderr: %s\napp log:\n%s", term.name, stderr.String(), b)
+						}
+					})
+					w := watch{t, logPath}
+					started := time.Now()
+					g, _ := w.waitLine("graphics", 0, 30*time.Second)
+					t.Logf("%s: %s", term.name, g)
+					ev, _ := w.waitLine("event", 0, time.Second)
+					t.Logf("%s: %s", term.name, ev)
+					want := map[string]string{"xterm": "sixel", "kitty": "kitty"}[term.name]
+					if !strings.Contains(g, " "+want+" ") {
+						t.Fatalf("%s chose %q, want %s", term.name, g, want)
 					}
-				}
-			}
-			score := match(shot, after, off, mask, 1)
-			t.Logf("%s: the terminal shows QEMU's screendump at %v with %.2f%% of its pixels equal", term.name, off, 100*score)
-			crop := shot.SubImage(image.Rectangle{Min: off, Max: off.Add(after.Rect.Size())})
-			savePNG(t, crop, filepath.Join(dir, "view.png"))
-			savePNG(t, after, filepath.Join(dir, "dump.png"))
-			if os.Getenv("HANDOFF_KEEP_SHOTS") != "" {
-				exec.Command("cp", filepath.Join(dir, "shot.png"), filepath.Join(os.Getenv("HANDOFF_KEEP_SHOTS"), term.name+"-shot.png")).Run()
-			}
-			if score < 0.99 {
-				t.Errorf("only %.2f%% of the screen's pixels match QEMU's screendump", 100*score)
-			}
-			dumpWords, viewWords := ocrWords(t, filepath.Join(dir, "dump.png")), ocrWords(t, filepath.Join(dir, "view.png"))
-			seen := map[string]bool{}
-			for _, v := range viewWords {
-				seen[v] = true
-			}
-			var missing []string
-			for _, d := range dumpWords {
-				if !seen[d] {
-					missing = append(missing, d)
-				}
-			}
-			t.Logf("OCR: %d words on QEMU's screendump, %d of them also on the terminal", len(dumpWords), len(dumpWords)-len(missing))
-			if len(dumpWords) < 5 || len(missing) > len(dumpWords)/10 {
-				t.Errorf("OCR of the terminal misses %v of the screendump's %v", missing, dumpWords)
-			}
+					first, i := w.waitLine("drawn", 0, 30*time.Second)
+					t.Logf("first picture drawn %v after the terminal started, %v after the app did", time.Since(started).Round(time.Millisecond), stamp(first).Round(time.Millisecond))
 
-			// A click at screen pixel (300, 200) reaches QEMU's input layer.
-			trace := filepath.Join(dir, "input.log")
-			q.HMP("logfile " + trace)
-			q.HMP("trace-event input_event_btn on")
-			xdo := func(args ...string) {
-				c := exec.Command("xdotool", args...)
-				c.Env = append(os.Environ(), "DISPLAY="+disp)
-				if out, err := c.CombinedOutput(); err != nil {
-					t.Fatalf("xdotool %v: %v: %s", args, err, out)
-				}
-			}
-			target := image.Pt(300, 200)
-			root := target.Add(off)
-			xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
-			xdo("click", "1")
-			pl, _ := w.waitLine("pointer", i, 10*time.Second)
-			var down, up string
-			deadline := time.Now().Add(10 * time.Second)
-			for (down == "" || up == "") && time.Now().Before(deadline) {
-				for _, l := range w.lines() {
-					f := strings.Fields(l)
-					if len(f) == 5 && f[1] == "pointer" && f[2] == "1" && down == "" {
-						down = l
+					// The screen and QEMU's picture of it at one moment: a dump on
+					// each side of the screenshot, the same (the guest's counter and
+					// uptime change once a second), the picture drawn since.
+					var shot, after *image.RGBA
+					var mask []bool
+					for attempt := 0; ; attempt++ {
+						_, k := w.waitLine("drawn", len(w.lines()), 10*time.Second)
+						time.Sleep(400 * time.Millisecond)
+						before := ppmImage(t, q.Screendump("before.ppm"))
+						shot = screenshot(t, disp, filepath.Join(dir, "shot.png"))
+						after = ppmImage(t, q.Screendump("after.ppm"))
+						_, late := w.waitLine("frame", k+1, 0)
+						if bytes.Equal(before.Pix, after.Pix) && late < 0 || attempt == 4 {
+							mask = make([]bool, before.Rect.Dx()*before.Rect.Dy())
+							for k := range mask {
+								mask[k] = bytes.Equal(before.Pix[4*k:4*k+3], after.Pix[4*k:4*k+3])
+							}
+							break
+						}
 					}
-					if len(f) == 5 && f[1] == "pointer" && f[2] == "0" && down != "" {
-						up = l
+					best, off := 0.0, image.Point{}
+					for y := 0; y <= 12; y++ {
+						for x := 0; x <= 12; x++ {
+							if s := match(shot, after, image.Pt(x, y), mask, 4); s > best {
+								best, off = s, image.Pt(x, y)
+							}
+						}
 					}
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			if down == "" || up == "" {
-				t.Fatalf("no press and release reached the VM (first pointer line %q)", pl)
-			}
-			var b, x, y int
-			fmt.Sscanf(strings.Join(strings.Fields(down)[2:], " "), "%d %d %d", &b, &x, &y)
-			t.Logf("%s: a click at screen pixel %v went to the VM as (%d,%d)", term.name, target, x, y)
-			tol := parseCell(g) // a click means its cell's centre
-			if strings.Contains(g, "pixelmouse true") {
-				tol = image.Pt(2, 2) // or its pixel
-			}
-			if abs(x-target.X) > tol.X || abs(y-target.Y) > tol.Y {
-				t.Errorf("the click at screen (%d,%d) went to the VM at (%d,%d)", target.X, target.Y, x, y)
-			}
-			waitFile(t, trace, "input_event_btn", 10*time.Second)
-			tr, _ := os.ReadFile(trace)
-			if !strings.Contains(string(tr), "button left, down 1") || !strings.Contains(string(tr), "button left, down 0") {
-				t.Errorf("QEMU's input layer did not see a left click: %s", tr)
-			}
-			q.HMP("trace-event input_event_btn off")
+					score := match(shot, after, off, mask, 1)
+					t.Logf("%s: the terminal shows QEMU's screendump at %v with %.2f%% of its pixels equal", term.name, off, 100*score)
+					crop := shot.SubImage(image.Rectangle{Min: off, Max: off.Add(after.Rect.Size())})
+					savePNG(t, crop, filepath.Join(dir, "view.png"))
+					savePNG(t, after, filepath.Join(dir, "dump.png"))
+					if os.Getenv("HANDOFF_KEEP_SHOTS") != "" {
+						exec.Command("cp", filepath.Join(dir, "shot.png"), filepath.Join(os.Getenv("HANDOFF_KEEP_SHOTS"), fmt.Sprintf("%s-%d-shot.png", term.name, guest.size.X))).Run()
+					}
+					if score < 0.99 {
+						t.Errorf("only %.2f%% of the screen's pixels match QEMU's screendump", 100*score)
+					}
+					dumpWords, viewWords := ocrWords(t, filepath.Join(dir, "dump.png")), ocrWords(t, filepath.Join(dir, "view.png"))
+					seen := map[string]bool{}
+					for _, v := range viewWords {
+						seen[v] = true
+					}
+					var missing []string
+					for _, d := range dumpWords {
+						if !seen[d] {
+							missing = append(missing, d)
+						}
+					}
+					t.Logf("OCR: %d words on QEMU's screendump, %d of them also on the terminal", len(dumpWords), len(dumpWords)-len(missing))
+					if len(dumpWords) < 5 || len(missing) > len(dumpWords)/10 {
+						t.Errorf("OCR of the terminal misses %v of the screendump's %v", missing, dumpWords)
+					}
 
-			// Keys: from the terminal to the guest, and the time from each
-			// tap to the next picture drawn after the guest's echo.
-			xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
-			find := exec.Command("xdotool", "search", "--pid", fmt.Sprint(cmd.Process.Pid))
-			find.Env = append(os.Environ(), "DISPLAY="+disp)
-			ids, err := find.Output()
-			if err != nil || len(strings.Fields(string(ids))) == 0 {
-				t.Fatalf("find %s's window: %v %s", term.name, err, ids)
-			}
-			xdo("windowfocus", "--sync", strings.Fields(string(ids))[0])
-			var lat, ours []time.Duration
-			for _, k := range []string{"q", "w", "e", "r", "t"} {
-				from := len(w.lines())
-				xdo("key", k)
-				tap, j := w.waitLine("tap", from, 10*time.Second)
-				frame, j := w.waitLine("frame", j+1, 10*time.Second)
-				drawn, _ := w.waitLine("drawn", j+1, 10*time.Second)
-				lat = append(lat, stamp(drawn)-stamp(tap))
-				ours = append(ours, stamp(drawn)-stamp(frame))
-				time.Sleep(300 * time.Millisecond)
-			}
-			sort.Slice(ours, func(a, b int) bool { return ours[a] < ours[b] })
-			t.Logf("the echo's frame in, until its picture is written: median %v, max %v", ours[len(ours)/2], ours[len(ours)-1])
-			q.WaitFor("the typed keys", 20*time.Second, func(s testvm.Status) bool { return strings.HasSuffix(s.Keys, "qwert") })
-			sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-			t.Logf("key to screen (tap sent until the picture with the echo is written): median %v, max %v", lat[len(lat)/2], lat[len(lat)-1])
+					// A click at screen pixel (300, 200) reaches QEMU's input layer.
+					trace := filepath.Join(dir, "input.log")
+					q.HMP("logfile " + trace)
+					q.HMP("trace-event input_event_btn on")
+					xdo := func(args ...string) {
+						c := exec.Command("xdotool", args...)
+						c.Env = append(os.Environ(), "DISPLAY="+disp)
+						if out, err := c.CombinedOutput(); err != nil {
+							t.Fatalf("xdotool %v: %v: %s", args, err, out)
+						}
+					}
+					target := image.Pt(300, 200)
+					root := target.Add(off)
+					xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
+					xdo("click", "1")
+					pl, _ := w.waitLine("pointer", i, 10*time.Second)
+					var down, up string
+					deadline := time.Now().Add(10 * time.Second)
+					for (down == "" || up == "") && time.Now().Before(deadline) {
+						for _, l := range w.lines() {
+							f := strings.Fields(l)
+							if len(f) == 5 && f[1] == "pointer" && f[2] == "1" && down == "" {
+								down = l
+							}
+							if len(f) == 5 && f[1] == "pointer" && f[2] == "0" && down != "" {
+								up = l
+							}
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
+					if down == "" || up == "" {
+						t.Fatalf("no press and release reached the VM (first pointer line %q)", pl)
+					}
+					var b, x, y int
+					fmt.Sscanf(strings.Join(strings.Fields(down)[2:], " "), "%d %d %d", &b, &x, &y)
+					t.Logf("%s: a click at screen pixel %v went to the VM as (%d,%d)", term.name, target, x, y)
+					tol := parseCell(g) // a click means its cell's centre
+					if strings.Contains(g, "pixelmouse true") {
+						tol = image.Pt(2, 2) // or its pixel
+					}
+					if abs(x-target.X) > tol.X || abs(y-target.Y) > tol.Y {
+						t.Errorf("the click at screen (%d,%d) went to the VM at (%d,%d)", target.X, target.Y, x, y)
+					}
+					waitFile(t, trace, "input_event_btn", 10*time.Second)
+					tr, _ := os.ReadFile(trace)
+					if !strings.Contains(string(tr), "button left, down 1") || !strings.Contains(string(tr), "button left, down 0") {
+						t.Errorf("QEMU's input layer did not see a left click: %s", tr)
+					}
+					q.HMP("trace-event input_event_btn off")
 
-			// Bytes to the terminal per second while the guest's screen is
-			// still (its CPUs stopped), then while only its counter changes.
-			q.HMP("stop")
-			time.Sleep(time.Second)
-			i0 := lastWritten(w.lines())
-			time.Sleep(4 * time.Second)
-			idle := float64(lastWritten(w.lines())-i0) / 4
-			q.HMP("cont")
-			t.Logf("%s: %.0f bytes/s to the terminal while the guest's screen is still", term.name, idle)
-			if idle > 1000 {
-				t.Errorf("a still screen costs %.0f bytes/s to the terminal, over 1 kB/s", idle)
+					// Keys: from the terminal to the guest, and the time from each
+					// tap to the next picture drawn after the guest's echo.
+					xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
+					find := exec.Command("xdotool", "search", "--pid", fmt.Sprint(cmd.Process.Pid))
+					find.Env = append(os.Environ(), "DISPLAY="+disp)
+					ids, err := find.Output()
+					if err != nil || len(strings.Fields(string(ids))) == 0 {
+						t.Fatalf("find %s's window: %v %s", term.name, err, ids)
+					}
+					xdo("windowfocus", "--sync", strings.Fields(string(ids))[0])
+					var lat, ours []time.Duration
+					for _, k := range []string{"q", "w", "e", "r", "t"} {
+						from := len(w.lines())
+						xdo("key", k)
+						tap, j := w.waitLine("tap", from, 10*time.Second)
+						frame, j := w.waitLine("frame", j+1, 10*time.Second)
+						drawn, _ := w.waitLine("drawn", j+1, 10*time.Second)
+						lat = append(lat, stamp(drawn)-stamp(tap))
+						ours = append(ours, stamp(drawn)-stamp(frame))
+						time.Sleep(300 * time.Millisecond)
+					}
+					sort.Slice(ours, func(a, b int) bool { return ours[a] < ours[b] })
+					t.Logf("the echo's frame in, until its picture is written: median %v, max %v", ours[len(ours)/2], ours[len(ours)-1])
+					q.WaitFor("the typed keys", 20*time.Second, func(s testvm.Status) bool { return strings.HasSuffix(s.Keys, "qwert") })
+					sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+					t.Logf("key to screen (tap sent until the picture with the echo is written): median %v, max %v", lat[len(lat)/2], lat[len(lat)-1])
+
+					// Bytes to the terminal per second while the guest's screen is
+					// still (its CPUs stopped), then while only its counter changes.
+					q.HMP("stop")
+					time.Sleep(time.Second)
+					i0 := lastWritten(w.lines())
+					time.Sleep(4 * time.Second)
+					idle := float64(lastWritten(w.lines())-i0) / 4
+					q.HMP("cont")
+					t.Logf("%s: %.0f bytes/s to the terminal while the guest's screen is still", term.name, idle)
+					if idle > 1000 {
+						t.Errorf("a still screen costs %.0f bytes/s to the terminal, over 1 kB/s", idle)
+					}
+					w0 := lastWritten(w.lines())
+					time.Sleep(4 * time.Second)
+					w1 := lastWritten(w.lines())
+					t.Logf("%s: %.0f bytes/s to the terminal with the guest's once-a-second counter", term.name, float64(w1-w0)/4)
+				})
 			}
-			w0 := lastWritten(w.lines())
-			time.Sleep(4 * time.Second)
-			w1 := lastWritten(w.lines())
-			t.Logf("%s: %.0f bytes/s to the terminal with the guest's once-a-second counter", term.name, float64(w1-w0)/4)
 		})
 	}
 }

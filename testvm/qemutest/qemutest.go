@@ -33,11 +33,19 @@ type Guest struct {
 // dir with params; vnc adds a VNC server on a unix socket.
 func Boot(t testing.TB, dir string, p testvm.Params, vnc bool) *Guest {
 	t.Helper()
+	return BootKernelArgs(t, dir, p, vnc, "")
+}
+
+// BootKernelArgs is Boot with more words on the guest's kernel command
+// line: vga=0x37a, for one, gives its console a 1280x800 framebuffer
+// (SeaBIOS's VESA mode 0x17a, 32 bits a pixel).
+func BootKernelArgs(t testing.TB, dir string, p testvm.Params, vnc bool, extra string) *Guest {
+	t.Helper()
 	g, err := testvm.Build(context.Background(), testvm.BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return start(t, dir, vnc, "-m", "256", "-kernel", g.Kernel, "-initrd", g.Initrd, "-append", p.KernelArgs())
+	return start(t, dir, vnc, "-m", "256", "-kernel", g.Kernel, "-initrd", g.Initrd, "-append", strings.TrimSpace(p.KernelArgs()+" "+extra))
 }
 
 // Debian is the Debian desktop guest on a disk of its own.

@@ -137,15 +137,46 @@ func (d *Domain) Freeze(tag string) ([]Disk, error) {
 	if len(disks) == 0 {
 		return nil, nil
 	}
+	// The overlays are made first, through the disks' pools, with small
+	// clusters (see overlayCluster), and the snapshot reuses them.
+	var made []string
+	unmake := func() {
+		for _, path := range made {
+			d.conn.DeleteVolume(path)
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "<domainsnapshot><name>%s</name><memory snapshot='no'/><disks>", xmlText(tag))
 	for _, disk := range disks {
+		top := disk.Top()
+		pool, err := d.conn.EnsurePool(filepath.Dir(top.Path))
+		if err != nil {
+			unmake()
+			return nil, err
+		}
+		if err := pool.Refresh(); err != nil {
+			unmake()
+			return nil, err
+		}
+		size, err := d.conn.VirtualSize(top.Path)
+		if err != nil {
+			unmake()
+			return nil, err
+		}
+		overlay, err := pool.CreateOverlay(filepath.Base(OverlayPath(top.Path, tag)), top, size)
+		if err != nil {
+			unmake()
+			return nil, err
+		}
+		made = append(made, overlay)
 		fmt.Fprintf(&b, "<disk name='%s' snapshot='external'><driver type='qcow2'/><source file='%s'/></disk>",
-			xmlText(disk.Target), xmlText(OverlayPath(disk.Top().Path, tag)))
+			xmlText(disk.Target), xmlText(overlay))
 	}
 	b.WriteString("</disks></domainsnapshot>")
-	flags := golibvirt.DomainSnapshotCreateDiskOnly | golibvirt.DomainSnapshotCreateNoMetadata | golibvirt.DomainSnapshotCreateAtomic
+	flags := golibvirt.DomainSnapshotCreateDiskOnly | golibvirt.DomainSnapshotCreateNoMetadata |
+		golibvirt.DomainSnapshotCreateAtomic | golibvirt.DomainSnapshotCreateReuseExt
 	if _, err := d.conn.lv.DomainSnapshotCreateXML(d.dom, b.String(), uint32(flags)); err != nil {
+		unmake()
 		return nil, fmt.Errorf("freeze the disks of %s on %s (a disk-only external snapshot): %w", d.Name(), d.conn.uri, err)
 	}
 	return d.Disks()

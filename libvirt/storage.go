@@ -50,13 +50,20 @@ func (p *Pool) Refresh() error {
 	return nil
 }
 
+// overlayCluster is the cluster size of the overlays a move starts: a
+// desktop writes 4 KiB blocks here and there, and the disk mirror copies
+// whole clusters, so at qcow2's default 64 KiB a scattered 4 KiB write cost
+// 64 KiB on the link (measured by the disk bench). Overlays live for one
+// move, so their larger tables cost nothing that lasts.
+const overlayCluster = 4096
+
 // CreateOverlay makes an empty qcow2 (v3) file name in the pool, of the
 // given virtual size, on top of backing; it returns its path.
 func (p *Pool) CreateOverlay(name string, backing Layer, size uint64) (string, error) {
 	def := fmt.Sprintf(`<volume><name>%s</name><capacity unit='bytes'>%d</capacity>`+
-		`<target><format type='qcow2'/><compat>1.1</compat></target>`+
+		`<target><format type='qcow2'/><compat>1.1</compat><clusterSize unit='B'>%d</clusterSize></target>`+
 		`<backingStore><path>%s</path><format type='%s'/></backingStore></volume>`,
-		xmlText(name), size, xmlText(backing.Path), xmlText(backing.Format))
+		xmlText(name), size, overlayCluster, xmlText(backing.Path), xmlText(backing.Format))
 	v, err := p.conn.lv.StorageVolCreateXML(p.pool, def, 0)
 	if err != nil {
 		return "", fmt.Errorf("create overlay %s on %s in %s: %w", name, backing.Path, p.Dir, err)

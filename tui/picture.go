@@ -292,7 +292,7 @@ func (p *picture) tiles(at placement, changed []image.Rectangle) {
 				p.buf = p.enc.ITerm(p.buf, p.scaled, r)
 			}
 			p.buf = append(p.buf, "\x1b8"...)
-			tx = end
+			tx = end - 1 // the loop steps to end, maybe the start of the next run
 		}
 	}
 }

@@ -108,11 +108,18 @@ func TestSixelImagesStayWithinTheTerminalsLargest(t *testing.T) {
 	p, out := testPicture(termgfx.Sixel)
 	at := place(frame.Rect.Size(), image.Pt(6, 13), 250, 70, Viewport{}, false)
 	p.draw(picJob{frame: frame, dirty: frame.Rect, at: at}, false)
-	for _, img := range strings.Split(out.String(), "\x1bP0;1;0q\"1;1;")[1:] {
-		var w int
-		fmt.Sscanf(img, "%d;", &w)
+	rows := map[string]int{} // each row's images' widths add up to the screen's
+	for _, img := range strings.Split(out.String(), "\x1b7\x1b[")[1:] {
+		var row, col, w int
+		fmt.Sscanf(img, "%d;%dH\x1bP0;1;0q\"1;1;%d;", &row, &col, &w)
 		if w > 1000 {
 			t.Fatalf("a sixel image %d pixels wide: xterm takes at most 1000", w)
+		}
+		rows[fmt.Sprint(row)] += w
+	}
+	for row, w := range rows {
+		if w != 1280 {
+			t.Errorf("row %s: images %d pixels wide in all, want 1280", row, w)
 		}
 	}
 }

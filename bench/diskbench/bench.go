@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/handoff-dev/handoff/testvm/lab"
@@ -176,10 +177,11 @@ func (r *run) all(ctx context.Context) error {
 	defer os.RemoveAll(work)
 	cache := filepath.Join(work, "cache")
 	first, second, copied := filepath.Join(work, "first.raw"), filepath.Join(work, "second.raw"), filepath.Join(work, "virsh.raw")
-	// The server keeps the file a move froze and carried (under the
-	// overlay a grab leaves behind, or as virsh left it, to the last
-	// write): what the workstation had to receive.
-	took := func(raw string) error { return RawImage(ctx, l.GuestDisk, raw) }
+	// What the workstation had to receive is the disk as it was at the
+	// switch: the server keeps it as the file a grab froze under the
+	// overlay the grab left there (the writes during the move, which the
+	// mirror carried), or as virsh left it.
+	took := func(raw string) error { return RawImage(ctx, atSwitch(l.GuestDisk), raw) }
 	home := func() error { return r.handoff(ctx, HandBack, cache, l.Server, nil) }
 	steps := []func() error{
 		func() error {
@@ -229,6 +231,19 @@ func (r *run) all(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// atSwitch is the server's view of its disk as a grab left it: the
+// overlay beside image (its backing chain the rest), or image alone.
+func atSwitch(image string) string {
+	overlays, _ := filepath.Glob(strings.TrimSuffix(image, filepath.Ext(image)) + ".h*.qcow2")
+	newest, when := image, time.Time{}
+	for _, o := range overlays {
+		if fi, err := os.Stat(o); err == nil && fi.ModTime().After(when) {
+			newest, when = o, fi.ModTime()
+		}
+	}
+	return newest
 }
 
 // clearWorkstation removes the images the workstation holds.

@@ -181,17 +181,9 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 	}
 	move := &DiskMove{}
 	defer move.undoIfFailed(ctx, &err)
-	moveTag := tag()
-	s.say(report, "freezing the disks", "")
-	frozen, err := dom.Freeze(moveTag)
+	frozen, _, err := s.freeze(dom, move, report)
 	if err != nil {
 		return nil, err
-	}
-	// Until the VM has moved, the source's overlay holds its newest writes:
-	// undo merges it back, so the source runs on its original chain.
-	for _, d := range frozen {
-		target := d.Target
-		move.undo = append(move.undo, func(ctx context.Context) error { return dom.CommitTop(ctx, target) })
 	}
 	paths := map[string]string{}
 	var targets []string
@@ -247,6 +239,24 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 	}
 	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML}
 	return move, nil
+}
+
+// freeze starts this move's overlays on the source's disks and returns
+// them, and the move's tag. Until the VM has moved, those overlays hold
+// its newest writes: undo merges them back, so the source runs on its
+// original chain.
+func (s *StoreDisks) freeze(dom *libvirt.Domain, move *DiskMove, report func(event.DiskProgress)) ([]libvirt.Disk, string, error) {
+	moveTag := tag()
+	s.say(report, "freezing the disks", "")
+	frozen, err := dom.Freeze(moveTag)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, d := range frozen {
+		target := d.Target
+		move.undo = append(move.undo, func(ctx context.Context) error { return dom.CommitTop(ctx, target) })
+	}
+	return frozen, moveTag, nil
 }
 
 // sameChain checks that the chain pulled here holds, file for file, what
@@ -432,15 +442,12 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 	}
 	move := &DiskMove{}
 	defer move.undoIfFailed(ctx, &err)
-	moveTag := tag()
-	s.say(report, "freezing the disks", "")
-	frozen, err := dom.Freeze(moveTag)
+	frozen, moveTag, err := s.freeze(dom, move, report)
 	if err != nil {
 		return nil, err
 	}
 	for _, d := range frozen {
-		target, overlay := d.Target, d.Top().Path
-		move.undo = append(move.undo, func(ctx context.Context) error { return dom.CommitTop(ctx, target) })
+		overlay := d.Top().Path
 		// Once the VM is home, the workstation's overlay holds nothing the
 		// server lacks; the file below stays, as the next grab's base.
 		move.finish = append(move.finish, func(context.Context) error { return src.DeleteVolume(overlay) })

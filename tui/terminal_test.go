@@ -14,9 +14,11 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/syncbuf"
 	"github.com/handoff-dev/handoff/testvm"
 	"github.com/handoff-dev/handoff/testvm/qemutest"
 	"github.com/handoff-dev/handoff/vnc"
@@ -124,28 +126,49 @@ func child(sock, gfx, logPath string) int {
 	return 0
 }
 
-// display starts Xvfb on a free display number; it stops with the test.
+// display starts Xvfb on a display number it picks itself (-displayfd: the
+// X server skips the numbers in use and takes over stale lock files), and
+// stops it with the test by SIGTERM, so that it removes its own lock file.
 func display(t *testing.T) string {
 	t.Helper()
-	for n := 91; n < 140; n++ {
-		if _, err := os.Stat(fmt.Sprintf("/tmp/.X%d-lock", n)); err == nil {
-			continue
-		}
-		d := fmt.Sprintf(":%d", n)
-		x := exec.Command("Xvfb", d, "-screen", "0", "2000x1200x24", "-nolisten", "tcp")
-		if err := x.Start(); err != nil {
-			t.Fatalf("start Xvfb: %v", err)
-		}
-		t.Cleanup(func() { x.Process.Kill(); x.Wait() })
-		for range 50 {
-			if _, err := os.Stat(fmt.Sprintf("/tmp/.X11-unix/X%d", n)); err == nil {
-				return d
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Fatalf("Xvfb %s did not come up", d)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free X display number")
+	defer r.Close()
+	x := exec.Command("Xvfb", "-displayfd", "3", "-screen", "0", "2000x1200x24", "-nolisten", "tcp")
+	x.ExtraFiles = []*os.File{w}
+	stderr := &syncbuf.Buffer{}
+	x.Stderr = stderr
+	if err := x.Start(); err != nil {
+		t.Fatalf("start Xvfb: %v", err)
+	}
+	w.Close()
+	t.Cleanup(func() {
+		x.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { x.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			x.Process.Kill()
+			<-done
+		}
+	})
+	number := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(r).ReadString('\n')
+		number <- strings.TrimSpace(line)
+	}()
+	select {
+	case n := <-number:
+		if n == "" {
+			t.Fatalf("Xvfb gave no display number: %s", stderr.String())
+		}
+		return ":" + n
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Xvfb did not come up within 20 s: %s", stderr.String())
+	}
 	return ""
 }
 

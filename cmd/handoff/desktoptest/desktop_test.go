@@ -73,16 +73,48 @@ func waitHost(t *testing.T, host string, limit time.Duration) {
 // checks its own verdict on memory and disk.
 func assertGuestWell(t *testing.T, host string) {
 	t.Helper()
+	if err := guestWell(t, host); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// guestWell is assertGuestWell that returns, rather than fails on, a guest
+// whose kernel died or that stopped ticking: after a move that finished,
+// that is the QEMU 7.2 TCG hazard (README, "What we learned"), which
+// againOnGuestDeath tells apart. Memory or disk records lost still fail.
+func guestWell(t *testing.T, host string) error {
+	t.Helper()
 	st := status(t)
 	if st.GuestHost != host {
 		t.Fatalf("the guest runs on %q, want the %s", st.GuestHost, host)
 	}
 	if err := theLab.WaitTick(context.Background(), st.GuestTick+3, 2*time.Minute); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	st = status(t)
 	if st.GuestIntegrity != "ok" || st.GuestDiskIntegrity != "ok" {
 		t.Fatalf("the guest says integrity %q, disk %q (%s); serial log %s", st.GuestIntegrity, st.GuestDiskIntegrity, st.GuestProblem, st.SerialLog)
+	}
+	return nil
+}
+
+// againOnGuestDeath runs attempt, which returns what guestWell returned
+// when the guest died; then it runs it once more, on a fresh guest. Twice
+// in a row fails, as does anything else attempt finds.
+func againOnGuestDeath(t *testing.T, attempt func(t *testing.T) error) {
+	t.Helper()
+	for n := 1; ; n++ {
+		died := attempt(t)
+		if died == nil || t.Failed() {
+			return
+		}
+		if n == 2 {
+			t.Fatalf("the guest died after a finished move twice in a row: %v", died)
+		}
+		t.Logf("the guest died after a finished move (%v): the QEMU 7.2 TCG hazard; once more with a fresh guest", died)
+		if err := theLab.RestartGuest(context.Background(), theLab.Guest, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -186,14 +218,22 @@ func startOnServer(t *testing.T) {
 }
 
 func TestMigrateThereAndBackWithTheDisk(t *testing.T) {
-	cache := t.TempDir()
-	startOnServer(t)
-	migrateJSON(t, cache)
-	assertGuestWell(t, "workstation")
-	assertOneFileEach(t, theLab.Workstation)
-	migrateJSON(t, cache)
-	assertGuestWell(t, "server")
-	assertOneFileEach(t, theLab.Server)
+	againOnGuestDeath(t, func(t *testing.T) error {
+		cache := t.TempDir()
+		startOnServer(t)
+		migrateJSON(t, cache)
+		died := guestWell(t, "workstation")
+		assertOneFileEach(t, theLab.Workstation)
+		migrateJSON(t, cache) // a dead guest moves too: QEMU runs on
+		if died != nil {
+			return died
+		}
+		if died := guestWell(t, "server"); died != nil {
+			return died
+		}
+		assertOneFileEach(t, theLab.Server)
+		return nil
+	})
 }
 
 // TestCtrlCInTheDiskPhase presses Ctrl-C while the disk travels (a cold
@@ -250,8 +290,20 @@ func TestCtrlCInTheDiskPhase(t *testing.T) {
 // does, hands back with one key, and compares what a second grab puts on
 // the link with what virsh's full disk copy puts there, in the same run.
 func TestSecondGrabSendsAtMostHalfOfVirsh(t *testing.T) {
+	againOnGuestDeath(t, secondGrabAtMostHalfOfVirsh)
+}
+
+func secondGrabAtMostHalfOfVirsh(t *testing.T) (died error) {
 	cache := t.TempDir()
 	startOnServer(t)
+	// well keeps the first death of the guest; the attempt ends at its
+	// next step.
+	well := func(host string) {
+		t.Helper()
+		if died == nil {
+			died = guestWell(t, host)
+		}
+	}
 	grab := func(what string) int64 {
 		t.Helper()
 		before := linkBytes(t)
@@ -262,32 +314,48 @@ func TestSecondGrabSendsAtMostHalfOfVirsh(t *testing.T) {
 		if !strings.Contains(sc, "epoch") {
 			t.Errorf("%s: the dashboard shows no lease held here:\n%s", what, sc)
 		}
-		assertGuestWell(t, "workstation")
+		// A dead guest still moves (QEMU runs on): the hand back releases
+		// the lease, so that another attempt can take it.
+		well("workstation")
 		term.Keys("C-]", "h")
 		waitHost(t, "server", 4*time.Minute)
 		if sc := term.WaitFor("phase    on the server", time.Minute); !strings.Contains(sc, "lease    none") {
 			t.Errorf("%s: after the hand back the lease is still shown:\n%s", what, sc)
 		}
-		assertGuestWell(t, "server")
+		well("server")
 		term.Keys("C-]", "q")
 		term.WaitFor("EXITED 0", 30*time.Second)
 		return sent
 	}
 	first := grab("first")
+	if died != nil {
+		return died
+	}
 	viaVirsh := virshFullCopy(t)
 	// virsh left the VM on the workstation: bring it home the usual way.
 	migrateJSON(t, cache)
-	assertGuestWell(t, "server")
+	if well("server"); died != nil {
+		return died
+	}
 	second := grab("second")
+	if died != nil {
+		return died
+	}
 	t.Logf("bytes on the link to the workstation: first grab %d, virsh --copy-storage-all %d, second grab %d", first, viaVirsh, second)
 	if second*2 > viaVirsh {
 		t.Errorf("a second grab sent %d bytes, more than half of virsh's %d", second, viaVirsh)
 	}
+	return nil
 }
 
 // virshFullCopy moves the VM to the workstation as virsh does without
 // handoff (every allocated block over NBD, into a file made there first)
-// and returns the bytes it put on the link.
+// and returns the bytes it put on the link. The guest is paused for it:
+// under TCG, QEMU 7.2 loses guest pages now and then in a migration as
+// long as this full copy (the README's first lesson; a CI run and one of
+// two runs here lost the guest in or just after it), and a paused guest
+// dirties nothing, so virsh's count can only come out smaller, never in
+// handoff's favour.
 func virshFullCopy(t *testing.T) int64 {
 	t.Helper()
 	srv, ws := diskOn(t, theLab.Server), theLab.WorkstationImages
@@ -314,6 +382,9 @@ func virshFullCopy(t *testing.T) int64 {
 	}
 	xmlPath := filepath.Join(t.TempDir(), "dest.xml")
 	os.WriteFile(xmlPath, []byte(strings.ReplaceAll(string(x), filepath.Dir(top), ws)), 0o644)
+	if r := labtest.Run(t, "virsh", "-c", theLab.Server.URI, "suspend", theLab.Domain()); r.Code != 0 {
+		t.Fatalf("virsh suspend: %s%s", r.Stdout, r.Stderr)
+	}
 	before := linkBytes(t)
 	r := labtest.Run(t, "virsh", "-c", theLab.Server.URI, "migrate", "--live", "--p2p", "--copy-storage-all",
 		"--migrate-disks", srv[0].Target, "--xml", xmlPath, "--migrateuri", theLab.MigrateURI(theLab.Workstation.Name),
@@ -322,6 +393,9 @@ func virshFullCopy(t *testing.T) int64 {
 		t.Fatalf("virsh migrate --copy-storage-all: %s%s", r.Stdout, r.Stderr)
 	}
 	sent := linkBytes(t) - before
+	if r := labtest.Run(t, "virsh", "-c", theLab.Workstation.URI, "resume", theLab.Domain()); r.Code != 0 {
+		t.Fatalf("virsh resume on the workstation: %s%s", r.Stdout, r.Stderr)
+	}
 	assertGuestWell(t, "workstation")
 	return sent
 }

@@ -76,17 +76,38 @@ func BootDebian(t testing.TB, dir string, d Debian, disk, incoming string) *Gues
 	t.Helper()
 	args := []string{"-m", "512", "-kernel", d.Kernel, "-initrd", d.Initrd, "-append", d.Params.DebianKernelArgs(),
 		"-drive", "file=" + disk + ",if=virtio,format=qcow2,cache=none"}
-	if incoming != "" {
-		args = append(args, "-incoming", "exec:cat "+incoming)
+	if incoming == "" {
+		return start(t, dir, true, args...)
 	}
-	return start(t, dir, true, args...)
+	args = append(args, "-incoming", "exec:cat "+incoming)
+	q := start(t, dir, true, args...)
+	// SaveMemory saved a paused guest, and QEMU restores it paused: run
+	// it on once the memory is in.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := q.HMP("info status")
+		switch {
+		case strings.Contains(st, "running"):
+			return q
+		case !strings.Contains(st, "inmigrate"):
+			q.Resume()
+			return q
+		case time.Now().After(deadline):
+			t.Fatalf("the memory saved in %s was not restored within a minute: %s", incoming, st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
-// SaveMemory saves the running guest's memory and device state to path
-// (a migration to a file), leaving the guest paused as a migration's
-// source is; Resume runs it on.
+// SaveMemory saves the guest's memory and device state to path (a
+// migration to a file), leaving the guest paused; Resume runs it on. The
+// guest is paused first: a live save under TCG now and then loses pages
+// in QEMU 7.2 (the README's first lesson; a CI run lost the guest to it
+// here, its kernel dying in timer code after the restore), and what these
+// tests check is how memory pairs with a disk, not a live save.
 func (q *Guest) SaveMemory(path string) {
 	q.t.Helper()
+	q.HMP("stop")
 	out := q.HMP(`migrate "exec:cat > ` + path + `"`)
 	if info := q.HMP("info migrate"); !strings.Contains(info, "Migration status: completed") {
 		q.t.Fatalf("save memory to %s: %s%s", path, out, info)

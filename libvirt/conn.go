@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strings"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -280,4 +281,72 @@ func (c *Conn) DialVNC(ctx context.Context, addr VNCAddress) (net.Conn, error) {
 		return nil, fmt.Errorf("open VNC %s: %w", addr.Address, err)
 	}
 	return conn, nil
+}
+
+// SavedXML is the domain definition a memory file saved on this host (by
+// Checkpoint, or virsh save) carries.
+func (c *Conn) SavedXML(path string) (string, error) {
+	x, err := c.lv.DomainSaveImageGetXMLDesc(path, uint32(golibvirt.DomainSaveImageXMLSecure))
+	if err != nil {
+		return "", fmt.Errorf("read the domain saved in %s on %s: %w", path, c.uri, err)
+	}
+	return x, nil
+}
+
+// Restore starts the domain saved in the memory file at path on this host,
+// running, as domainXML defines it (the saved definition with other disk
+// paths, say), and makes that its persistent definition too. libvirt gives
+// a restored domain a new VM generation ID (when its definition has the
+// device; one in domainXML that differs from the saved one is refused), as
+// a clone must have: the persistent definition takes the new one.
+func (c *Conn) Restore(path, domainXML string) (*Domain, error) {
+	if err := c.lv.DomainRestoreFlags(path, golibvirt.OptString{domainXML}, uint32(golibvirt.DomainSaveRunning)); err != nil {
+		return nil, fmt.Errorf("restore the domain saved in %s on %s: %w", path, c.uri, err)
+	}
+	d, err := c.Lookup(domainName(domainXML))
+	if err != nil {
+		return nil, err
+	}
+	id, err := d.GenID()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.lv.DomainDefineXML(withGenID(domainXML, id)); err != nil {
+		return nil, fmt.Errorf("the domain restored from %s runs on %s, but its definition was not updated: %w", path, c.uri, err)
+	}
+	return d, nil
+}
+
+// GenID is the VM generation ID the domain runs with; "" when it has no
+// such device.
+func (d *Domain) GenID() (string, error) {
+	x, err := d.XML()
+	if err != nil {
+		return "", err
+	}
+	if m := genIDElement.FindStringSubmatch(x); m != nil {
+		return m[1], nil
+	}
+	return "", nil
+}
+
+var (
+	genIDElement = regexp.MustCompile(`<genid>([^<]*)</genid>|<genid\s*/>`)
+	nameElement  = regexp.MustCompile(`<name>([^<]*)</name>`)
+)
+
+// withGenID sets the domain XML's VM generation ID to id, where it has the
+// device.
+func withGenID(domainXML, id string) string {
+	if id == "" {
+		return domainXML
+	}
+	return genIDElement.ReplaceAllLiteralString(domainXML, "<genid>"+id+"</genid>")
+}
+
+func domainName(domainXML string) string {
+	if m := nameElement.FindStringSubmatch(domainXML); m != nil {
+		return m[1]
+	}
+	return ""
 }

@@ -129,12 +129,40 @@ func OverlayPath(top, tag string) string {
 // on. It returns the disks as they are now, the overlays on top. The
 // snapshot keeps no metadata: libvirt refuses to migrate a domain that has
 // snapshots.
-func (d *Domain) Freeze(tag string) ([]Disk, error) {
+func (d *Domain) Freeze(tag string) ([]Disk, error) { return d.snapshot(tag, "") }
+
+// Checkpoint saves the domain's memory to memoryPath (a file in libvirt's
+// save format, which Restore reads) and starts a new overlay on every disk
+// at the instant the memory was taken, while the VM runs on (a live
+// external snapshot, without metadata as Freeze's). The layer below each
+// overlay then holds the disk at that instant, to pair with the memory.
+//
+// The duration is how long the guest stood still for it, as QEMU measured
+// (the final copy of memory and the disks' switch); zero when QEMU did not
+// say.
+func (d *Domain) Checkpoint(tag, memoryPath string) ([]Disk, time.Duration, error) {
+	if memoryPath == "" {
+		return nil, 0, fmt.Errorf("checkpoint %s: no file named for its memory", d.Name())
+	}
+	disks, err := d.snapshot(tag, memoryPath)
+	if err != nil {
+		return nil, 0, err
+	}
+	var paused time.Duration
+	typ, params, err := d.conn.lv.DomainGetJobStats(d.dom, golibvirt.DomainJobStatsCompleted)
+	if err == nil && golibvirt.DomainJobType(typ) == golibvirt.DomainJobCompleted {
+		paused = parseJobStats(params).downtime
+	}
+	return disks, paused, nil
+}
+
+// snapshot is Freeze, with the memory saved too when memoryPath is set.
+func (d *Domain) snapshot(tag, memoryPath string) ([]Disk, error) {
 	disks, err := d.Disks()
 	if err != nil {
 		return nil, err
 	}
-	if len(disks) == 0 {
+	if len(disks) == 0 && memoryPath == "" {
 		return nil, nil
 	}
 	// The overlays are made first, through the disks' pools, with small
@@ -146,7 +174,13 @@ func (d *Domain) Freeze(tag string) ([]Disk, error) {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "<domainsnapshot><name>%s</name><memory snapshot='no'/><disks>", xmlText(tag))
+	memory := "<memory snapshot='no'/>"
+	flags := golibvirt.DomainSnapshotCreateDiskOnly
+	if memoryPath != "" {
+		memory = fmt.Sprintf("<memory snapshot='external' file='%s'/>", xmlText(memoryPath))
+		flags = golibvirt.DomainSnapshotCreateLive
+	}
+	fmt.Fprintf(&b, "<domainsnapshot><name>%s</name>%s<disks>", xmlText(tag), memory)
 	for _, disk := range disks {
 		top := disk.Top()
 		pool, err := d.conn.EnsurePool(filepath.Dir(top.Path))
@@ -173,10 +207,12 @@ func (d *Domain) Freeze(tag string) ([]Disk, error) {
 			xmlText(disk.Target), xmlText(overlay))
 	}
 	b.WriteString("</disks></domainsnapshot>")
-	flags := golibvirt.DomainSnapshotCreateDiskOnly | golibvirt.DomainSnapshotCreateNoMetadata |
-		golibvirt.DomainSnapshotCreateAtomic | golibvirt.DomainSnapshotCreateReuseExt
+	flags |= golibvirt.DomainSnapshotCreateNoMetadata | golibvirt.DomainSnapshotCreateAtomic | golibvirt.DomainSnapshotCreateReuseExt
 	if _, err := d.conn.lv.DomainSnapshotCreateXML(d.dom, b.String(), uint32(flags)); err != nil {
 		unmake()
+		if memoryPath != "" {
+			return nil, fmt.Errorf("checkpoint %s on %s (a live external snapshot, memory to %s): %w", d.Name(), d.conn.uri, memoryPath, err)
+		}
 		return nil, fmt.Errorf("freeze the disks of %s on %s (a disk-only external snapshot): %w", d.Name(), d.conn.uri, err)
 	}
 	return d.Disks()

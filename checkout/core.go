@@ -50,17 +50,18 @@ type Lease struct {
 type stage int
 
 const (
-	idle        stage = iota
-	locating          // looking for the VM on both hosts
-	firstScreen       // finding the server's screen before anything moves
-	leasing           // acquiring the lease
-	preparing         // DiskMover.Prepare
-	starting          // the migration job is being set up
-	precopy           // the job copies memory; it can still be aborted
-	postcopy          // the VM runs on the destination; the job can only finish
-	finishing         // Prepared.Finish after the switch
-	undoing           // Prepared.Undo after an abort or a failure
-	releasing         // the lease goes back to the server
+	idle          stage = iota
+	locating            // looking for the VM on both hosts
+	firstScreen         // finding the server's screen before anything moves
+	leasing             // acquiring the lease
+	preparing           // DiskMover.Prepare
+	starting            // the migration job is being set up
+	precopy             // the job copies memory; it can still be aborted
+	postcopy            // the VM runs on the destination; the job can only finish
+	finishing           // Prepared.Finish after the switch
+	undoing             // Prepared.Undo after an abort or a failure
+	releasing           // the lease goes back to the server
+	checkpointing       // a checkpoint is taken and sent; the VM runs here meanwhile
 )
 
 // State is everything the core knows; a value, copied by Step.
@@ -79,10 +80,16 @@ type State struct {
 	Renewing  bool // a lease is held and being renewed
 	LeaseLost bool
 
+	// CheckpointEvery is how often a checkpoint of the VM running here is
+	// committed to the server; zero: never.
+	CheckpointEvery time.Duration
+	Checkpoint      event.Checkpoint // the newest, and the next one due
+
 	stage     stage
 	begun     bool
 	unwind    error // set: the move under way stops at its next step, for this reason
 	abortSent bool  // AbortMigration was sent for this move
+	handBack  bool  // asked for while a checkpoint was under way: it starts after
 	quit      bool
 	stopped   bool
 }
@@ -142,6 +149,11 @@ type (
 	}
 	DisksFinished struct{ Err error }
 	DisksUndone   struct{ Err error }
+	// CheckpointTaken answers TakeCheckpoint.
+	CheckpointTaken struct {
+		Checkpoint event.Checkpoint
+		Err        error
+	}
 
 	SwitchNow struct{}
 	HandBack  struct{}
@@ -165,6 +177,7 @@ func (MigrationProgressed) input() {}
 func (MigrationEnded) input()      {}
 func (DisksFinished) input()       {}
 func (DisksUndone) input()         {}
+func (CheckpointTaken) input()     {}
 func (SwitchNow) input()           {}
 func (HandBack) input()            {}
 func (Abort) input()               {}
@@ -199,6 +212,7 @@ type (
 	AbortMigration struct{}                    // answered by MigrationEnded
 	FinishDisks    struct{ Move Move }         // answered by DisksFinished
 	UndoDisks      struct{ Move Move }         // answered by DisksUndone
+	TakeCheckpoint struct{ Lease Lease }       // answered by CheckpointTaken; zero Lease: none is held
 	Emit           struct{ Event event.Event } // to the UI
 	Stop           struct{}                    // Run returns once its goroutines have
 )
@@ -217,6 +231,7 @@ func (PostCopy) action()       {}
 func (AbortMigration) action() {}
 func (FinishDisks) action()    {}
 func (UndoDisks) action()      {}
+func (TakeCheckpoint) action() {}
 func (Emit) action()           {}
 func (Stop) action()           {}
 
@@ -342,7 +357,8 @@ func (t *step) on(in Input) error {
 		}
 		s.Lease, s.Renewing = in.Lease, true
 		t.emit(leaseEvent(in.Lease))
-		t.do(RenewLease{Lease: in.Lease}, ArmTimer{At: in.Lease.Expires})
+		t.do(RenewLease{Lease: in.Lease})
+		t.armTimer()
 		switch {
 		case s.Move.From == Nowhere: // the VM ran here already
 			s.stage = idle
@@ -373,7 +389,7 @@ func (t *step) on(in Input) error {
 		}
 		s.Lease = in.Lease
 		t.emit(leaseEvent(in.Lease))
-		t.do(ArmTimer{At: in.Lease.Expires})
+		t.armTimer()
 
 	case LeaseLost:
 		if !s.Renewing {
@@ -386,6 +402,32 @@ func (t *step) on(in Input) error {
 			t.lost(fmt.Errorf("the lease on %s expired at %s: renewals stopped reaching the server; later checkpoints will be saved as a branch",
 				s.Domain, s.Lease.Expires.Format("15:04:05")))
 		}
+		if next := s.Checkpoint.Next; !next.IsZero() && !t.now.Before(next) && s.stage == idle && !s.quit && s.Where == Workstation {
+			s.stage = checkpointing
+			s.Checkpoint.Underway, s.Checkpoint.Next = true, time.Time{}
+			t.emit(s.Checkpoint)
+			t.do(TakeCheckpoint{Lease: s.Lease})
+		}
+		t.armTimer()
+
+	case CheckpointTaken:
+		if err := t.expect(checkpointing); err != nil {
+			return err
+		}
+		s.stage = idle
+		if in.Err != nil {
+			t.emit(event.Notice{Err: fmt.Errorf("checkpoint of %s: %w; the VM runs on here, and the next checkpoint tries again", s.Domain, in.Err)})
+			s.Checkpoint.Underway = false
+		} else {
+			s.Checkpoint = in.Checkpoint
+		}
+		if s.handBack {
+			s.handBack = false
+			t.emit(s.Checkpoint)
+			t.startMove(Move{Domain: s.Domain, From: Workstation, To: Server})
+			return nil
+		}
+		t.scheduleCheckpoint()
 
 	case DisksPrepared:
 		if err := t.expect(preparing); err != nil {
@@ -474,6 +516,7 @@ func (t *step) on(in Input) error {
 		if s.Move.there() {
 			s.Move, s.stage = Move{}, idle
 			t.enter(event.Here, Workstation, nil)
+			t.scheduleCheckpoint()
 			return nil
 		}
 		t.unwound() // back on the server: the lease goes back
@@ -529,6 +572,10 @@ func (t *step) on(in Input) error {
 			return ErrQuitting
 		case s.Where == Workstation && s.stage == finishing:
 			return errors.New("the VM's disks are still settling here: hand it back in a moment")
+		case s.Where == Workstation && s.stage == checkpointing:
+			s.handBack = true
+			t.emit(event.Notice{Err: errors.New("a checkpoint is being sent: the hand back starts once it is committed")})
+			return nil
 		case s.Where != Workstation || s.stage != idle:
 			return ErrNotHere
 		}
@@ -574,6 +621,10 @@ func (t *step) abort(why error) error {
 func (t *step) startMove(m Move) {
 	s := &t.s
 	s.Move, s.unwind, s.abortSent = m, nil, false
+	if !s.Checkpoint.Next.IsZero() {
+		s.Checkpoint.Next = time.Time{}
+		t.emit(s.Checkpoint)
+	}
 	if m.there() && s.Leased {
 		s.stage = leasing
 		t.enter(event.TakingLease, m.From, nil)
@@ -629,6 +680,36 @@ func (t *step) lost(err error) {
 func (t *step) arrivedHere() {
 	t.enter(event.Here, Workstation, nil)
 	t.do(ShowScreen{On: Workstation})
+	t.scheduleCheckpoint()
+}
+
+// scheduleCheckpoint plans the next checkpoint of the VM running here.
+// Once the lease is lost, checkpoints go on: the server keeps them as a
+// branch, never as a commit over another device's work.
+func (t *step) scheduleCheckpoint() {
+	s := &t.s
+	if s.CheckpointEvery <= 0 || !s.Leased || s.Where != Workstation || s.quit {
+		return
+	}
+	s.Checkpoint.Next = t.now.Add(s.CheckpointEvery)
+	t.emit(s.Checkpoint)
+	t.armTimer()
+}
+
+// armTimer asks for a Tick at the first instant the core waits for: the
+// lease's expiry, or the next checkpoint.
+func (t *step) armTimer() {
+	s := &t.s
+	var at time.Time
+	if s.Renewing {
+		at = s.Lease.Expires
+	}
+	if next := s.Checkpoint.Next; !next.IsZero() && (at.IsZero() || next.Before(at)) {
+		at = next
+	}
+	if !at.IsZero() {
+		t.do(ArmTimer{At: at})
+	}
 }
 
 // settle ends the checkout once it is quitting and nothing is under way.

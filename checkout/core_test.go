@@ -62,6 +62,16 @@ func describeOne(a Action) string {
 			return fmt.Sprintf("lease %s %d", e.Holder, e.Epoch)
 		case event.Notice:
 			return "notice: " + e.Err.Error()
+		case event.Checkpoint:
+			switch {
+			case e.Underway:
+				return "checkpoint under way"
+			case !e.Next.IsZero():
+				return "checkpoint next " + e.Next.Format("15:04:05")
+			case e.ID == "":
+				return "checkpoint none due"
+			}
+			return "checkpoint " + e.ID
 		}
 		return fmt.Sprintf("emit %T", a.Event)
 	case ShowScreen:
@@ -80,6 +90,8 @@ func describeOne(a Action) string {
 		return "RenewLease " + a.Lease.ID
 	case ReleaseLease:
 		return "ReleaseLease " + a.Lease.ID
+	case TakeCheckpoint:
+		return "TakeCheckpoint " + a.Lease.ID
 	}
 	return strings.TrimPrefix(fmt.Sprintf("%T", a), "checkout.")
 }
@@ -268,7 +280,7 @@ func TestCoreTransitions(t *testing.T) {
 		)},
 		{"lease renewed, then expired when renewals stop landing", NewState("desktop", true, true), then(toHere,
 			row{in: LeaseRenewed{Lease: Lease{ID: "L1", Holder: "laptop", Epoch: 1, Expires: t0.Add(3 * time.Minute)}}, want: "lease laptop 1; ArmTimer 22:03:00"},
-			row{in: Tick{}, at: 2 * time.Minute, want: ""},
+			row{in: Tick{}, at: 2 * time.Minute, want: "ArmTimer 22:03:00"}, // the timer that fired early is set again
 			row{in: Tick{}, at: 3 * time.Minute, want: "DropLease; notice: the lease on desktop expired at 22:03:00: renewals stopped reaching the server; later checkpoints will be saved as a branch; lease none"},
 			row{in: LeaseRenewed{Lease: held}, want: ""},
 			row{in: Tick{}, at: 4 * time.Minute, want: ""},
@@ -375,5 +387,66 @@ func TestCoreWhere(t *testing.T) {
 	})
 	if !s.Stopped() || !s.LeaseLost || s.Renewing {
 		t.Fatalf("after the lease was lost and the user quit: %+v", s)
+	}
+}
+
+// Checkpoints are taken on a clock while the VM runs here, one at a time,
+// never during a move; a hand back asked for meanwhile waits for the one
+// under way, and once the lease is lost they go on, for the server to keep
+// as a branch.
+func TestCoreCheckpoints(t *testing.T) {
+	every := func() State {
+		s := NewState("desktop", true, true)
+		s.CheckpointEvery = 30 * time.Second
+		return s
+	}
+	committed := CheckpointTaken{Checkpoint: event.Checkpoint{ID: "c1", Last: t0.Add(30 * time.Second)}}
+	arrived := "phase running here @workstation; checkpoint next 22:00:30; ArmTimer 22:00:30"
+	here := append(append([]row{}, toHere[:len(toHere)-1]...), row{in: DisksFinished{}, want: arrived})
+	for _, tc := range []struct {
+		name string
+		s    State
+		rows []row
+	}{
+		{"one every interval, the lease's expiry still watched", every(), then(here,
+			row{in: Tick{}, at: 30 * time.Second, want: "checkpoint under way; TakeCheckpoint L1; ArmTimer 22:02:00"},
+			row{in: Tick{}, at: 31 * time.Second, want: "ArmTimer 22:02:00"}, // one at a time
+			row{in: committed, at: 40 * time.Second, want: "checkpoint next 22:01:10; ArmTimer 22:01:10"},
+			row{in: committed, err: "unexpected"},
+		)},
+		{"a failed checkpoint is a notice, and the next one comes", every(), then(here,
+			row{in: Tick{}, at: 30 * time.Second, want: "checkpoint under way; TakeCheckpoint L1; ArmTimer 22:02:00"},
+			row{in: CheckpointTaken{Err: errBoom}, at: 35 * time.Second,
+				want: "notice: checkpoint of desktop: boom; the VM runs on here, and the next checkpoint tries again; checkpoint next 22:01:05; ArmTimer 22:01:05"},
+		)},
+		{"a hand back waits for the checkpoint under way", every(), then(here,
+			row{in: Tick{}, at: 30 * time.Second, want: "checkpoint under way; TakeCheckpoint L1; ArmTimer 22:02:00"},
+			row{in: HandBack{}, want: "notice: a checkpoint is being sent: the hand back starts once it is committed"},
+			row{in: committed, want: "checkpoint c1; phase moving disks @workstation workstation→server; PrepareDisks workstation→server"},
+			row{in: Tick{}, at: 90 * time.Second, want: "ArmTimer 22:02:00"}, // none during the move
+		)},
+		{"a hand back ends the schedule", every(), then(here,
+			row{in: HandBack{}, want: "checkpoint none due; phase moving disks @workstation workstation→server; PrepareDisks workstation→server"},
+			row{in: Tick{}, at: 30 * time.Second, want: "ArmTimer 22:02:00"},
+		)},
+		{"the lease lost: checkpoints go on without it", every(), then(here,
+			row{in: LeaseLost{Err: errBoom}, want: "DropLease; notice: boom; lease none"},
+			row{in: Tick{}, at: 30 * time.Second, want: "checkpoint under way; TakeCheckpoint "},
+		)},
+		{"quitting waits for the checkpoint under way", every(), then(here,
+			row{in: Tick{}, at: 30 * time.Second, want: "checkpoint under way; TakeCheckpoint L1; ArmTimer 22:02:00"},
+			row{in: Quit{}, want: ""},
+			row{in: committed, want: "StopRenewing; Stop"},
+		)},
+		{"a read-only checkout takes none", func() State { s := every(); s.Leased = false; return s }(), then(toServer,
+			row{in: ScreenShown{On: Server}, want: "phase moving disks @server server→workstation; PrepareDisks server→workstation"},
+			row{in: DisksPrepared{}, want: "phase copying @server server→workstation; StartMigration server→workstation"},
+			row{in: MigrationStarted{}, want: ""},
+			row{in: precopied, want: "switched precopy; ShowScreen workstation; phase moving disks @workstation server→workstation; FinishDisks server→workstation"},
+			row{in: DisksFinished{}, want: "phase running here @workstation"},
+			row{in: Tick{}, at: 30 * time.Second, want: ""},
+		)},
+	} {
+		t.Run(tc.name, func(t *testing.T) { run(t, tc.s, tc.rows) })
 	}
 }

@@ -34,6 +34,8 @@ type ServerImages interface {
 type Chunks interface {
 	PullChain(ctx context.Context, root syncengine.Hash, path string) ([]syncengine.ChainMember, syncengine.Stats, error)
 	PushChain(ctx context.Context, path string) (syncengine.Hash, []syncengine.ChainMember, syncengine.Stats, error)
+	// Push sends one plain file (a checkpoint's memory, say).
+	Push(ctx context.Context, path string) (syncengine.Hash, syncengine.Stats, error)
 }
 
 // StoreDisks moves a domain's disks through the chunk store ahead of its

@@ -54,6 +54,13 @@ type DiskMover interface {
 // DiskProgress is a disk move's report, as the UI hears it.
 type DiskProgress = event.DiskProgress
 
+// Checkpointer commits the VM running here back to the server: its
+// memory and disks at one instant, under the lease (fenced by its epoch),
+// or, with no lease held, as a branch.
+type Checkpointer interface {
+	Checkpoint(ctx context.Context, domain string, held Lease) (event.Checkpoint, error)
+}
+
 // Prepared is a disk move ready for its migration. An implementation may
 // also shape the migration itself (which disks it copies, and how): the
 // Host's MigrateTo is handed it and looks for what it knows.
@@ -82,7 +89,11 @@ type Config struct {
 	// checkout.
 	Lease Keeper
 	Disks DiskMover // nil: the domain has no disks to move (NoDisks)
-	Now   func() time.Time
+	// Checkpoints, when set, commits the VM back to the server every
+	// CheckpointEvery while it runs here under the lease.
+	Checkpoints     Checkpointer
+	CheckpointEvery time.Duration
+	Now             func() time.Time
 	// Grace bounds the unwinding (abort, undo, release) after Run's
 	// context ends; then its I/O is cancelled. Default 30 s.
 	Grace time.Duration
@@ -106,7 +117,11 @@ type command struct {
 
 // New makes a checkout of cfg.Domain from cfg.Server to cfg.Workstation.
 func New(cfg Config) *Checkout {
-	return newCheckout(cfg, NewState(cfg.Domain, cfg.Lease != nil, cfg.Disks != nil))
+	st := NewState(cfg.Domain, cfg.Lease != nil, cfg.Disks != nil)
+	if cfg.Checkpoints != nil {
+		st.CheckpointEvery = cfg.CheckpointEvery
+	}
+	return newCheckout(cfg, st)
 }
 
 // View makes a checkout that only shows domain's screen on host.
@@ -420,6 +435,14 @@ func (d *driver) do(a Action, reply chan error) bool {
 	case FinishDisks:
 		ctx, p := d.ctxFor(a.Move), d.prepared
 		d.spawn(func() Input { return DisksFinished{Err: p.Finish(ctx)} })
+	case TakeCheckpoint:
+		// Not under the lease's context: once the lease is lost, the
+		// checkpoint is still taken and kept, as a branch.
+		cp := d.cfg.Checkpoints
+		d.spawn(func() Input {
+			c, err := cp.Checkpoint(d.work, domain, a.Lease)
+			return CheckpointTaken{Checkpoint: c, Err: err}
+		})
 	case UndoDisks:
 		p := d.prepared
 		d.prepared = nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
 	"github.com/handoff-dev/handoff/leasectl"
@@ -124,4 +126,56 @@ func (l leaseKeeper) Renew(ctx context.Context, held Lease, renewed func(Lease))
 
 func (l leaseKeeper) Release(ctx context.Context, held Lease) error {
 	return l.k.Client.Release(ctx, l.k.Image, held.ID)
+}
+
+// LeaseLog is the lease server's history of k's image as the checkout's
+// CommitLog: commits are made under k's holder name.
+func LeaseLog(k *leasectl.Keeper) CommitLog { return leaseLog{k} }
+
+type leaseLog struct{ k *leasectl.Keeper }
+
+func (l leaseLog) Head(ctx context.Context) (string, error) {
+	st, err := l.k.Client.Status(ctx, l.k.Image)
+	if err != nil {
+		return "", fmt.Errorf("read the history of %s on the server: %w", l.k.Image, err)
+	}
+	return st.Head, nil
+}
+
+func (l leaseLog) request(held Lease, parent string, s Saved) leasectl.CommitRequest {
+	return leasectl.CommitRequest{Parent: parent, LeaseID: held.ID, Holder: l.k.Holder,
+		Manifest: leasectl.Manifest{Root: s.Memory.String(), Meta: s.Meta()}}
+}
+
+func (l leaseLog) Commit(ctx context.Context, held Lease, parent string, s Saved) (string, error) {
+	c, err := l.k.Client.Commit(ctx, l.k.Image, l.request(held, parent, s))
+	for _, refused := range []error{leasectl.ErrRefused, leasectl.ErrOrphaned, leasectl.ErrExpired, leasectl.ErrNotHead} {
+		if errors.Is(err, refused) {
+			return "", fmt.Errorf("%w (%w)", ErrRefused, err)
+		}
+	}
+	return c.ID, err
+}
+
+func (l leaseLog) Branch(ctx context.Context, parent string, s Saved) (string, string, error) {
+	image := fmt.Sprintf("%s-%s-%s", l.k.Image, nameSafe(l.k.Holder), time.Now().UTC().Format("20060102T150405"))
+	if len(image) > 128 {
+		image = image[len(image)-128:]
+	}
+	c, err := l.k.Client.Branch(ctx, l.k.Image, image, l.request(Lease{}, parent, s))
+	if err != nil {
+		return "", "", fmt.Errorf("branch %s as %s on the server: %w", l.k.Image, image, err)
+	}
+	return image, c.ID, nil
+}
+
+// nameSafe keeps what an image's name may hold of s: letters, digits,
+// '.', '_' and '-'.
+func nameSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 128 && (r == '.' || r == '_' || r == '-' || 'a' <= r|0x20 && r|0x20 <= 'z' || '0' <= r && r <= '9') {
+			return r
+		}
+		return '-'
+	}, s)
 }

@@ -64,6 +64,19 @@ type (
 		Epoch   uint64
 		Expires time.Time
 	}
+	// Checkpoint is where the checkpoints stand that commit the VM back
+	// to the server while it runs here.
+	Checkpoint struct {
+		Underway bool      // one is being taken and sent
+		Last     time.Time // the instant the newest one saved; zero: none yet
+		ID       string    // its commit on the server
+		// Branch is set when the lease was no longer held: the checkpoint
+		// was kept as this new image, never committed over another's work.
+		Branch string
+		Bytes  int64         // what it put on the link
+		Pause  time.Duration // how long taking it held the guest's memory snapshot
+		Next   time.Time     // when the next one is due; zero: none planned
+	}
 	// Screen says where the VM's screen now is: the UI replaces its view
 	// with one reached by Dial.
 	Screen struct {
@@ -83,5 +96,6 @@ func (Progress) event()     {}
 func (DiskProgress) event() {}
 func (Switched) event()     {}
 func (LeaseChanged) event() {}
+func (Checkpoint) event()   {}
 func (Screen) event()       {}
 func (Notice) event()       {}

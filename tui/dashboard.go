@@ -39,25 +39,37 @@ type Lease struct {
 	Expires time.Time
 }
 
+// Checkpoint is where the checkpoints of the VM running here stand.
+type Checkpoint struct {
+	Underway bool      // one is being taken and sent
+	Last     time.Time // the instant the newest one saved; zero: none yet
+	ID       string    // its commit
+	Branch   string    // set: kept as this new image, the lease being lost
+	Bytes    int64     // what it put on the link
+	Pause    time.Duration
+	Next     time.Time // zero: none planned
+}
+
 // dashState is what the dashboard shows; kept apart from the model so the
 // dashboard is a plain function of it.
 type dashState struct {
-	Domain    string
-	Phase     Phase
-	Host      string // where the VM runs now
-	From, To  string
-	Progress  switchover.Sample
-	Decision  switchover.Decision
-	Dirty     []float64 // dirty rate samples of the last minute, B/s
-	Downtime  time.Duration
-	Mode      string // precopy or postcopy, once switched
-	Switched  bool
-	Lease     Lease
-	Now       time.Time
-	Err       string
-	Prefix    string   // how the prefix key is written, e.g. "Ctrl-]"
-	PrefixArm bool     // the prefix was typed; the next key is a command
-	Events    []string // what happened, oldest first, each with its time
+	Domain     string
+	Phase      Phase
+	Host       string // where the VM runs now
+	From, To   string
+	Progress   switchover.Sample
+	Decision   switchover.Decision
+	Dirty      []float64 // dirty rate samples of the last minute, B/s
+	Downtime   time.Duration
+	Mode       string // precopy or postcopy, once switched
+	Switched   bool
+	Lease      Lease
+	Checkpoint Checkpoint
+	Now        time.Time
+	Err        string
+	Prefix     string   // how the prefix key is written, e.g. "Ctrl-]"
+	PrefixArm  bool     // the prefix was typed; the next key is a command
+	Events     []string // what happened, oldest first, each with its time
 }
 
 var (
@@ -98,6 +110,9 @@ func dashboardLines(s dashState, width, height int, compact bool) []string {
 	}
 	if !compact || s.Lease.Holder != "" {
 		lines = append(lines, row("lease", leaseText(s.Lease, s.Now)))
+	}
+	if c := s.Checkpoint; c.Underway || !c.Last.IsZero() || !c.Next.IsZero() {
+		lines = append(lines, row("saved", checkpointText(c, s.Now)))
 	}
 	for i, l := range lines {
 		lines[i] = lipgloss.NewStyle().MaxWidth(width).Render(l)
@@ -164,6 +179,27 @@ func leaseText(l Lease, now time.Time) string {
 		return "none"
 	}
 	return fmt.Sprintf("%s, epoch %d, %s left", l.Holder, l.Epoch, l.Expires.Sub(now).Round(time.Second))
+}
+
+// checkpointText says how old the newest checkpoint on the server is, and
+// when the next one comes: what a lost laptop would cost now.
+func checkpointText(c Checkpoint, now time.Time) string {
+	var parts []string
+	switch {
+	case c.Last.IsZero():
+		parts = append(parts, "no checkpoint yet")
+	case c.Branch != "":
+		parts = append(parts, fmt.Sprintf("%s ago, as branch %s (the lease is gone)", now.Sub(c.Last).Round(time.Second), c.Branch))
+	default:
+		parts = append(parts, fmt.Sprintf("%s ago (%s sent, pause %d ms)", now.Sub(c.Last).Round(time.Second), units.Bytes(uint64(c.Bytes)), c.Pause.Milliseconds()))
+	}
+	switch {
+	case c.Underway:
+		parts = append(parts, "checkpoint under way")
+	case !c.Next.IsZero():
+		parts = append(parts, "next in "+max(0, c.Next.Sub(now)).Round(time.Second).String())
+	}
+	return strings.Join(parts, " · ")
 }
 
 // sparkline draws the last width samples as block heights.

@@ -97,6 +97,8 @@ func message(ev event.Event) tea.Msg {
 		return SwitchedMsg{Downtime: ev.Downtime, Mode: ev.Mode}
 	case event.LeaseChanged:
 		return LeaseMsg{Holder: ev.Holder, Epoch: ev.Epoch, Expires: ev.Expires}
+	case event.Checkpoint:
+		return CheckpointMsg(ev)
 	case event.Notice:
 		return ErrMsg{ev.Err}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/tui/termgfx"
+	"github.com/handoff-dev/handoff/units"
 	"github.com/handoff-dev/handoff/vnc"
 )
 
@@ -62,8 +63,9 @@ type (
 		Disk        string // the guest's name for it ("vda"), or the file
 		Done, Total int64  // bytes of the step's transfer, if it has one
 	}
-	LeaseMsg Lease
-	ErrMsg   struct{ Err error }
+	LeaseMsg      Lease
+	CheckpointMsg Checkpoint
+	ErrMsg        struct{ Err error }
 )
 
 // Model is the terminal app: the VM's screen with a dashboard.
@@ -178,6 +180,16 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 		m.noteDisk(msg)
 	case LeaseMsg:
 		m.dash.Lease = Lease(msg)
+	case CheckpointMsg:
+		prev := m.dash.Checkpoint
+		m.dash.Checkpoint = Checkpoint(msg)
+		switch {
+		case msg.ID == "" || msg.ID == prev.ID:
+		case msg.Branch != "":
+			m.note(fmt.Sprintf("checkpoint kept as branch %s: the lease is no longer this device's", msg.Branch))
+		default:
+			m.note(fmt.Sprintf("checkpoint committed (%s sent)", units.Bytes(uint64(msg.Bytes))))
+		}
 	case ErrMsg:
 		if msg.Err != nil {
 			m.dash.Err = msg.Err.Error()

@@ -344,3 +344,26 @@ func runCmd(m *Model, cmd tea.Cmd) {
 		runCmd(m, next)
 	}
 }
+
+func TestCheckpointText(t *testing.T) {
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		c    Checkpoint
+		want string
+	}{
+		{"none yet, one planned", Checkpoint{Next: now.Add(9*time.Minute + 30*time.Second)}, "no checkpoint yet · next in 9m30s"},
+		{"the first under way", Checkpoint{Underway: true}, "no checkpoint yet · checkpoint under way"},
+		{"committed", Checkpoint{Last: now.Add(-2 * time.Minute), ID: "c1", Bytes: 3_100_000, Pause: 212 * time.Millisecond, Next: now.Add(8 * time.Minute)},
+			"2m0s ago (3.1 MB sent, pause 212 ms) · next in 8m0s"},
+		{"kept as a branch", Checkpoint{Last: now.Add(-5 * time.Second), ID: "c2", Branch: "desktop-laptop-20261202T095955", Underway: true},
+			"5s ago, as branch desktop-laptop-20261202T095955 (the lease is gone) · checkpoint under way"},
+		{"overdue: never a negative wait", Checkpoint{Last: now.Add(-time.Minute), Next: now.Add(-time.Second)}, "1m0s ago (0 B sent, pause 0 ms) · next in 0s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := checkpointText(tc.c, now); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -25,6 +25,8 @@ func commands() []command {
 		{"grab", "take a VM from the server and run it here, watching it live", runGrab},
 		{"view", "show a VM's screen in the terminal, keyboard forwarded", runView},
 		{"migrate", "live-migrate a VM between two libvirt hosts with the switchover policy", runMigrate},
+		{"checkpoint", "commit a checkpoint of a VM running here to the server now", runCheckpoint},
+		{"restore", "start a VM on the server from the checkpoint its lost device last committed", runRestore},
 		{"lab", "start, inspect or remove the built-in two-host lab (up|down|status)", runLab},
 		{"lease", "acquire, renew, release, steal or inspect VM image leases", runLease},
 		{"serve", "run the home-server daemon (leases, commits, chunk store)", runServe},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -33,6 +34,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	noLease := fs.Bool("no-lease", false, "take no lease, even when logged in to a server")
 	graphics := fs.String("graphics", "auto", "how to draw the VM's screen: auto (ask the terminal), kitty, sixel, iterm or blocks")
 	images := imagesFlag(fs)
+	every := fs.Duration("checkpoint-every", 10*time.Minute, "while the VM runs here under the lease, commit a checkpoint of its memory and disks to the server this often (only what changed travels; 0: never). A lost laptop then costs at most this much work: 'handoff restore' starts the VM on the server from the last one")
 	guest := fs.String("guest", string(lab.Desktop), "the guest a lab started by grab runs: debian (a desktop on a disk, moved through the chunk store) or busybox (memory only)")
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -110,6 +112,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		}
 	}
 	var disks checkout.DiskMover
+	var checkpoints checkout.Checkpointer
 	if has, err := domainHasDisks(srv, name); err != nil && !errors.Is(err, libvirt.ErrNoDomain) {
 		return err
 	} else if has {
@@ -119,13 +122,18 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		}
 		defer closeDisks()
 		disks = sd
+		if lease != nil && *every > 0 {
+			checkpoints = &checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(lease)}
+		}
 	}
 	co := checkout.New(checkout.Config{
-		Domain:      name,
-		Server:      checkout.LibvirtHost{Conn: srv, Migrate: toSrv},
-		Workstation: checkout.LibvirtHost{Conn: ws, Migrate: toWS},
-		Lease:       checkout.Leased(lease),
-		Disks:       disks,
+		Domain:          name,
+		Server:          checkout.LibvirtHost{Conn: srv, Migrate: toSrv},
+		Workstation:     checkout.LibvirtHost{Conn: ws, Migrate: toWS},
+		Lease:           checkout.Leased(lease),
+		Disks:           disks,
+		Checkpoints:     checkpoints,
+		CheckpointEvery: *every,
 	})
 	return tui.Grab(ctx, co, tui.GrabOptions{Domain: name, In: os.Stdin, Out: os.Stdout, Graphics: *graphics})
 }

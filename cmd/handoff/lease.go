@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/handoff-dev/handoff/checkout"
 	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/units"
 )
 
 // serverConfig is how this device reaches its home server.
@@ -42,7 +44,7 @@ each fenced by the lease that allows it.
   commit    add a checkpoint (with --lease, or from a read-only checkout)
   branch    save a refused commit as a new image, so nothing is lost
   status    the lease and head
-  log       commits, leases, steals and branches
+  log       each commit (time, device, epoch, size), then lease events
 
 Every command takes --json. Run 'handoff lease COMMAND --help' for its flags.`
 
@@ -117,7 +119,7 @@ func runLease(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		s, err = c.Status(ctx, image)
 		out = s
 		if err == nil && cmd == "log" {
-			out = s.Log
+			out = logOf(s)
 		}
 	default:
 		return fmt.Errorf("%w: unknown lease command %q (see handoff lease --help)", errUsage, cmd)
@@ -145,9 +147,18 @@ func printLease(w io.Writer, cmd string, out any) error {
 			lease = fmt.Sprintf("%s holds it (epoch %d) until %s", v.Lease.Holder, v.Lease.Epoch, v.Lease.Expires.Local().Format(time.TimeOnly))
 		}
 		fmt.Fprintf(w, "image %s: head %q, %d commits; lease: %s\n", v.Image, v.Head, len(v.Commits), lease)
-	case []leasectl.Event:
-		for _, e := range v {
-			fmt.Fprintf(w, "%s  %-8s %-12s epoch %-3d %s\n", e.Time.Local().Format(time.DateTime), e.Kind, e.Holder, e.Epoch, e.Detail)
+	case imageLog:
+		fmt.Fprintf(w, "commits of %s (%d):\n", v.Image, len(v.Commits))
+		for _, c := range v.Commits {
+			size := "-"
+			if c.SentBytes > 0 || c.MemoryBytes > 0 {
+				size = fmt.Sprintf("%s sent, memory %s", units.Bytes(uint64(c.SentBytes)), units.Bytes(uint64(c.MemoryBytes)))
+			}
+			fmt.Fprintf(w, "  %s  %s  %-12s epoch %-3d %-10s %s\n", c.Time.Local().Format(time.DateTime), c.ID, c.Holder, c.Epoch, c.Kind, size)
+		}
+		fmt.Fprintln(w, "events:")
+		for _, e := range v.Events {
+			fmt.Fprintf(w, "  %s  %-8s %-12s epoch %-3d %s\n", e.Time.Local().Format(time.DateTime), e.Kind, e.Holder, e.Epoch, e.Detail)
 		}
 	default:
 		fmt.Fprintf(w, "%s: done\n", cmd)
@@ -192,4 +203,36 @@ func leaseClientWith(flags serverConfig) (*leasectl.Client, error) {
 		}
 	}
 	return leasectl.NewClient(c.Server, c.Token, c.Fingerprint), nil
+}
+
+// imageLog is what 'lease log' shows: each commit with what made it (a
+// grab's checkpoint, or another commit) and what it cost, then every
+// lease event.
+type imageLog struct {
+	Image   string           `json:"image"`
+	Commits []commitLine     `json:"commits"`
+	Events  []leasectl.Event `json:"events"`
+}
+
+type commitLine struct {
+	ID          string    `json:"id"`
+	Parent      string    `json:"parent"`
+	Time        time.Time `json:"time"`
+	Holder      string    `json:"holder"` // the device
+	Epoch       uint64    `json:"epoch"`
+	Kind        string    `json:"kind"` // "checkpoint" (memory and disks of a running VM) or "commit"
+	SentBytes   int64     `json:"sent_bytes,omitempty"`
+	MemoryBytes int64     `json:"memory_bytes,omitempty"`
+}
+
+func logOf(s *leasectl.State) imageLog {
+	l := imageLog{Image: s.Image, Events: s.Log, Commits: []commitLine{}}
+	for _, c := range s.Commits {
+		line := commitLine{ID: c.ID, Parent: c.Parent, Time: c.Time, Holder: c.Holder, Epoch: c.Epoch, Kind: "commit"}
+		if saved, err := checkout.SavedFromMeta(c.Manifest.Meta); err == nil {
+			line.Kind, line.SentBytes, line.MemoryBytes = "checkpoint", saved.SentBytes, saved.MemoryBytes
+		}
+		l.Commits = append(l.Commits, line)
+	}
+	return l
 }

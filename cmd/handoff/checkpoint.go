@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/handoff-dev/handoff/checkout"
+	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/testvm/lab"
+	"github.com/handoff-dev/handoff/units"
+)
+
+func runCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("checkpoint", "[--server URI] [--workstation URI] [--json] [DOMAIN]", `
+Commit a checkpoint of a VM that runs here to the server now: its memory and disks at
+one instant (a live snapshot: the guest pauses only for its last pages), sent through
+the chunk store (only what changed) and committed under the VM's lease, which this
+takes for the commit and gives back. A running grab takes checkpoints by itself
+(--checkpoint-every) and holds the lease, so this is refused while one runs; use it
+before closing the lid of a laptop the VM runs on without a grab.
+
+With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest.`, stdout, stderr)
+	server := fs.String("server", "", "the server's libvirt URI (qemu+ssh://user@host/system, ...)")
+	workstation := fs.String("workstation", "", "this machine's libvirt URI (default with --server: qemu:///system)")
+	labDir := fs.String("lab", lab.DefaultDir, "the lab that stands in when no --server is given")
+	leaseImage := fs.String("lease", "", "the image whose lease to commit under (default: DOMAIN)")
+	holder := fs.String("holder", hostname(), "the name this device holds leases under")
+	images := imagesFlag(fs)
+	jsonOut := fs.Bool("json", false, "print the checkpoint as JSON")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return fmt.Errorf("%w: checkpoint takes one DOMAIN, got %q", errUsage, fs.Args())
+	}
+	name := fs.Arg(0)
+	var labMode *lab.Lab
+	if *server == "" {
+		l, err := lab.Load(*labDir)
+		if err != nil {
+			return fmt.Errorf("no --server given, and no lab is up (%v): name the server's libvirt URI", err)
+		}
+		labMode, *server, *workstation = l, l.Server.URI, l.Workstation.URI
+		if name == "" {
+			name = l.Domain()
+		}
+	}
+	if name == "" {
+		return fmt.Errorf("%w: name the DOMAIN to checkpoint", errUsage)
+	}
+	if *workstation == "" {
+		*workstation = "qemu:///system"
+	}
+	if *leaseImage == "" {
+		*leaseImage = name
+	}
+	c, err := leaseClient()
+	if err != nil && labMode != nil {
+		c, err = labLease(ctx, labMode, *leaseImage)
+	}
+	if err != nil {
+		return fmt.Errorf("a checkpoint is committed on the home server: %w", err)
+	}
+	srv, err := libvirt.Connect(ctx, *server)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ws, err := libvirt.Connect(ctx, *workstation)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	if here, err := (checkout.LibvirtHost{Conn: ws}).Runs(ctx, name); err != nil {
+		return err
+	} else if !here {
+		return fmt.Errorf("%s does not run here (%s): a checkpoint is of a VM this machine runs; grab it first", name, *workstation)
+	}
+	sd, closeDisks, err := storeDisks(labMode, srv, ws, *images)
+	if err != nil {
+		return fmt.Errorf("a checkpoint travels through the server's chunk store: %w", err)
+	}
+	defer closeDisks()
+	keeper := &leasectl.Keeper{Client: c, Image: *leaseImage, Holder: *holder}
+	held, err := keeper.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("take the lease of %s for the commit: %w", *leaseImage, err)
+	}
+	defer c.Release(context.WithoutCancel(ctx), *leaseImage, held.ID)
+	start := time.Now()
+	cp, err := (&checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(keeper)}).Checkpoint(ctx, name, checkout.Lease(held))
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	if *jsonOut {
+		return json.NewEncoder(stdout).Encode(map[string]any{
+			"commit": cp.ID, "branch": cp.Branch, "at": cp.Last, "pause_ms": cp.Pause.Milliseconds(),
+			"sent_bytes": cp.Bytes, "seconds": took.Seconds(), "epoch": held.Epoch,
+		})
+	}
+	fmt.Fprintf(stdout, "checkpoint of %s committed as %s (lease epoch %d): paused %d ms, %s sent, %s to commit\n",
+		name, cp.ID, held.Epoch, cp.Pause.Milliseconds(), units.Bytes(uint64(cp.Bytes)), took.Round(100*time.Millisecond))
+	return nil
+}

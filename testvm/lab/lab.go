@@ -441,8 +441,12 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
 		xmlEscape(&b, s)
 		return b.String()
 	}
-	diskXML := ""
+	diskXML, genID := "", ""
 	if disk != "" {
+		// The desktop guest is restored from checkpoints: each restore
+		// gives it a new VM generation ID, which its kernel's vmgenid
+		// driver reads to reseed its random numbers.
+		genID = "\n  <genid/>"
 		diskXML = fmt.Sprintf(`    <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' cache='none'/>
       <source file='%s'/>
@@ -451,7 +455,7 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
 `, esc(disk))
 	}
 	return fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
+  <name>%s</name>%s
   <memory unit='MiB'>%d</memory>
   <vcpu>1</vcpu>
   <os>
@@ -479,7 +483,7 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
     <memballoon model='none'/>
   </devices>
 </domain>
-`, esc(name), memMB, esc(kernel), esc(initrd), esc(cmdline), diskXML, esc(serialLog))
+`, esc(name), genID, memMB, esc(kernel), esc(initrd), esc(cmdline), diskXML, esc(serialLog))
 }
 
 func xmlEscape(b *bytes.Buffer, s string) {

@@ -1,0 +1,184 @@
+package desktoptest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/checkout"
+	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/testvm/lab/labtest"
+)
+
+// TestALostLaptopCostsOneCheckpoint grabs the desktop with a short
+// checkpoint interval and waits for a checkpoint committed under the
+// lease. Then the laptop is "lost": another device steals the lease, and
+// the grab's next checkpoint is refused and kept as a branch, as its
+// screen says; the grab is killed (kill -9) and the laptop's VM destroyed.
+// handoff restore starts the VM on the server from the last commit: the
+// guest runs on from that instant, its memory and its disk records agree,
+// and its VM generation ID is new.
+func TestALostLaptopCostsOneCheckpoint(t *testing.T) {
+	againOnGuestDeath(t, lostLaptop)
+}
+
+func lostLaptop(t *testing.T) error {
+	ctx := context.Background()
+	startOnServer(t)
+	leases, err := theLab.LeaseClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := theLab.Domain()
+	if err := leases.Create(ctx, image); err != nil && !errors.Is(err, leasectl.ErrExists) {
+		t.Fatal(err)
+	}
+	genID := serverGenID(t)
+	if genID == "" {
+		t.Fatal("the lab's desktop guest has no VM generation ID")
+	}
+	before := headOf(t, leases, image)
+	cmdline := fmt.Sprintf("%s grab --lab %s --checkpoint-every 15s", bin, theLab.Dir)
+	term := labtest.NewTerminal(t, "grab-checkpoints", 200, 60, fmt.Sprintf("XDG_CACHE_HOME=%s %s", t.TempDir(), cmdline))
+	// The grab itself, not the shell in the terminal that started it.
+	kill := func() { exec.Command("pkill", "-9", "-f", "^"+regexp.QuoteMeta(cmdline)).Run() }
+	t.Cleanup(kill)
+	term.WaitFor("running here", 4*time.Minute)
+	if died := guestWell(t, "workstation"); died != nil {
+		return died
+	}
+	sc := term.WaitFor("sent, pause", 4*time.Minute)
+	if row := regexp.MustCompile(`saved +\d+s ago \([^)]*\)`).FindString(sc); row == "" {
+		t.Errorf("the dashboard does not show the checkpoint's age:\n%s", sc)
+	} else {
+		t.Logf("the dashboard: %s", row)
+	}
+	st, err := leases.Status(ctx, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Head == before || st.Lease == nil {
+		t.Fatalf("no commit under the lease after the dashboard showed one: head %q (was %q), lease %+v", st.Head, before, st.Lease)
+	}
+	committed := st.Commits[len(st.Commits)-1]
+	if committed.Epoch != st.Lease.Epoch || committed.Epoch == 0 {
+		t.Errorf("the checkpoint's commit has epoch %d, the lease %d: a commit is fenced by the lease's epoch", committed.Epoch, st.Lease.Epoch)
+	}
+	if _, err := checkout.SavedFromMeta(committed.Manifest.Meta); err != nil {
+		t.Errorf("the commit's manifest is no checkpoint: %v (%+v)", err, committed.Manifest)
+	}
+
+	// The laptop is lost: another device takes the lease over.
+	if _, err := leases.Steal(ctx, image, "rescuer", "the laptop was lost", 5*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	term.WaitFor("as branch", 3*time.Minute)
+	st, err = leases.Status(ctx, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Lease.Holder != "rescuer" || st.Commits[len(st.Commits)-1].ID != committed.ID && st.Commits[len(st.Commits)-1].Holder == "rescuer" {
+		t.Errorf("after the steal: lease %+v, commits %+v", st.Lease, st.Commits)
+	}
+	branch := ""
+	for _, e := range st.Log {
+		if name, ok := strings.CutPrefix(e.Detail, "to "); ok && e.Kind == "branch" {
+			branch = name
+		}
+	}
+	if b, err := leases.Status(ctx, branch); err != nil || len(b.Commits) == 0 || b.BranchOf == "" {
+		t.Errorf("the refused checkpoint is not kept as a branch on the server: %q %+v, %v", branch, b, err)
+	}
+	kill()
+	term.WaitFor("EXITED", 30*time.Second) // 137, where the killed app left the cursor
+	if r := labtest.Run(t, "virsh", "-c", theLab.Workstation.URI, "destroy", image); r.Code != 0 {
+		t.Fatalf("virsh destroy on the workstation: %s%s", r.Stdout, r.Stderr)
+	}
+	lostAt := status(t).GuestTick
+	logged := serialSize(t)
+
+	r := handoff(t, t.TempDir(), "restore", "--lab", theLab.Dir, "--holder", "rescuer")
+	if r.Code != 0 {
+		t.Fatalf("handoff restore: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	t.Logf("handoff restore:\n%s", r.Stdout)
+	if !strings.Contains(r.Stdout, "from commit ") {
+		t.Errorf("restore does not say which commit it started from:\n%s", r.Stdout)
+	}
+	waitHost(t, "server", time.Minute)
+	if back := firstTickAfter(t, logged); back >= lostAt {
+		t.Errorf("the restored guest said tick %d first, the lost one was at %d: it should run on from the checkpoint, earlier", back, lostAt)
+	}
+	if died := guestWell(t, "server"); died != nil {
+		return died
+	}
+	if now := serverGenID(t); now == "" || now == genID || !strings.Contains(r.Stdout, now) {
+		t.Errorf("VM generation ID %q after the restore, %q before; restore said:\n%s", now, genID, r.Stdout)
+	}
+	if st, err := leases.Status(ctx, image); err != nil || st.Lease != nil && time.Now().Before(st.Lease.Expires) {
+		t.Errorf("the rescuer's lease is still held after the restore: %+v, %v", st, err)
+	}
+	return nil
+}
+
+func headOf(t *testing.T, c *leasectl.Client, image string) string {
+	t.Helper()
+	st, err := c.Status(context.Background(), image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Head
+}
+
+var genIDValue = regexp.MustCompile(`<genid>([^<]+)</genid>`)
+
+// serverGenID is the VM generation ID of the server's definition.
+func serverGenID(t *testing.T) string {
+	t.Helper()
+	r := labtest.Run(t, "virsh", "-c", theLab.Server.URI, "dumpxml", "--inactive", theLab.Domain())
+	if r.Code != 0 {
+		t.Fatalf("virsh dumpxml: %s", r.Stderr)
+	}
+	if m := genIDValue.FindStringSubmatch(r.Stdout); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+func serialSize(t *testing.T) int64 {
+	t.Helper()
+	fi, err := os.Stat(theLab.SerialLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+var tickLine = regexp.MustCompile(`handoff-guest tick=(\d+)`)
+
+// firstTickAfter is the first tick the guest printed past offset of its
+// serial log.
+func firstTickAfter(t *testing.T, offset int64) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(theLab.SerialLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := tickLine.FindSubmatch(b[min(offset, int64(len(b))):]); m != nil {
+			n, _ := strconv.Atoi(string(m[1]))
+			return n
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("the guest printed no tick within a minute after offset %d of %s", offset, theLab.SerialLog)
+	return 0
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/handoff-dev/handoff/internal/stalldial"
 	"io"
 	"net"
 	"net/http"
@@ -32,7 +33,7 @@ func NewClient(base, token, fingerprint string) *Client {
 func NewClientVia(base, token, fingerprint string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
 	return &Client{base: base, token: token, http: &http.Client{
 		Timeout:   30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: PinnedTLS(fingerprint), DialContext: dial},
+		Transport: &http.Transport{TLSClientConfig: PinnedTLS(fingerprint), DialContext: stalldial.Wrap(dial)},
 	}}
 }
 

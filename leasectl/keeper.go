@@ -30,25 +30,32 @@ func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
 	return l, err
 }
 
+// renewRetry is the wait before a renewal that failed is tried again.
+const renewRetry = 5 * time.Second
+
 // Renew keeps l alive until ctx ends, sending each renewed lease to
 // updates. It returns why it stopped: ctx's end, or the lease lost
 // (stolen or expired), which the user must hear about.
 func (k *Keeper) Renew(ctx context.Context, l Lease, updates chan<- Lease) error {
-	tick := time.NewTicker(k.TTL / 3)
-	defer tick.Stop()
+	wait := time.NewTimer(k.TTL / 3)
+	defer wait.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-tick.C:
+		case <-wait.C:
 		}
 		next, err := k.Client.Renew(ctx, k.Image, l.ID, k.TTL)
 		switch {
 		case errors.Is(err, ErrOrphaned) || errors.Is(err, ErrExpired):
 			return fmt.Errorf("lost the lease on %s: %w; later checkpoints will be saved as a branch", k.Image, err)
 		case err != nil:
-			continue // the server may be back before the lease runs out
+			// The server may be back before the lease runs out: ask again
+			// soon, not a third of the lease later.
+			wait.Reset(min(k.TTL/3, renewRetry))
+			continue
 		}
+		wait.Reset(k.TTL / 3)
 		l = next
 		select {
 		case updates <- l:

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/handoff-dev/handoff/internal/stalldial"
 	"io"
 	"net"
 	"net/http"
@@ -82,7 +83,7 @@ func NewHTTPClient(tlsConfig *tls.Config) *http.Client { return NewHTTPClientVia
 func NewHTTPClientVia(tlsConfig *tls.Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     tlsConfig,
-		DialContext:         dial,
+		DialContext:         stalldial.Wrap(dial),
 		MaxIdleConnsPerHost: transfers,
 		IdleConnTimeout:     time.Minute,
 	}}

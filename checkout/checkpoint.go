@@ -8,9 +8,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
+	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/syncengine"
 )
 
@@ -112,64 +114,124 @@ var ErrRefused = errors.New("the server refused the commit: the lease it was mad
 // when the memory was taken. Both travel while the VM runs on (only the
 // chunks the server lacks), then the commit names them, and the overlay
 // is merged back down: the chain stays one file.
+//
+// A checkpoint that cannot reach the server stays queued: its memory file
+// and its frozen layer are kept, no newer one is taken, and each later
+// call sends it again, until it lands or Settle drops it. The queue holds
+// one checkpoint, so a long time without a link costs the work since that
+// one, and the chain never grows past one overlay.
 type StoreCheckpoints struct {
 	Disks *StoreDisks // its Chunks, Workstation and WorkstationDir
 	Log   CommitLog
 
-	parent string // the newest commit made here, once there is one
+	parent string   // the newest commit made here, once there is one
+	queued *pending // taken, not yet on the server
 }
 
-// Checkpoint takes, sends and commits one checkpoint of domain.
-func (c *StoreCheckpoints) Checkpoint(ctx context.Context, domain string, held Lease) (_ event.Checkpoint, err error) {
+// pending is a checkpoint taken and not yet committed.
+type pending struct {
+	domain string
+	disks  []libvirt.Disk // as the snapshot left them: its overlays on top
+	memory string
+	at     time.Time
+	pause  time.Duration
+}
+
+// ErrQueued: the checkpoint was taken but could not be sent; it is kept
+// and sent again with the next one.
+var ErrQueued = errors.New("the checkpoint is kept here until the server can be reached")
+
+// Checkpoint takes one checkpoint of domain (or takes up the one queued),
+// sends it and commits it.
+func (c *StoreCheckpoints) Checkpoint(ctx context.Context, domain string, held Lease) (event.Checkpoint, error) {
+	if c.queued == nil {
+		p, err := c.take(domain)
+		if err != nil {
+			return event.Checkpoint{}, err
+		}
+		c.queued = p
+	}
+	p := c.queued
+	cp, err := c.send(ctx, p, held)
+	if err != nil {
+		return event.Checkpoint{Queued: p.at}, fmt.Errorf("%w: %w", ErrQueued, err)
+	}
+	return cp, c.Settle(ctx)
+}
+
+// Settle drops the checkpoint queued, if any: its overlays are merged back
+// down and its memory file removed. A hand back settles first: it carries
+// everything to the server anyway.
+func (c *StoreCheckpoints) Settle(ctx context.Context) error {
+	p := c.queued
+	if p == nil {
+		return nil
+	}
+	var errs []error
+	for _, d := range p.disks {
+		errs = append(errs, commitOn(context.WithoutCancel(ctx), c.Disks.Workstation, p.domain, d.Target))
+	}
+	errs = append(errs, removeFile(p.memory))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("merge the checkpoint's overlays of %s back down: %w", p.domain, err)
+	}
+	c.queued = nil
+	return nil
+}
+
+// take snapshots domain's memory and disks at one instant.
+func (c *StoreCheckpoints) take(domain string) (*pending, error) {
 	ws := c.Disks.Workstation
 	dom, err := ws.Lookup(domain)
 	if err != nil {
-		return event.Checkpoint{}, err
+		return nil, err
 	}
 	pool, err := ws.EnsurePool(c.Disks.WorkstationDir)
 	if err != nil {
-		return event.Checkpoint{}, err
+		return nil, err
 	}
-	tag := tag()
 	// One name for every checkpoint's memory: the chunk client keeps the
 	// last one sent under it, and sends the next one against it.
-	memory := filepath.Join(pool.Dir, domain+".checkpoint.memory")
-	removeFile(memory) // left by a checkpoint that was killed
-	at := time.Now()
-	disks, pause, err := dom.Checkpoint(tag, memory)
-	if err != nil {
-		return event.Checkpoint{}, err
+	p := &pending{domain: domain, memory: filepath.Join(pool.Dir, domain+".checkpoint.memory"), at: time.Now()}
+	removeFile(p.memory) // left by a checkpoint that was killed
+	if p.disks, p.pause, err = dom.Checkpoint(tag(), p.memory); err != nil {
+		return nil, err
 	}
-	if pause == 0 {
-		pause = time.Since(at) // QEMU did not say: the whole snapshot bounds it
+	if p.pause == 0 {
+		p.pause = time.Since(p.at) // QEMU did not say: the whole snapshot bounds it
 	}
-	// Whatever happens next, the overlays go back down and the memory
-	// file goes: a checkpoint that did not reach the server is dropped,
-	// and the next one starts from the VM as it is then.
+	return p, nil
+}
+
+// stallLimit: a checkpoint's transfer that moved nothing for this long
+// is given up, and the checkpoint kept: the server is out of reach, and
+// TCP by itself would wait out the link for many minutes.
+const stallLimit = 20 * time.Second
+
+// send pushes p's disks and memory to the server and commits them under
+// held, or as a branch when no lease covers them any more.
+func (c *StoreCheckpoints) send(ctx context.Context, p *pending, held Lease) (_ event.Checkpoint, err error) {
+	ctx, stop := c.watchStall(ctx)
 	defer func() {
-		var errs []error
-		for _, d := range disks {
-			errs = append(errs, commitOn(context.WithoutCancel(ctx), ws, domain, d.Target))
-		}
-		errs = append(errs, removeFile(memory))
-		if e := errors.Join(errs...); e != nil {
-			err = errors.Join(err, fmt.Errorf("merge the checkpoint's overlays of %s back down: %w", domain, e))
+		stop()
+		if cause := context.Cause(ctx); err != nil && cause != nil && cause != ctx.Err() {
+			err = fmt.Errorf("%w (%w)", cause, err)
 		}
 	}()
-	saved := Saved{Domain: domain, Disks: map[string]SavedDisk{}}
+	saved := Saved{Domain: p.domain, Disks: map[string]SavedDisk{}}
 	var sent int64
-	for _, d := range disks {
+	for _, d := range p.disks {
 		below := d.Chain[1] // the disk as it was at the snapshot
 		root, _, st, err := c.Disks.Chunks.PushChain(ctx, below.Path)
 		if err != nil {
-			return event.Checkpoint{}, fmt.Errorf("send disk %s of %s to the server: %w", d.Target, domain, err)
+			return event.Checkpoint{}, fmt.Errorf("send disk %s of %s to the server: %w", d.Target, p.domain, err)
 		}
 		sent += st.WireBytes
 		saved.Disks[d.Target] = SavedDisk{Root: root, File: filepath.Base(below.Path)}
 	}
-	root, st, err := c.Disks.Chunks.Push(ctx, memory)
+	root, st, err := c.Disks.Chunks.Push(ctx, p.memory)
 	if err != nil {
-		return event.Checkpoint{}, fmt.Errorf("send the memory of %s to the server: %w", domain, err)
+		return event.Checkpoint{}, fmt.Errorf("send the memory of %s to the server: %w", p.domain, err)
 	}
 	sent += st.WireBytes
 	saved.Memory, saved.SentBytes, saved.MemoryBytes = root, sent, st.ImageBytes
@@ -178,7 +240,7 @@ func (c *StoreCheckpoints) Checkpoint(ctx context.Context, domain string, held L
 			return event.Checkpoint{}, err
 		}
 	}
-	cp := event.Checkpoint{Last: at, Bytes: sent, Pause: pause}
+	cp := event.Checkpoint{Last: p.at, Bytes: sent, Pause: p.pause}
 	if held.ID != "" {
 		cp.ID, err = c.Log.Commit(ctx, held, c.parent, saved)
 		if err == nil {
@@ -195,6 +257,32 @@ func (c *StoreCheckpoints) Checkpoint(ctx context.Context, domain string, held L
 		return event.Checkpoint{}, fmt.Errorf("the lease is gone and keeping the checkpoint as a branch failed: %w", err)
 	}
 	return cp, nil
+}
+
+// watchStall is ctx, cancelled once no byte has moved for stallLimit;
+// stop ends the watch.
+func (c *StoreCheckpoints) watchStall(ctx context.Context) (_ context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	start, done := time.Now(), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				if idle := now.Sub(c.Disks.idleSince(start)); idle > stallLimit {
+					cancel(fmt.Errorf("nothing moved to the server for %v: it is out of reach", idle.Round(time.Second)))
+					return
+				}
+			}
+		}
+	})
+	return ctx, func() { close(done); wg.Wait(); cancel(nil) }
 }
 
 var _ Checkpointer = (*StoreCheckpoints)(nil)

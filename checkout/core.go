@@ -415,10 +415,16 @@ func (t *step) on(in Input) error {
 			return err
 		}
 		s.stage = idle
-		if in.Err != nil {
+		retry := s.CheckpointEvery
+		switch {
+		case errors.Is(in.Err, ErrQueued):
+			t.emit(event.Notice{Err: fmt.Errorf("checkpoint of %s: %w; the VM runs on here", s.Domain, in.Err)})
+			s.Checkpoint.Underway, s.Checkpoint.Queued = false, in.Checkpoint.Queued
+			retry = min(retry, queuedRetry) // land it soon after the link returns
+		case in.Err != nil:
 			t.emit(event.Notice{Err: fmt.Errorf("checkpoint of %s: %w; the VM runs on here, and the next checkpoint tries again", s.Domain, in.Err)})
 			s.Checkpoint.Underway = false
-		} else {
+		default:
 			s.Checkpoint = in.Checkpoint
 		}
 		if s.handBack {
@@ -427,7 +433,7 @@ func (t *step) on(in Input) error {
 			t.startMove(Move{Domain: s.Domain, From: Workstation, To: Server})
 			return nil
 		}
-		t.scheduleCheckpoint()
+		t.scheduleCheckpointIn(retry)
 
 	case DisksPrepared:
 		if err := t.expect(preparing); err != nil {
@@ -686,12 +692,17 @@ func (t *step) arrivedHere() {
 // scheduleCheckpoint plans the next checkpoint of the VM running here.
 // Once the lease is lost, checkpoints go on: the server keeps them as a
 // branch, never as a commit over another device's work.
-func (t *step) scheduleCheckpoint() {
+func (t *step) scheduleCheckpoint() { t.scheduleCheckpointIn(t.s.CheckpointEvery) }
+
+// queuedRetry bounds the wait before a queued checkpoint is sent again.
+const queuedRetry = 30 * time.Second
+
+func (t *step) scheduleCheckpointIn(wait time.Duration) {
 	s := &t.s
 	if s.CheckpointEvery <= 0 || !s.Leased || s.Where != Workstation || s.quit {
 		return
 	}
-	s.Checkpoint.Next = t.now.Add(s.CheckpointEvery)
+	s.Checkpoint.Next = t.now.Add(wait)
 	t.emit(s.Checkpoint)
 	t.armTimer()
 }

@@ -438,6 +438,13 @@ func TestCoreCheckpoints(t *testing.T) {
 			row{in: Quit{}, want: ""},
 			row{in: committed, want: "StopRenewing; Stop"},
 		)},
+		{"a checkpoint kept for want of a link is sent again soon", func() State { s := every(); s.CheckpointEvery = 10 * time.Minute; return s }(), then(
+			append(append([]row{}, toHere[:len(toHere)-1]...), row{in: DisksFinished{}, want: "phase running here @workstation; checkpoint next 22:10:00; ArmTimer 22:02:00"}),
+			row{in: LeaseRenewed{Lease: Lease{ID: "L1", Holder: "laptop", Epoch: 1, Expires: t0.Add(20 * time.Minute)}}, want: "lease laptop 1; ArmTimer 22:10:00"},
+			row{in: Tick{}, at: 10 * time.Minute, want: "checkpoint under way; TakeCheckpoint L1; ArmTimer 22:20:00"},
+			row{in: CheckpointTaken{Err: fmt.Errorf("%w: no route to host", ErrQueued), Checkpoint: event.Checkpoint{Queued: t0.Add(10 * time.Minute)}}, at: 10*time.Minute + 5*time.Second,
+				want: "notice: checkpoint of desktop: " + ErrQueued.Error() + ": no route to host; the VM runs on here; checkpoint next 22:10:35; ArmTimer 22:10:35"},
+		)},
 		{"a read-only checkout takes none", func() State { s := every(); s.Leased = false; return s }(), then(toServer,
 			row{in: ScreenShown{On: Server}, want: "phase moving disks @server server→workstation; PrepareDisks server→workstation"},
 			row{in: DisksPrepared{}, want: "phase copying @server server→workstation; StartMigration server→workstation"},

@@ -58,6 +58,7 @@ type StoreDisks struct {
 	mu     sync.Mutex
 	report func(event.DiskProgress) // the move under way's
 	step   string
+	moved  time.Time // when the chunk client last said bytes moved
 }
 
 // DiskMove is a disk move under way: its migration options, and how to
@@ -144,10 +145,21 @@ func (s *StoreDisks) say(report func(event.DiskProgress), step, file string) {
 func (s *StoreDisks) BytesMoved(step string, done, total int64) {
 	s.mu.Lock()
 	report, current := s.report, s.step
+	s.moved = time.Now()
 	s.mu.Unlock()
 	if report != nil {
 		report(event.DiskProgress{Step: current + ": " + step, Done: done, Total: total})
 	}
+}
+
+// idleSince is when bytes last moved, or start if later.
+func (s *StoreDisks) idleSince(start time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.moved.After(start) {
+		return s.moved
+	}
+	return start
 }
 
 // Prepare readies the disks for move: see Grab and HandBack.

@@ -58,7 +58,11 @@ type DiskProgress = event.DiskProgress
 // memory and disks at one instant, under the lease (fenced by its epoch),
 // or, with no lease held, as a branch.
 type Checkpointer interface {
+	// Checkpoint's error wraps ErrQueued when the checkpoint was taken and
+	// kept for later; its event then says since when.
 	Checkpoint(ctx context.Context, domain string, held Lease) (event.Checkpoint, error)
+	// Settle drops a checkpoint still queued, before the VM leaves.
+	Settle(ctx context.Context) error
 }
 
 // Prepared is a disk move ready for its migration. An implementation may
@@ -398,8 +402,13 @@ func (d *driver) do(a Action, reply chan error) bool {
 		d.timer.Stop()
 		d.timer.Reset(max(0, a.At.Sub(d.cfg.Now())))
 	case PrepareDisks:
-		ctx, mover := d.ctxFor(a.Move), d.cfg.Disks
+		ctx, mover, cp := d.ctxFor(a.Move), d.cfg.Disks, d.cfg.Checkpoints
 		d.spawn(func() Input {
+			if cp != nil && !a.Move.there() {
+				if err := cp.Settle(ctx); err != nil {
+					return disksReady{err: err}
+				}
+			}
 			p, err := mover.Prepare(ctx, a.Move, func(p event.DiskProgress) { d.send(DisksProgressed{Progress: p}) })
 			return disksReady{p: p, err: err}
 		})

@@ -48,6 +48,7 @@ type Checkpoint struct {
 	Bytes    int64     // what it put on the link
 	Pause    time.Duration
 	Next     time.Time // zero: none planned
+	Queued   time.Time // a checkpoint taken then, not yet on the server
 }
 
 // dashState is what the dashboard shows; kept apart from the model so the
@@ -182,24 +183,31 @@ func leaseText(l Lease, now time.Time) string {
 }
 
 // checkpointText says how old the newest checkpoint on the server is, and
-// when the next one comes: what a lost laptop would cost now.
+// what comes next: what a lost laptop would cost now. The dashboard is
+// narrow, so what waits comes before what it cost.
 func checkpointText(c Checkpoint, now time.Time) string {
-	var parts []string
+	age := "none yet"
+	if !c.Last.IsZero() {
+		age = now.Sub(c.Last).Round(time.Second).String() + " ago"
+	}
 	switch {
-	case c.Last.IsZero():
-		parts = append(parts, "no checkpoint yet")
+	case !c.Queued.IsZero():
+		return age + " · one waits for the link"
+	case c.Branch != "" && c.Underway:
+		return fmt.Sprintf("%s, as branch %s (lease gone) · saving now", age, c.Branch)
 	case c.Branch != "":
-		parts = append(parts, fmt.Sprintf("%s ago, as branch %s (the lease is gone)", now.Sub(c.Last).Round(time.Second), c.Branch))
-	default:
-		parts = append(parts, fmt.Sprintf("%s ago (%s sent, pause %d ms)", now.Sub(c.Last).Round(time.Second), units.Bytes(uint64(c.Bytes)), c.Pause.Milliseconds()))
-	}
-	switch {
+		return fmt.Sprintf("%s, as branch %s (lease gone)", age, c.Branch)
 	case c.Underway:
-		parts = append(parts, "checkpoint under way")
-	case !c.Next.IsZero():
-		parts = append(parts, "next in "+max(0, c.Next.Sub(now)).Round(time.Second).String())
+		return age + " · saving now"
 	}
-	return strings.Join(parts, " · ")
+	text := age
+	if !c.Last.IsZero() {
+		text += fmt.Sprintf(" (%s sent, pause %d ms)", units.Bytes(uint64(c.Bytes)), c.Pause.Milliseconds())
+	}
+	if !c.Next.IsZero() {
+		text += " · next in " + max(0, c.Next.Sub(now)).Round(time.Second).String()
+	}
+	return text
 }
 
 // sparkline draws the last width samples as block heights.

@@ -76,6 +76,9 @@ type (
 		Bytes  int64         // what it put on the link
 		Pause  time.Duration // how long taking it held the guest's memory snapshot
 		Next   time.Time     // when the next one is due; zero: none planned
+		// Queued is the instant of a checkpoint taken but not yet on the
+		// server (it could not be reached); zero: none waits.
+		Queued time.Time
 	}
 	// Screen says where the VM's screen now is: the UI replaces its view
 	// with one reached by Dial.

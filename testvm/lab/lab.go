@@ -346,6 +346,21 @@ func (l *Lab) Shape(ctx context.Context, link Link) (warning string, err error) 
 	return warning, l.save()
 }
 
+// SetLink takes the lab link down (a laptop that left the network: both
+// ends' interfaces down, connections over it stall) or up again.
+func (l *Lab) SetLink(ctx context.Context, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	for _, h := range []Host{l.Server, l.Workstation} {
+		if err := run(ctx, "ip", "-n", h.Netns, "link", "set", h.Dev, state); err != nil {
+			return fmt.Errorf("set the lab link %s: %w", state, err)
+		}
+	}
+	return nil
+}
+
 // hasNetem tries netem on the device; the root qdisc is set anew after.
 func hasNetem(ctx context.Context, ns, dev string) bool {
 	return run(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", "1us") == nil

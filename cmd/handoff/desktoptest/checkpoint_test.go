@@ -182,3 +182,65 @@ func firstTickAfter(t *testing.T, offset int64) int {
 	t.Fatalf("the guest printed no tick within a minute after offset %d of %s", offset, theLab.SerialLog)
 	return 0
 }
+
+// TestCheckpointsWaitOutALostLink cuts the lab link for longer than two
+// checkpoint intervals while the VM runs here: the VM runs on, the
+// checkpoint taken meanwhile waits here (the dashboard says so), and once
+// the link is back it lands as a commit under the lease, which held.
+func TestCheckpointsWaitOutALostLink(t *testing.T) {
+	againOnGuestDeath(t, func(t *testing.T) error {
+		ctx := context.Background()
+		startOnServer(t)
+		leases, err := theLab.LeaseClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		image := theLab.Domain()
+		term := labtest.NewTerminal(t, "grab-offline", 200, 60, fmt.Sprintf("XDG_CACHE_HOME=%s %s grab --lab %s --checkpoint-every 15s", t.TempDir(), bin, theLab.Dir))
+		term.WaitFor("running here", 4*time.Minute)
+		term.WaitFor("sent, pause", 4*time.Minute)
+		before, err := leases.Status(ctx, image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := theLab.SetLink(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { theLab.SetLink(ctx, true) })
+		cut := time.Now()
+		term.WaitFor("waits for the link", 90*time.Second)
+		time.Sleep(time.Until(cut.Add(40 * time.Second)))
+		if died := guestWell(t, "workstation"); died != nil {
+			return died
+		}
+		if err := theLab.SetLink(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		var after *leasectl.State
+		for {
+			if after, err = leases.Status(ctx, image); err == nil && len(after.Commits) > len(before.Commits) && !strings.Contains(term.Screen(false), "waits for the link") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no checkpoint landed within 2 minutes of the link's return (%d commits before the cut, %+v now):\n%s", len(before.Commits), after, term.Screen(false))
+			}
+			time.Sleep(time.Second)
+		}
+		last := after.Commits[len(after.Commits)-1]
+		if after.Lease == nil || last.Epoch != after.Lease.Epoch || last.Epoch != before.Lease.Epoch {
+			t.Errorf("the checkpoint after the cut was not committed under the lease that held through it: commit %+v, lease before %+v, after %+v", last, before.Lease, after.Lease)
+		}
+		t.Logf("%d commits before the cut of %v, %d after the link came back", len(before.Commits), 40*time.Second, len(after.Commits))
+		if died := guestWell(t, "workstation"); died != nil {
+			return died
+		}
+		term.Keys("C-]", "h")
+		waitHost(t, "server", 4*time.Minute)
+		term.WaitFor("phase    on the server", time.Minute)
+		died := guestWell(t, "server")
+		term.Keys("C-]", "q")
+		term.WaitFor("EXITED 0", 30*time.Second)
+		return died
+	})
+}

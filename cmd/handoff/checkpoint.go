@@ -37,44 +37,17 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	if fs.NArg() > 1 {
 		return fmt.Errorf("%w: checkpoint takes one DOMAIN, got %q", errUsage, fs.Args())
 	}
-	name := fs.Arg(0)
-	var labMode *lab.Lab
-	if *server == "" {
-		l, err := lab.Load(*labDir)
-		if err != nil {
-			return fmt.Errorf("no --server given, and no lab is up (%v): name the server's libvirt URI", err)
-		}
-		labMode, *server, *workstation = l, l.Server.URI, l.Workstation.URI
-		if name == "" {
-			name = l.Domain()
-		}
-	}
-	if name == "" {
-		return fmt.Errorf("%w: name the DOMAIN to checkpoint", errUsage)
-	}
-	if *workstation == "" {
-		*workstation = "qemu:///system"
-	}
-	if *leaseImage == "" {
-		*leaseImage = name
-	}
-	c, err := leaseClient()
-	if err != nil && labMode != nil {
-		c, err = labLease(ctx, labMode, *leaseImage)
-	}
-	if err != nil {
-		return fmt.Errorf("a checkpoint is committed on the home server: %w", err)
-	}
-	srv, err := libvirt.Connect(ctx, *server)
+	home, err := findHome(ctx, *labDir, *server, *workstation, fs.Arg(0), *leaseImage, "checkpoint")
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
-	ws, err := libvirt.Connect(ctx, *workstation)
+	labMode, name, c := home.lab, home.domain, home.leases
+	*server, *workstation, *leaseImage = home.server, home.workstation, home.image
+	srv, ws, closeHosts, err := connectPair(ctx, *server, *workstation)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
+	defer closeHosts()
 	if here, err := (checkout.LibvirtHost{Conn: ws}).Runs(ctx, name); err != nil {
 		return err
 	} else if !here {
@@ -106,4 +79,62 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	fmt.Fprintf(stdout, "checkpoint of %s committed as %s (lease epoch %d): paused %d ms, %s sent, %s to commit\n",
 		name, cp.ID, held.Epoch, cp.Pause.Milliseconds(), units.Bytes(uint64(cp.Bytes)), took.Round(100*time.Millisecond))
 	return nil
+}
+
+// home is where a command on the home server's copy of a VM finds it: the
+// server named, or the built-in lab standing in for both hosts; the
+// domain, and the image whose lease and commits it has.
+type home struct {
+	lab                 *lab.Lab // nil when the server was named
+	server, workstation string   // libvirt URIs
+	domain, image       string
+	leases              *leasectl.Client
+}
+
+// findHome fills in what was not given: the lab's hosts and guest when no
+// server is named, this machine's system daemon, the domain's own image.
+func findHome(ctx context.Context, labDir, server, workstation, domain, image, verb string) (home, error) {
+	h := home{server: server, workstation: workstation, domain: domain, image: image}
+	if h.server == "" {
+		l, err := lab.Load(labDir)
+		if err != nil {
+			return home{}, fmt.Errorf("%w; or name the server with --server qemu+ssh://user@host/system", err)
+		}
+		h.lab, h.server, h.workstation = l, l.Server.URI, l.Workstation.URI
+		if h.domain == "" {
+			h.domain = l.Domain()
+		}
+	}
+	if h.domain == "" {
+		return home{}, fmt.Errorf("%w: name the DOMAIN to %s", errUsage, verb)
+	}
+	if h.workstation == "" {
+		h.workstation = "qemu:///system"
+	}
+	if h.image == "" {
+		h.image = h.domain
+	}
+	c, err := leaseClient()
+	if err != nil && h.lab != nil {
+		c, err = labLease(ctx, h.lab, h.image)
+	}
+	if err != nil {
+		return home{}, fmt.Errorf("%s works with the home server's commits: %w", verb, err)
+	}
+	h.leases = c
+	return h, nil
+}
+
+// connectPair connects to two hosts' daemons; closeBoth closes both.
+func connectPair(ctx context.Context, a, b string) (_, _ *libvirt.Conn, closeBoth func(), err error) {
+	ca, err := libvirt.Connect(ctx, a)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cb, err := libvirt.Connect(ctx, b)
+	if err != nil {
+		ca.Close()
+		return nil, nil, nil, err
+	}
+	return ca, cb, func() { cb.Close(); ca.Close() }, nil
 }

@@ -83,16 +83,11 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	if *workstation == "" {
 		*workstation = "qemu:///system"
 	}
-	srv, err := libvirt.Connect(ctx, *server)
+	srv, ws, closeHosts, err := connectPair(ctx, *server, *workstation)
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
-	ws, err := libvirt.Connect(ctx, *workstation)
-	if err != nil {
-		return err
-	}
-	defer ws.Close()
+	defer closeHosts()
 	var lease *leasectl.Keeper
 	if !*noLease {
 		c, err := leaseClient()

@@ -53,16 +53,11 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err := resolveEndpoints(ctx, *labDir, from, to, &name, &o); err != nil {
 		return err
 	}
-	src, err := libvirt.Connect(ctx, *from)
+	src, dst, closeHosts, err := connectPair(ctx, *from, *to)
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-	dst, err := libvirt.Connect(ctx, *to)
-	if err != nil {
-		return err
-	}
-	defer dst.Close()
+	defer closeHosts()
 
 	move, closeDisks, err := moveDisks(ctx, *labDir, *disksMode, *images, src, dst, name, *jsonOut, stdout)
 	if err != nil {

@@ -36,31 +36,12 @@ lab stands in; DOMAIN defaults to the lab's guest.`, stdout, stderr)
 	if fs.NArg() > 1 {
 		return fmt.Errorf("%w: restore takes one DOMAIN, got %q", errUsage, fs.Args())
 	}
-	name := fs.Arg(0)
-	var labMode *lab.Lab
-	if *server == "" {
-		l, err := lab.Load(*labDir)
-		if err != nil {
-			return fmt.Errorf("no --server given, and no lab is up (%v): name the server's libvirt URI", err)
-		}
-		labMode, *server = l, l.Server.URI
-		if name == "" {
-			name = l.Domain()
-		}
-	}
-	if name == "" {
-		return fmt.Errorf("%w: name the DOMAIN to restore", errUsage)
-	}
-	if *leaseImage == "" {
-		*leaseImage = name
-	}
-	c, err := leaseClient()
-	if err != nil && labMode != nil {
-		c, err = labLease(ctx, labMode, *leaseImage)
-	}
+	home, err := findHome(ctx, *labDir, *server, "", fs.Arg(0), *leaseImage, "restore")
 	if err != nil {
-		return fmt.Errorf("restore reads the commits on the home server: %w", err)
+		return err
 	}
+	labMode, name, c := home.lab, home.domain, home.leases
+	*server, *leaseImage = home.server, home.image
 	st, err := c.Status(ctx, *leaseImage)
 	if err != nil {
 		return fmt.Errorf("read the commits of %s: %w", *leaseImage, err)

@@ -37,9 +37,7 @@ func lostLaptop(t *testing.T) error {
 		t.Fatal(err)
 	}
 	image := theLab.Domain()
-	if err := leases.Create(ctx, image); err != nil && !errors.Is(err, leasectl.ErrExists) {
-		t.Fatal(err)
-	}
+	freeLease(t, leases, image)
 	genID := serverGenID(t)
 	if genID == "" {
 		t.Fatal("the lab's desktop guest has no VM generation ID")
@@ -196,6 +194,7 @@ func TestCheckpointsWaitOutALostLink(t *testing.T) {
 			t.Fatal(err)
 		}
 		image := theLab.Domain()
+		freeLease(t, leases, image)
 		term := labtest.NewTerminal(t, "grab-offline", 200, 60, fmt.Sprintf("XDG_CACHE_HOME=%s %s grab --lab %s --checkpoint-every 15s", t.TempDir(), bin, theLab.Dir))
 		term.WaitFor("running here", 4*time.Minute)
 		term.WaitFor("sent, pause", 4*time.Minute)
@@ -243,4 +242,28 @@ func TestCheckpointsWaitOutALostLink(t *testing.T) {
 		term.WaitFor("EXITED 0", 30*time.Second)
 		return died
 	})
+}
+
+// freeLease makes the image's lease free to take, as an earlier attempt
+// whose grab was killed may have left it held until it expires.
+func freeLease(t *testing.T, c *leasectl.Client, image string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.Create(ctx, image); err != nil && !errors.Is(err, leasectl.ErrExists) {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Lease == nil || !time.Now().Before(st.Lease.Expires) {
+		return
+	}
+	l, err := c.Steal(ctx, image, "test", "a fresh attempt", time.Minute)
+	if err == nil {
+		err = c.Release(ctx, image, l.ID)
+	}
+	if err != nil {
+		t.Fatalf("free the lease of %s for this attempt: %v", image, err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/handoff-dev/handoff/bench/checkpointbench"
 	"github.com/handoff-dev/handoff/bench/diskbench"
 	"github.com/handoff-dev/handoff/bench/migrationbench"
 	"github.com/handoff-dev/handoff/bench/syncbench"
@@ -21,15 +22,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) > 0 && args[0] == "disks" {
 		return runBenchDisks(ctx, args[1:], stdout, stderr)
 	}
-	fs := newFlagSet("bench", "[--dir DIR] [--keep] | bench disks [--links 100mbit,1gbit] | bench sync [--size 2G]", `
+	if len(args) > 0 && args[0] == "checkpoints" {
+		return runBenchCheckpoints(ctx, args[1:], stdout, stderr)
+	}
+	fs := newFlagSet("bench", "[--dir DIR] [--keep] | bench disks [--links 100mbit,1gbit] | bench checkpoints [--count 10] | bench sync [--size 2G]", `
 Measure handoff's migration engine against plain 'virsh migrate --live' on the built-in
 lab: the same guest, restarted fresh for each run, on 20 Mbit/s, 100 Mbit/s and 1 Gbit/s
 links (40 ms round trip), and a guest that dirties memory faster than the slow link
 carries. Prints downtime, total time and bytes sent for both as a markdown table.
 Takes several minutes; needs root.
 
-'handoff bench disks' measures moves of a VM with its disk, and 'handoff bench sync'
-the image sync engine; see their --help.`, stdout, stderr)
+'handoff bench disks' measures moves of a VM with its disk, 'handoff bench checkpoints'
+the checkpoints of a VM running here, and 'handoff bench sync' the image sync engine;
+see their --help.`, stdout, stderr)
 	dir := fs.String("dir", "/run/handoff-lab-bench", "the bench's own lab directory (not the everyday lab's)")
 	keep := fs.Bool("keep", false, "leave the bench lab up afterwards")
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -102,6 +107,63 @@ the image under --work.`, stdout, stderr)
 	diskbench.WriteMarkdown(stdout, rows)
 	if err != nil {
 		return fmt.Errorf("bench disks: %w", err)
+	}
+	return nil
+}
+
+func runBenchCheckpoints(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench checkpoints", "[--links 20mbit,1gbit] [--count 10] [--interval 20s] [--dir DIR] [--keep]", `
+Measure checkpoints: what it costs to commit a VM that runs here back to the server
+while it runs. On a lab of the bench's own, with the Debian desktop guest (512 MiB,
+memory kept still, its disk records written every tick), at each link rate it:
+
+  - moves the guest to the workstation with 'handoff migrate';
+  - takes --count checkpoints, one every --interval, each with 'handoff checkpoint'
+    (a live snapshot of memory and disk, sent through the lab's chunk store and
+    committed under the lease), all with one chunk cache, as a grab's are;
+  - asks the guest for its own verdict on its memory and disk, and moves it home.
+
+Each row gives the guest's pause (median and worst), the bytes each checkpoint sent
+(the first, which carries the whole memory file, apart from the median of the rest),
+the lab link's count of them both ways (IP headers and TLS included), the memory
+file's size from the commit's manifest, the time from the snapshot to the commit,
+and the guest's verdict. The target: every pause under 300 ms. A turn that fails or
+breaks the guest starts again on a fresh guest (twice at most). At the defaults it
+takes 10 to 15 minutes; needs root.`, stdout, stderr)
+	links := fs.String("links", strings.Join(checkpointbench.DefaultLinks, ","), "the link rates to run at, in order")
+	count := fs.Int("count", checkpointbench.DefaultCount, "checkpoints to take at each link rate")
+	interval := fs.Duration("interval", checkpointbench.DefaultInterval, "how far apart the checkpoints start")
+	dir := fs.String("dir", "/run/handoff-lab-ckpt", "the bench's own lab directory (not the everyday lab's)")
+	keep := fs.Bool("keep", false, "leave the bench lab up afterwards")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: bench checkpoints takes no arguments, got %q", errUsage, fs.Args())
+	}
+	if *count < 1 {
+		return fmt.Errorf("%w: --count %d: take at least one checkpoint", errUsage, *count)
+	}
+	if *interval < 0 {
+		return fmt.Errorf("%w: --interval %v: give a duration of 0 or more (20s)", errUsage, *interval)
+	}
+	cfg := checkpointbench.Config{Handoff: executable(), Links: strings.Split(*links, ","), Count: *count, Interval: *interval, WorkDir: os.TempDir()}
+	for _, rate := range cfg.Links {
+		if _, err := units.BitsPerSecond(rate); err != nil {
+			return fmt.Errorf("%w: --links: %v", errUsage, err)
+		}
+	}
+	l, err := lab.Up(ctx, checkpointbench.LabConfig(*dir, cfg.Handoff, stderr))
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer lab.Down(context.WithoutCancel(ctx), *dir)
+	}
+	rows, err := checkpointbench.Run(ctx, l, cfg, stderr)
+	checkpointbench.WriteMarkdown(stdout, rows)
+	if err != nil {
+		return fmt.Errorf("bench checkpoints: %w", err)
 	}
 	return nil
 }

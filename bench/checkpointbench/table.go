@@ -1,0 +1,91 @@
+package checkpointbench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/handoff-dev/handoff/units"
+)
+
+// WriteMarkdown writes rows as a markdown table, one row per link's turn,
+// then how each turn fared against the pause target.
+func WriteMarkdown(w io.Writer, rows []Row) {
+	fmt.Fprintln(w, "| link | checkpoints | pause, median | pause, worst | sent, the first | sent, median of the rest | link, the first | link, median of the rest | memory file | snapshot to commit, median | snapshot to commit, worst | guest after |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	for _, r := range rows {
+		s := r.Summary()
+		cells := []string{linkName(r), fmt.Sprintf("%d of %d", s.N, r.Count)}
+		if s.N == 0 {
+			cells = append(cells, "–", "–", "–", "–", "–", "–", "–", "–", "–")
+		} else {
+			later := func(n int64) string {
+				if s.Later == 0 {
+					return "–"
+				}
+				return bytesOf(n)
+			}
+			cells = append(cells, ms(s.PauseMedian), ms(s.PauseWorst),
+				bytesOf(s.FirstSent), later(s.SentMedian), bytesOf(s.FirstLink), later(s.LinkMedian),
+				bytesOf(s.MemoryBytes), secs(s.TookMedian), secs(s.TookWorst))
+		}
+		guest := r.Guest
+		if r.Note != "" {
+			guest = strings.TrimSpace(guest + " " + r.Note)
+		}
+		if guest == "" {
+			guest = "–"
+		}
+		cells = append(cells, strings.ReplaceAll(guest, "|", `\|`))
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+	}
+	fmt.Fprintln(w)
+	for _, r := range rows {
+		s := r.Summary()
+		switch {
+		case r.Note != "" && s.N > 0:
+			fmt.Fprintf(w, "- %s: not judged: the turn failed after %d of %d checkpoints (their worst pause %s)\n", linkName(r), s.N, r.Count, ms(s.PauseWorst))
+		case r.Note != "" || s.N == 0:
+			fmt.Fprintf(w, "- %s: not judged: the turn failed before its first checkpoint\n", linkName(r))
+		default:
+			verdict := "met"
+			if !r.Met() {
+				verdict = "NOT met"
+			}
+			fmt.Fprintf(w, "- %s: the worst pause of %d checkpoints %s (median %s); target under %s, guest %s: %s\n",
+				linkName(r), s.N, ms(s.PauseWorst), ms(s.PauseMedian), ms(TargetPause), r.Guest, verdict)
+		}
+	}
+}
+
+// linkName is the row's link as people read it, and its try when it is
+// not the first.
+func linkName(r Row) string {
+	if r.Try > 1 {
+		return fmt.Sprintf("%s, try %d", rateName(r.Link), r.Try)
+	}
+	return rateName(r.Link)
+}
+
+// rateName writes a tc rate as people read it: "20mbit" as "20 Mbit/s".
+func rateName(rate string) string {
+	for _, u := range []struct{ suffix, name string }{{"gbit", "Gbit/s"}, {"mbit", "Mbit/s"}, {"kbit", "kbit/s"}} {
+		if n, ok := strings.CutSuffix(rate, u.suffix); ok {
+			return n + " " + u.name
+		}
+	}
+	return rate
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+
+// bytesOf writes n for people; "–" for an unknown (negative) count.
+func bytesOf(n int64) string {
+	if n < 0 {
+		return "–"
+	}
+	return units.Bytes(uint64(n))
+}

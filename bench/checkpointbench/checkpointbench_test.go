@@ -197,6 +197,7 @@ func TestWriteMarkdown(t *testing.T) {
 		{Link: "20mbit", Try: 2, Count: 3, Checkpoints: cps(150, 90, 110), Guest: "ok"},
 		{Link: "1gbit", Try: 1, Count: 3, Checkpoints: cps(120, 340, 80), Guest: "ok"},
 		{Link: "1gbit", Try: 2, Count: 3, Note: "the move to the workstation: exit status 1"},
+		{Link: "100mbit", Try: 1, Count: 1, Checkpoints: cps(30), Guest: "ok", Note: "after the move home the guest's state is kernel died"},
 	}
 	var b strings.Builder
 	WriteMarkdown(&b, rows)
@@ -206,11 +207,13 @@ func TestWriteMarkdown(t *testing.T) {
 | 20 Mbit/s, try 2 | 3 of 3 | 110 ms | 150 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 3.0 s | 4.0 s | ok |
 | 1 Gbit/s | 3 of 3 | 120 ms | 340 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 3.0 s | 4.0 s | ok |
 | 1 Gbit/s, try 2 | 0 of 3 | – | – | – | – | – | – | – | – | – | the move to the workstation: exit status 1 |
+| 100 Mbit/s | 1 of 1 | 30 ms | 30 ms | 150.0 MB | – | 160.0 MB | – | 541.0 MB | 2.0 s | 2.0 s | ok; after the move home the guest's state is kernel died |
 
 - 20 Mbit/s: not judged: the turn failed after 2 of 3 checkpoints (their worst pause 150 ms)
 - 20 Mbit/s, try 2: the worst pause of 3 checkpoints 150 ms (median 110 ms); target under 300 ms, guest ok: met
 - 1 Gbit/s: the worst pause of 3 checkpoints 340 ms (median 120 ms); target under 300 ms, guest ok: NOT met
 - 1 Gbit/s, try 2: not judged: the turn failed before its first checkpoint
+- 100 Mbit/s: not judged: the turn failed after 1 of 1 checkpoints (their worst pause 30 ms)
 `
 	if got := b.String(); got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)

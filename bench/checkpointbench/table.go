@@ -31,8 +31,10 @@ func WriteMarkdown(w io.Writer, rows []Row) {
 				bytesOf(s.MemoryBytes), secs(s.TookMedian), secs(s.TookWorst))
 		}
 		guest := r.Guest
-		if r.Note != "" {
-			guest = strings.TrimSpace(guest + " " + r.Note)
+		if r.Note != "" && guest != "" {
+			guest += "; " + r.Note
+		} else if r.Note != "" {
+			guest = r.Note
 		}
 		if guest == "" {
 			guest = "–"

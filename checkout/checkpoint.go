@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/checkout/event"
+	"github.com/handoff-dev/handoff/internal/stalldial"
 	"github.com/handoff-dev/handoff/libvirt"
 	"github.com/handoff-dev/handoff/syncengine"
 )
@@ -206,7 +207,9 @@ func (c *StoreCheckpoints) take(domain string) (*pending, error) {
 // stallLimit: a checkpoint's transfer that moved nothing for this long
 // is given up, and the checkpoint kept: the server is out of reach, and
 // TCP by itself would wait out the link for many minutes.
-const stallLimit = 20 * time.Second
+// It is the connections' own limit on unacknowledged data: this one also
+// covers a request whose answer never comes.
+const stallLimit = stalldial.Limit
 
 // send pushes p's disks and memory to the server and commits them under
 // held, or as a branch when no lease covers them any more.

@@ -31,13 +31,7 @@ func TestALostLaptopCostsOneCheckpoint(t *testing.T) {
 
 func lostLaptop(t *testing.T) error {
 	ctx := context.Background()
-	startOnServer(t)
-	leases, err := theLab.LeaseClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	image := theLab.Domain()
-	freeLease(t, leases, image)
+	leases, image := onServerLeaseFree(t)
 	genID := serverGenID(t)
 	if genID == "" {
 		t.Fatal("the lab's desktop guest has no VM generation ID")
@@ -188,13 +182,7 @@ func firstTickAfter(t *testing.T, offset int64) int {
 func TestCheckpointsWaitOutALostLink(t *testing.T) {
 	againOnGuestDeath(t, func(t *testing.T) error {
 		ctx := context.Background()
-		startOnServer(t)
-		leases, err := theLab.LeaseClient()
-		if err != nil {
-			t.Fatal(err)
-		}
-		image := theLab.Domain()
-		freeLease(t, leases, image)
+		leases, image := onServerLeaseFree(t)
 		term := labtest.NewTerminal(t, "grab-offline", 200, 60, fmt.Sprintf("XDG_CACHE_HOME=%s %s grab --lab %s --checkpoint-every 15s", t.TempDir(), bin, theLab.Dir))
 		term.WaitFor("running here", 4*time.Minute)
 		term.WaitFor("sent, pause", 4*time.Minute)
@@ -244,8 +232,21 @@ func TestCheckpointsWaitOutALostLink(t *testing.T) {
 	})
 }
 
-// freeLease makes the image's lease free to take, as an earlier attempt
-// whose grab was killed may have left it held until it expires.
+// onServerLeaseFree starts an attempt: the guest well on the server, and
+// its image's lease free to take, as an earlier attempt whose grab was
+// killed may have left it held until it expires.
+func onServerLeaseFree(t *testing.T) (*leasectl.Client, string) {
+	t.Helper()
+	startOnServer(t)
+	c, err := theLab.LeaseClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := theLab.Domain()
+	freeLease(t, c, image)
+	return c, image
+}
+
 func freeLease(t *testing.T, c *leasectl.Client, image string) {
 	t.Helper()
 	ctx := context.Background()

@@ -78,7 +78,7 @@ func assertGuestLives(t *testing.T, host string, afterTick int) {
 
 // guestLives is assertGuestLives that returns, rather than fails on, a
 // guest that stopped ticking or whose kernel died: after a migration the
-// engine finished, that is the QEMU 7.2 TCG hazard (README, "What we
+// engine finished, that is QEMU 7.2 losing TCG writes (README, "What we
 // learned"), which a caller may tell apart. Lost memory still fails.
 func guestLives(t *testing.T, host string, afterTick int) error {
 	t.Helper()
@@ -109,9 +109,9 @@ func lastTick(t *testing.T) int {
 }
 
 // TestMigrateThereAndBack moves the dirtying guest to the workstation and
-// back. A guest that stops after a migration the engine finished is the
-// QEMU 7.2 TCG hazard (about one run in five here): it is logged and the
-// round trip made once more with a fresh guest; twice in a row fails, as
+// back. A guest that stops after a migration the engine finished is QEMU
+// 7.2 losing TCG writes (one run in five here before the guest's TLB
+// pacer): it is logged and the round trip made once more with a fresh guest; twice in a row fails, as
 // does anything else.
 func TestMigrateThereAndBack(t *testing.T) {
 	for attempt := 1; ; attempt++ {
@@ -122,7 +122,7 @@ func TestMigrateThereAndBack(t *testing.T) {
 		if attempt == 2 {
 			t.Fatalf("the guest stopped after a finished migration twice in a row: %v", stopped)
 		}
-		t.Logf("the guest stopped after a finished migration (%v): the QEMU 7.2 TCG hazard; once more with a fresh guest", stopped)
+		t.Logf("the guest stopped after a finished migration (%v): QEMU 7.2 losing TCG writes, which the guest's TLB pacer should prevent; once more with a fresh guest", stopped)
 		if err := theLab.RestartGuest(context.Background(), lab.DefaultGuest, nil); err != nil {
 			t.Fatal(err)
 		}

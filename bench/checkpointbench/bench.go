@@ -108,7 +108,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config, progress io.Writer) ([]Row
 				return rows, errors.Join(append(errs, err)...)
 			}
 			if try == cfg.Tries {
-				errs = append(errs, fmt.Errorf("at %s, %d tries, each on a fresh guest: %w; if the guest broke, see the README on TCG's hazard, and run that link again alone (--links %s)", rate, try, err, rate))
+				errs = append(errs, fmt.Errorf("at %s, %d tries, each on a fresh guest: %w; if the guest broke, see the README's first lesson (QEMU 7.2's lost TCG writes), and run that link again alone (--links %s)", rate, try, err, rate))
 			}
 			say("starting the guest afresh on the server")
 			if err := l.RestartGuest(ctx, l.Guest, progress); err != nil {

@@ -80,7 +80,7 @@ func assertGuestWell(t *testing.T, host string) {
 
 // guestWell is assertGuestWell that returns, rather than fails on, a guest
 // whose kernel died or that stopped ticking: after a move that finished,
-// that is the QEMU 7.2 TCG hazard (README, "What we learned"), which
+// that is QEMU 7.2 losing TCG writes (README, "What we learned"), which
 // againOnGuestDeath tells apart. Memory or disk records lost still fail.
 func guestWell(t *testing.T, host string) error {
 	t.Helper()
@@ -111,7 +111,7 @@ func againOnGuestDeath(t *testing.T, attempt func(t *testing.T) error) {
 		if n == 2 {
 			t.Fatalf("the guest died after a finished move twice in a row: %v", died)
 		}
-		t.Logf("the guest died after a finished move (%v): the QEMU 7.2 TCG hazard; once more with a fresh guest", died)
+		t.Logf("the guest died after a finished move (%v): QEMU 7.2 losing TCG writes, which the guest's TLB pacer should prevent; once more with a fresh guest", died)
 		if err := theLab.RestartGuest(context.Background(), theLab.Guest, nil); err != nil {
 			t.Fatal(err)
 		}

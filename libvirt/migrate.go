@@ -105,7 +105,8 @@ type Migration struct {
 	dom      *Domain
 	opts     Options
 
-	tunnel *tunnel // nil unless one side is reached over SSH
+	tunnel *tunnel          // nil unless one side is reached over SSH
+	phase  switchover.Phase // where drive starts: setup, or post-copy for a job taken over there
 
 	progress chan Progress
 	requests chan request
@@ -123,12 +124,7 @@ type request struct {
 // until it completes, fails, is aborted, or ctx ends (which aborts it unless
 // post-copy has begun, after which it finishes).
 func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Migration, error) {
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = 200 * time.Millisecond
-	}
-	if opts.Policy == (switchover.Config{}) {
-		opts.Policy = switchover.DefaultConfig()
-	}
+	opts = withDefaults(opts)
 	dom, err := src.Lookup(name)
 	if err != nil {
 		return nil, err
@@ -139,6 +135,11 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 	}
 	if st != StateRunning {
 		return nil, fmt.Errorf("domain %s is %s on %s, not running: only a running VM can be live-migrated (start it with: virsh -c '%s' start %s)", name, st, src.uri, src.uri, name)
+	}
+	if u, err := underWay(dom); err != nil {
+		return nil, err
+	} else if u != nil {
+		return nil, &UnderWayError{*u}
 	}
 	if there, err := dst.Lookup(name); err == nil {
 		if st, _ := there.State(); st == StateRunning || st == StatePaused {
@@ -185,14 +186,39 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			opts.Disks = &c
 		}
 	}
-	m := &Migration{
+	m := newMigration(src, dst, dom, opts, tun)
+	go m.drive(ctx, m.perform)
+	return m, nil
+}
+
+func withDefaults(opts Options) Options {
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 200 * time.Millisecond
+	}
+	if opts.Policy == (switchover.Config{}) {
+		opts.Policy = switchover.DefaultConfig()
+	}
+	return opts
+}
+
+func newMigration(src, dst *Conn, dom *Domain, opts Options, tun *tunnel) *Migration {
+	return &Migration{
 		src: src, dst: dst, dom: dom, opts: opts, tunnel: tun,
+		phase:    switchover.PhaseSetup,
 		progress: make(chan Progress, 1),
 		requests: make(chan request),
 		done:     make(chan struct{}),
 	}
-	go m.drive(ctx)
-	return m, nil
+}
+
+// perform runs the job in the source's libvirtd, returning when it ends.
+func (m *Migration) perform() error {
+	peer := m.opts.PeerURI
+	if peer == "" {
+		peer = m.dst.uri
+	}
+	_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags())
+	return err
 }
 
 // Progress delivers reports while the job runs, newest first: a slow reader
@@ -304,26 +330,21 @@ func (m *Migration) params() []golibvirt.TypedParam {
 	return ps
 }
 
-func (m *Migration) drive(ctx context.Context) {
+// drive runs the job's policy until perform, which runs the job or waits
+// for it, returns.
+func (m *Migration) drive(ctx context.Context, perform func() error) {
 	defer close(m.done)
 	defer close(m.progress)
 	if m.tunnel != nil {
 		defer m.tunnel.Close()
 	}
 
-	peer := m.opts.PeerURI
-	if peer == "" {
-		peer = m.dst.uri
-	}
 	performed := make(chan error, 1)
-	go func() {
-		_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags())
-		performed <- err
-	}()
+	go func() { performed <- perform() }()
 
 	var (
 		history   []switchover.Sample
-		phase     = switchover.PhaseSetup
+		phase     = m.phase
 		held      bool // QEMU's own switch is held back
 		switching bool
 		aborting  bool

@@ -191,3 +191,80 @@ func TestMigrateBadInput(t *testing.T) {
 		})
 	}
 }
+
+// startAndLose starts a slow migration to the workstation and kills its
+// client with SIGKILL once memory flows: the job goes on in libvirtd.
+func startAndLose(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var p struct {
+			TransferredBytes uint64 `json:"transferred_bytes"`
+		}
+		json.Unmarshal(sc.Bytes(), &p)
+		if p.TransferredBytes > 0 {
+			break
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if st := statusJSON(t); st.GuestHost != "server" || st.MigratingSince == "" {
+		t.Fatalf("after kill -9 of migrate: lab status %+v, want the guest on the server and a migration under way", st)
+	}
+}
+
+func TestAMigrationOutlivesItsClient(t *testing.T) {
+	// Taken over, then Ctrl-C: the job is aborted, the guest stays home.
+	startAndLose(t)
+	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir)
+	stdout, _ := cmd.StdoutPipe()
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	sc := bufio.NewScanner(stdout)
+	var said []string
+	for sc.Scan() {
+		said = append(said, sc.Text())
+		if strings.Contains(sc.Text(), "pass") {
+			break // a progress line: it drives the job now
+		}
+	}
+	if len(said) == 0 || !strings.Contains(said[0], "is under way since") || !strings.Contains(said[0], "taking it over") {
+		t.Fatalf("a second migrate said %q; want it to take over the job under way", said)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	for sc.Scan() {
+	}
+	if err := cmd.Wait(); err == nil || !strings.Contains(errOut.String(), "aborted") || !strings.Contains(errOut.String(), "keeps running") {
+		t.Fatalf("Ctrl-C of the take-over: %v, %q; want the job aborted and the VM running on the server", err, errOut.String())
+	}
+	if st := statusJSON(t); st.GuestHost != "server" || st.MigratingSince != "" || st.GuestIntegrity != "ok" {
+		t.Fatalf("after aborting the job taken over: %+v", st)
+	}
+
+	// Taken over at a higher speed: it finishes, the guest in one place.
+	startAndLose(t)
+	tick := statusJSON(t).GuestTick
+	r := handoff(t, "migrate", "--lab", theLab.Dir, "--max-speed", "1gbit")
+	if r.Code != 0 || !strings.Contains(r.Stdout, "taking it over") || !strings.Contains(r.Stdout, "now runs on "+theLab.Workstation.URI) {
+		t.Fatalf("take over and finish: exit %d\nstdout %s\nstderr %s", r.Code, r.Stdout, r.Stderr)
+	}
+	if err := theLab.WaitTick(context.Background(), tick+3, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusJSON(t); st.GuestHost != "workstation" || st.GuestIntegrity != "ok" {
+		t.Fatalf("after the job taken over finished: %+v", st)
+	}
+	// Home again, for the tests after this one.
+	if r := handoff(t, "migrate", "--lab", theLab.Dir); r.Code != 0 {
+		t.Fatalf("migrate back: exit %d: %s", r.Code, r.Stderr)
+	}
+}

@@ -22,6 +22,10 @@ below the link's bandwidth and the rest fits the downtime target, or falls back 
 post-copy when it never converges. Ctrl-C before the switch aborts: the VM keeps
 running on the source, on its disks as they were.
 
+A migration whose client died (kill -9, a lost terminal) goes on inside the source's
+libvirtd. Run migrate again and it takes that job over: its progress, the policy's
+switch, and Ctrl-C to abort it, as if it had started it.
+
 A VM whose disks are image files takes them along: they travel through the home
 server's chunk store (log in with 'handoff lease login'; the lab's own serve in the
 lab), sending only what the other host lacks, and the migration then mirrors only
@@ -58,6 +62,13 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		return err
 	}
 	defer closeHosts()
+	// A job whose client died goes on in the source's libvirtd: drive it
+	// rather than start a second one over it.
+	if u, err := libvirt.FindUnderWay(src, name); err != nil {
+		return err
+	} else if u != nil {
+		return takeOver(ctx, src, dst, u, o, *to, *jsonOut, stdout)
+	}
 
 	move, closeDisks, err := moveDisks(ctx, *labDir, *disksMode, *images, src, dst, name, *jsonOut, stdout)
 	if err != nil {
@@ -83,12 +94,7 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if !*jsonOut {
 		fmt.Fprintf(stdout, "migrating %s from %s to %s\nplan: %s\n", name, *from, *to, m.Plan().Reason)
 	}
-	report := humanReporter(stdout)
-	if *jsonOut {
-		enc := json.NewEncoder(stdout)
-		report = func(p libvirt.Progress) { enc.Encode(p.Record()) }
-	}
-	res, err := libvirt.Run(m, report)
+	res, err := libvirt.Run(m, progressReporter(*jsonOut, stdout))
 	if err != nil {
 		err = undo(err)
 	}
@@ -96,9 +102,43 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err == nil {
 		tidy = move.Finish(context.WithoutCancel(ctx))
 	}
-	if *jsonOut {
+	if err := reportEnd(res, err, move.SentBytes, *jsonOut, stdout, name, *to); err != nil {
+		return err
+	}
+	if tidy != nil {
+		return fmt.Errorf("%s now runs on %s, but tidying its disks failed: %w", name, *to, tidy)
+	}
+	return nil
+}
+
+// takeOver drives a migration another client started and left: its
+// disks, if any, moved as that client arranged them.
+func takeOver(ctx context.Context, src, dst *libvirt.Conn, u *libvirt.UnderWay, o libvirt.Options, to string, jsonOut bool, stdout io.Writer) error {
+	m, err := libvirt.Attach(ctx, src, dst, u, o)
+	if err != nil {
+		return err
+	}
+	if !jsonOut {
+		fmt.Fprintf(stdout, "a migration of %s from %s to %s is under way since %s (%v ago): taking it over; Ctrl-C aborts it\n",
+			u.Domain, u.Source, to, u.Since.Format(time.TimeOnly), u.Elapsed.Round(time.Second))
+	}
+	res, err := libvirt.Run(m, progressReporter(jsonOut, stdout))
+	return reportEnd(res, err, 0, jsonOut, stdout, u.Domain, to)
+}
+
+func progressReporter(jsonOut bool, stdout io.Writer) func(libvirt.Progress) {
+	if jsonOut {
+		enc := json.NewEncoder(stdout)
+		return func(p libvirt.Progress) { enc.Encode(p.Record()) }
+	}
+	return humanReporter(stdout)
+}
+
+// reportEnd prints how the job ended and returns its error.
+func reportEnd(res libvirt.Result, err error, diskBytes int64, jsonOut bool, stdout io.Writer, name, to string) error {
+	if jsonOut {
 		rec := res.Record()
-		rec.DiskBytes = move.SentBytes
+		rec.DiskBytes = diskBytes
 		if err != nil {
 			rec.Phase, rec.Error = "failed", err.Error()
 			if errors.Is(err, libvirt.ErrAborted) {
@@ -110,12 +150,9 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err != nil {
 		return err
 	}
-	if tidy != nil {
-		return fmt.Errorf("%s now runs on %s, but tidying its disks failed: %w", name, *to, tidy)
-	}
-	if !*jsonOut {
+	if !jsonOut {
 		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",
-			name, *to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred))
+			name, to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred))
 	}
 	return nil
 }

@@ -2,16 +2,20 @@ package lab
 
 import (
 	"context"
+	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
 )
 
 // Status is what 'handoff lab status --json' prints.
 type Status struct {
-	ServerURI      string  `json:"server_uri"`
-	WorkstationURI string  `json:"workstation_uri"`
-	Domain         string  `json:"domain"`
-	GuestHost      string  `json:"guest_host"` // "server", "workstation", or "none"
+	ServerURI      string `json:"server_uri"`
+	WorkstationURI string `json:"workstation_uri"`
+	Domain         string `json:"domain"`
+	GuestHost      string `json:"guest_host"` // "server", "workstation", or "none"
+	// MigratingSince is set while a migration of the guest away from
+	// GuestHost is under way: when it began (RFC 3339).
+	MigratingSince string  `json:"migrating_since,omitempty"`
 	GuestTick      int     `json:"guest_tick"`
 	GuestUptime    float64 `json:"guest_uptime"`
 	GuestIntegrity string  `json:"guest_integrity"`       // "ok" or "FAIL"
@@ -47,6 +51,20 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.GuestHost = host
+	for _, h := range []Host{l.Server, l.Workstation} {
+		if h.Name != host {
+			continue
+		}
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err != nil {
+			return st, err
+		}
+		u, err := libvirt.FindUnderWay(c, l.Domain())
+		c.Close()
+		if err == nil && u != nil {
+			st.MigratingSince = u.Since.Format(time.RFC3339)
+		}
+	}
 	serial, err := l.GuestSerial()
 	if err != nil {
 		return st, err

@@ -21,6 +21,13 @@ type Config struct {
 	// long, or as soon as it converges too slowly to switch within it.
 	// Zero means never on its own: the policy then only reports.
 	PostCopyAfter time.Duration
+	// SwitchByPostCopy makes the switch itself a post-copy one when the
+	// rest fits the downtime target: the source pauses only while its
+	// CPU and device state cross (3-6 ms measured here, against 97-334 ms
+	// of stop-and-copy), and the rest follows on demand for about as long
+	// as the stop-and-copy pause would have lasted: a short window in which
+	// the guest needs both hosts. Off where post-copy is not available.
+	SwitchByPostCopy bool
 }
 
 // DefaultConfig suits a desktop VM over a home link.
@@ -30,6 +37,8 @@ func DefaultConfig() Config {
 		Settle:         time.Second,
 		Window:         3 * time.Second,
 		PostCopyAfter:  10 * time.Second,
+		// The libvirt package turns it off where post-copy is not there.
+		SwitchByPostCopy: true,
 	}
 }
 
@@ -77,7 +86,8 @@ func Decide(cfg Config, samples []Sample) Decision {
 		d.SwitchIn = seconds(float64(left) / bw)
 		d.Reason = "first pass over memory"
 		if fits && now.Remaining > 0 {
-			d.Action, d.SwitchIn, d.Reason = Switch, 0, "memory sent; the rest fits the downtime target"
+			d.SwitchIn = 0
+			d.switchNow(cfg, "memory sent; the rest fits the downtime target")
 		}
 		return d
 	}
@@ -86,7 +96,7 @@ func Decide(cfg Config, samples []Sample) Decision {
 		d.Converging = true
 		settled := stableSince(samples, func(s Sample) bool { return s.Bandwidth > 0 && s.DirtyRate < s.Bandwidth })
 		if fits && now.Elapsed-settled >= cfg.Settle {
-			d.Action, d.Reason = Switch, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", units.Rate(dirty), units.Rate(bw), cfg.DowntimeTarget)
+			d.switchNow(cfg, fmt.Sprintf("dirty rate %s below bandwidth %s; the rest fits %v", units.Rate(dirty), units.Rate(bw), cfg.DowntimeTarget))
 			return d
 		}
 		d.Action = Continue
@@ -124,6 +134,15 @@ func Decide(cfg Config, samples []Sample) Decision {
 	d.SwitchIn = cfg.PostCopyAfter - (now.Elapsed - since)
 	d.Reason += fmt.Sprintf("; post-copy in %v", d.SwitchIn.Round(time.Second))
 	return d
+}
+
+// switchNow decides the switch, by post-copy where the config allows it.
+func (d *Decision) switchNow(cfg Config, reason string) {
+	d.Action, d.Reason = Switch, reason
+	if cfg.SwitchByPostCopy {
+		d.Action = PostCopy
+		d.Reason += fmt.Sprintf(": switching by post-copy, the rest (about %v of link) paged after", d.PredictedDowntime.Round(time.Millisecond))
+	}
 }
 
 // within returns the samples taken at or after from; always at least the last.

@@ -36,7 +36,8 @@ func repeat(n int, s step) []step {
 }
 
 func TestDecide(t *testing.T) {
-	cfg := DefaultConfig() // 300ms target, 1s settle, 3s window, post-copy after 20s
+	cfg := DefaultConfig()       // 300ms target, 1s settle, 3s window, post-copy after 20s
+	cfg.SwitchByPostCopy = false // the pausing switch; see TestSwitchByPostCopyWhenTheRestFits
 	tests := []struct {
 		name       string
 		samples    []Sample
@@ -90,6 +91,30 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+func TestSwitchByPostCopyWhenTheRestFits(t *testing.T) {
+	cfg := DefaultConfig()
+	for _, tt := range []struct {
+		name    string
+		samples []Sample
+		action  Action
+	}{
+		{"converged and settled", trace(repeat(4, step{3, 1, 10, 2})...), PostCopy},
+		{"idle guest at the end of its first pass", trace(step{1, 0, 10, 1}), PostCopy},
+		{"too much left: keep copying", trace(repeat(6, step{3, 1, 10, 19})...), Continue},
+		{"fits but not settled", trace(append(repeat(4, step{3, 12, 10, 2.5}), step{4, 1, 10, 2}, step{4, 1, 10, 2})...), Continue},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Decide(cfg, tt.samples)
+			if d.Action != tt.action {
+				t.Fatalf("Decide = %+v, want %s", d, tt.action)
+			}
+			if d.Action == PostCopy && !strings.Contains(d.Reason, "fits") {
+				t.Errorf("reason %q does not say the rest fits", d.Reason)
+			}
+		})
+	}
+}
+
 func TestDecideNeverPostCopiesWhenTheBoundIsZero(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.PostCopyAfter = 0
@@ -108,6 +133,7 @@ func TestPredictedDowntime(t *testing.T) {
 
 func TestDecideCountsTheDisks(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.SwitchByPostCopy = false // as for a move with disks
 	// Copying disks: no memory figures yet; the time left comes from the
 	// mirror's own rate.
 	disks := []Sample{

@@ -162,6 +162,7 @@ type migrateOptions struct {
 	downtime      *time.Duration
 	postcopyAfter *time.Duration
 	noPostcopy    *bool
+	switchBy      *string
 	maxSpeed      *string
 	plan          *string
 	link          *string
@@ -179,6 +180,7 @@ func migrateFlags(fs interface {
 		downtime:      fs.Duration("downtime", def.DowntimeTarget, "longest pause accepted when execution switches hosts"),
 		postcopyAfter: fs.Duration("postcopy-after", def.PostCopyAfter, "switch by post-copy after not converging this long (0: never on its own)"),
 		noPostcopy:    fs.Bool("no-postcopy", false, "never use post-copy (for hosts without userfaultfd)"),
+		switchBy:      fs.String("switch", "postcopy", "how execution switches once the rest fits the downtime target: postcopy (the VM pauses for milliseconds, the rest is paged after; memory-only moves) or pause (the VM pauses while the rest is copied)"),
 		maxSpeed:      fs.String("max-speed", "", "cap the memory stream, as 15mbit or 100mbit, leaving the rest of the link free"),
 		plan:          fs.String("plan", "auto", "auto: measure the guest's dirty rate and choose; compress: compressed pre-copy (no post-copy); postcopy: plain pre-copy with post-copy as fallback"),
 		link:          fs.String("link", "", "the link's rate, as 20mbit, for --plan auto (the lab knows its own)"),
@@ -195,6 +197,14 @@ func (f *migrateOptions) options() (libvirt.Options, error) {
 		NoPostCopy: *f.noPostcopy,
 	}
 	o.Policy.DowntimeTarget = *f.downtime
+	switch *f.switchBy {
+	case "postcopy":
+		o.Policy.SwitchByPostCopy = !o.NoPostCopy
+	case "pause":
+		o.Policy.SwitchByPostCopy = false
+	default:
+		return o, fmt.Errorf("%w: --switch %q: choose postcopy or pause", errUsage, *f.switchBy)
+	}
 	o.Policy.PostCopyAfter = *f.postcopyAfter
 	if o.Policy.DowntimeTarget <= 0 {
 		return o, fmt.Errorf("%w: --downtime must be positive", errUsage)

@@ -157,6 +157,10 @@ const (
 	StateShutoff  State = "shut off"
 	StateOther    State = "other"
 	StatePostcopy State = "paused for post-copy" // the source side during post-copy
+	// StatePostcopyFailed is the source side of a post-copy whose stream
+	// broke: the guest runs on the destination, waiting for the pages
+	// this side still holds, until the migration is resumed.
+	StatePostcopyFailed State = "paused, its post-copy broken"
 )
 
 // State reports whether the domain runs here.
@@ -172,8 +176,11 @@ func (d *Domain) State() (State, error) {
 	case golibvirt.DomainRunning:
 		return StateRunning, nil
 	case golibvirt.DomainPaused:
-		if golibvirt.DomainPausedReason(reason) == golibvirt.DomainPausedPostcopy {
+		switch golibvirt.DomainPausedReason(reason) {
+		case golibvirt.DomainPausedPostcopy:
 			return StatePostcopy, nil
+		case golibvirt.DomainPausedPostcopyFailed:
+			return StatePostcopyFailed, nil
 		}
 		return StatePaused, nil
 	case golibvirt.DomainShutoff:

@@ -195,6 +195,69 @@ func TestGuestDirtyingFasterThanTheLinkSwitchesByPostCopy(t *testing.T) {
 	assertGuestLives(t, "workstation", tick)
 }
 
+// TestPostCopySurvivesABrokenLink cuts the link in the middle of a
+// post-copy and resets its connections: both QEMUs pause (postcopy-paused),
+// the guest running on the workstation waits for the pages the server
+// holds, and the engine resumes the job once the link is back.
+func TestPostCopySurvivesABrokenLink(t *testing.T) {
+	restartGuest(t, lab.GuestConfig{MemMB: 256, DirtyMBps: 40, WSSMB: 48})
+	ctx := context.Background()
+	// A slow link keeps the post-copy going long enough to break it.
+	if _, err := theLab.Shape(ctx, lab.Link{Bandwidth: "50mbit"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { theLab.SetLink(ctx, true) })
+	srv, ws := conns(t)
+	tick := lastTick(t)
+	o := libvirt.Options{Policy: switchover.DefaultConfig(), MigrateURI: theLab.MigrateURI("workstation")}
+	o.Policy.PostCopyAfter = 3 * time.Second
+	m, err := libvirt.Start(ctx, srv, ws, lab.GuestName, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var postcopySince time.Time
+	broken, saidLost := false, false
+	start := time.Now()
+	for p := range m.Progress() {
+		if strings.Contains(p.Decision.Reason, "link lost") && !saidLost {
+			saidLost = true
+			t.Logf("%v: %s", time.Since(start).Round(time.Second), p.Decision.Reason)
+		}
+		if p.Sample.Phase != switchover.PhasePostcopy || broken {
+			continue
+		}
+		if postcopySince.IsZero() {
+			postcopySince = time.Now()
+		}
+		if time.Since(postcopySince) < 2*time.Second {
+			continue
+		}
+		broken = true
+		if err := theLab.SetLink(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := theLab.ResetConnections(ctx); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			time.Sleep(6 * time.Second)
+			theLab.SetLink(ctx, true)
+		}()
+	}
+	res, err := m.Wait()
+	t.Logf("%v: ended: %+v, %v", time.Since(start).Round(time.Second), res, err)
+	if !broken {
+		t.Fatalf("the job ended (%+v, %v) before the post-copy ran for 2 s: nothing was broken", res, err)
+	}
+	if err != nil {
+		t.Fatalf("after the link came back: %v", err)
+	}
+	if res.Mode != "postcopy" || !saidLost {
+		t.Errorf("result %+v, a report said the link was lost: %v; want a post-copy finish, and the loss reported", res, saidLost)
+	}
+	assertGuestLives(t, "workstation", tick)
+}
+
 func TestAbortLeavesTheGuestRunningOnTheSource(t *testing.T) {
 	srv, ws := conns(t)
 	tick := lastTick(t)

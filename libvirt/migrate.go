@@ -381,9 +381,34 @@ func (m *Migration) drive(ctx context.Context, perform func() error) {
 		return nil
 	}
 
+	var (
+		linkLost error // why the post-copy stream broke, while resuming
+		resumes  int
+	)
 	for {
 		select {
 		case err := <-performed:
+			if err != nil && phase == switchover.PhasePostcopy && !errors.Is(err, errStoppedResuming) {
+				switch m.afterBrokenPostCopy() {
+				case brokenMoved:
+					err = nil // the job finished by itself after all
+				case brokenWaiting:
+					// The guest runs on the destination and waits for the
+					// pages still here: resume once the link is back.
+					if linkLost == nil {
+						linkLost = err
+					}
+					resumes++
+					delay := resumeEvery
+					if resumes == 1 {
+						delay = 0
+					}
+					go func() { performed <- m.resumePostCopy(ctx, delay) }()
+					last.Decision.Reason = m.linkLostReason(linkLost, resumes, err)
+					m.send(last)
+					continue
+				}
+			}
 			m.finish(err, phase, aborting, last)
 			return
 		case <-cancelled:
@@ -457,10 +482,73 @@ func (m *Migration) drive(ctx context.Context, perform func() error) {
 					}
 				}
 			}
+			if linkLost != nil {
+				d.Reason = m.linkLostReason(linkLost, resumes, nil)
+			}
 			last = Progress{Sample: s, Decision: d}
 			m.send(last)
 		}
 	}
+}
+
+// resumeEvery is how often a broken post-copy is tried again.
+const resumeEvery = 2 * time.Second
+
+// errStoppedResuming ends the retries of a broken post-copy when the
+// caller's context ends.
+var errStoppedResuming = errors.New("stopped resuming the broken post-copy")
+
+type brokenState int
+
+const (
+	brokenWaiting brokenState = iota // both hosts hold part of the guest
+	brokenMoved                      // the guest runs on the destination alone
+	brokenGone                       // neither: nothing to resume
+)
+
+// afterBrokenPostCopy tells what a post-copy job that returned an error
+// left behind.
+func (m *Migration) afterBrokenPostCopy() brokenState {
+	st, err := m.dom.State()
+	switch {
+	case err != nil:
+		return brokenWaiting // the source is out of reach: try again
+	case st == StatePostcopyFailed || st == StatePostcopy || st == StatePaused:
+		return brokenWaiting
+	case st == StateShutoff:
+		if there, err := m.dst.Lookup(m.dom.Name()); err == nil {
+			if st, _ := there.State(); st == StateRunning {
+				return brokenMoved
+			}
+		}
+	}
+	return brokenGone
+}
+
+// resumePostCopy waits delay, then asks the source to resume the broken
+// post-copy (VIR_MIGRATE_POSTCOPY_RESUME, libvirt 8.5 and later): a new
+// stream to the destination, returning like the first job once the rest
+// of memory is across, or with an error while the link is still gone.
+func (m *Migration) resumePostCopy(ctx context.Context, delay time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return errStoppedResuming
+	case <-time.After(delay):
+	}
+	peer := m.opts.PeerURI
+	if peer == "" {
+		peer = m.dst.uri
+	}
+	_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags()|golibvirt.MigratePostcopy|golibvirt.MigratePostcopyResume)
+	return err
+}
+
+func (m *Migration) linkLostReason(lost error, resumes int, last error) string {
+	r := fmt.Sprintf("link lost during post-copy (%v): %s runs on the destination, waiting for pages; resuming, try %d", lost, m.dom.Name(), resumes)
+	if last != nil && last != lost {
+		r += fmt.Sprintf(" (the last: %v)", last)
+	}
+	return r
 }
 
 // heldDowntime is the limit QEMU may switch by itself within. When the
@@ -514,8 +602,12 @@ func (m *Migration) finish(performErr error, phase switchover.Phase, aborting bo
 		m.send(final)
 		return
 	}
+	if errors.Is(performErr, errStoppedResuming) {
+		m.err = fmt.Errorf("the link broke during post-copy and was not back when resuming stopped: %s runs on %s, waiting for the memory %s still holds; keep both hosts up, and once the link is back run 'handoff migrate --from %s --to %s %s', which resumes it", m.dom.Name(), m.dst.uri, m.src.uri, m.src.uri, m.dst.uri, m.dom.Name())
+		return
+	}
 	if phase == switchover.PhasePostcopy {
-		m.err = fmt.Errorf("post-copy migration of %s failed after the switch: %w; the VM may be paused on %s: check with virsh -c '%s' domjobinfo %s and recover with virsh migrate --postcopy-resume", m.dom.Name(), performErr, m.dst.uri, m.src.uri, m.dom.Name())
+		m.err = fmt.Errorf("post-copy migration of %s failed after the switch: %w; the VM may be paused on %s: check with virsh -c '%s' domjobinfo %s, and resume with 'handoff migrate --from %s --to %s %s'", m.dom.Name(), performErr, m.dst.uri, m.src.uri, m.dom.Name(), m.src.uri, m.dst.uri, m.dom.Name())
 		return
 	}
 	state := m.ensureRunningOnSource()

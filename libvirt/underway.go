@@ -85,12 +85,22 @@ func Attach(ctx context.Context, src, dst *Conn, u *UnderWay, opts Options) (*Mi
 		}
 	}
 	m := newMigration(src, dst, dom, opts, nil)
-	if st, err := dom.State(); err == nil && st == StatePostcopy {
+	perform := m.awaitJobEnd
+	switch st, _ := dom.State(); st {
+	case StatePostcopy:
 		m.phase = switchover.PhasePostcopy
+	case StatePostcopyFailed:
+		// Its stream broke: drive resumes it, as for a break of its own.
+		m.phase = switchover.PhasePostcopy
+		perform = func() error { return errBrokenBeforeTakeOver }
 	}
-	go m.drive(ctx, m.awaitJobEnd)
+	go m.drive(ctx, perform)
 	return m, nil
 }
+
+// errBrokenBeforeTakeOver is why a job taken over in a broken post-copy
+// is resumed.
+var errBrokenBeforeTakeOver = errors.New("its post-copy stream broke before this client took it over")
 
 // errEndedBeforeSwitch is what a taken-over job that ended with the VM
 // still on the source reports.
@@ -104,6 +114,9 @@ func (m *Migration) awaitJobEnd() error {
 		u, err := underWay(m.dom)
 		if err == nil && u == nil {
 			break
+		}
+		if st, _ := m.dom.State(); st == StatePostcopyFailed {
+			return errors.New("its post-copy stream broke")
 		}
 		if err != nil {
 			// The source's domain goes when the migration completes.

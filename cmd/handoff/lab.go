@@ -146,7 +146,7 @@ func labStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "server:      %s\nworkstation: %s\nlink:        %s, %.1f ms round trip\nguest:       %s runs on the %s; tick %d, uptime %.0fs, integrity %s\n",
 		st.ServerURI, st.WorkstationURI, st.Bandwidth, st.RTTMillis, st.Domain, st.GuestHost, st.GuestTick, st.GuestUptime, st.GuestIntegrity)
 	if since, err := time.Parse(time.RFC3339, st.MigratingSince); err == nil {
-		fmt.Fprintf(stdout, "             a migration away from the %s is under way since %s: follow or take it over with 'handoff migrate'\n", st.GuestHost, since.Format(time.TimeOnly))
+		fmt.Fprintf(stdout, "             a migration away from the %s is under way since %s: follow or take it over with 'handoff migrate'\n", st.MigratingFrom, since.Format(time.TimeOnly))
 	}
 	serve := "answers the workstation"
 	if !st.Serve.Answers {

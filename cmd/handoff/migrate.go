@@ -250,6 +250,11 @@ func resolveEndpoints(ctx context.Context, labDir string, from, to, name *string
 		if err != nil {
 			return err
 		}
+		// A migration under way leaves from its own source, even where
+		// post-copy runs the guest on the other host already.
+		if from, u, err := l.MigrationUnderWay(ctx); err == nil && u != nil {
+			where = from
+		}
 		src, dst := l.Server, l.Workstation
 		if where == l.Workstation.Name {
 			src, dst = dst, src

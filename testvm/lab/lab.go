@@ -361,6 +361,19 @@ func (l *Lab) SetLink(ctx context.Context, up bool) error {
 	return nil
 }
 
+// ResetConnections destroys every TCP connection between the two hosts
+// (ss -K), as a NAT that forgets them or a laptop that changes networks
+// does: each end sees a reset at once, where a cut link alone leaves TCP
+// retransmitting for many minutes.
+func (l *Lab) ResetConnections(ctx context.Context) error {
+	for _, pair := range [][2]Host{{l.Server, l.Workstation}, {l.Workstation, l.Server}} {
+		if err := run(ctx, "ip", "netns", "exec", pair[0].Netns, "ss", "-K", "dst", pair[1].Addr); err != nil {
+			return fmt.Errorf("reset the lab's connections: %w", err)
+		}
+	}
+	return nil
+}
+
 // hasNetem tries netem on the device; the root qdisc is set anew after.
 func hasNetem(ctx context.Context, ns, dev string) bool {
 	return run(ctx, "ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", "1us") == nil

@@ -13,8 +13,10 @@ type Status struct {
 	WorkstationURI string `json:"workstation_uri"`
 	Domain         string `json:"domain"`
 	GuestHost      string `json:"guest_host"` // "server", "workstation", or "none"
-	// MigratingSince is set while a migration of the guest away from
-	// GuestHost is under way: when it began (RFC 3339).
+	// MigratingFrom and MigratingSince are set while a migration of the
+	// guest is under way: the host it leaves, and when it began (RFC 3339).
+	// In post-copy the guest runs on the other host already.
+	MigratingFrom  string  `json:"migrating_from,omitempty"`
 	MigratingSince string  `json:"migrating_since,omitempty"`
 	GuestTick      int     `json:"guest_tick"`
 	GuestUptime    float64 `json:"guest_uptime"`
@@ -51,19 +53,8 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.GuestHost = host
-	for _, h := range []Host{l.Server, l.Workstation} {
-		if h.Name != host {
-			continue
-		}
-		c, err := libvirt.Connect(ctx, h.URI)
-		if err != nil {
-			return st, err
-		}
-		u, err := libvirt.FindUnderWay(c, l.Domain())
-		c.Close()
-		if err == nil && u != nil {
-			st.MigratingSince = u.Since.Format(time.RFC3339)
-		}
+	if from, u, err := l.MigrationUnderWay(ctx); err == nil && u != nil {
+		st.MigratingFrom, st.MigratingSince = from, u.Since.Format(time.RFC3339)
 	}
 	serial, err := l.GuestSerial()
 	if err != nil {
@@ -92,6 +83,23 @@ func (l *Lab) GuestHost(ctx context.Context) (string, error) {
 		}
 	}
 	return "none", nil
+}
+
+// MigrationUnderWay finds an outgoing migration of the guest on either
+// host: the host it leaves and the job, or a nil job.
+func (l *Lab) MigrationUnderWay(ctx context.Context) (string, *libvirt.UnderWay, error) {
+	for _, h := range []Host{l.Server, l.Workstation} {
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err != nil {
+			return "", nil, err
+		}
+		u, err := libvirt.FindUnderWay(c, l.Domain())
+		c.Close()
+		if err == nil && u != nil {
+			return h.Name, u, nil
+		}
+	}
+	return "", nil, nil
 }
 
 // Conns connects to both hosts' daemons; the caller closes them.

@@ -445,12 +445,11 @@ func (m *Migration) drive(ctx context.Context, perform func() error) {
 				history = history[:0] // the disk phase measured no memory bandwidth
 			}
 			if !held && phase == switchover.PhasePrecopy {
-				// QEMU may switch by itself only within the downtime target;
-				// the policy raises the limit when it decides a longer pause
-				// is worth it, or switches by post-copy. A limit far below
-				// the target (we once held it at 1 ms so that only the policy
-				// switched) made QEMU 7.2 under TCG stop the guest in a state
-				// whose kernel crashed on the destination (README, "What we learned").
+				// QEMU may switch by itself only within heldDowntime; the
+				// policy raises the limit when it decides a longer pause is
+				// worth it, or switches by post-copy. (A limit of 1 ms once
+				// seemed to crash guests under TCG: that was QEMU 7.2 losing
+				// writes, more passes losing more; README, "What we learned".)
 				// Best effort: if QEMU refuses, its default limit (300 ms)
 				// still bounds the pause.
 				_ = m.src.lv.DomainMigrateSetMaxDowntime(m.dom.dom, uint64(m.heldDowntime()/time.Millisecond), 0)

@@ -134,16 +134,11 @@ func TestMigrateJSONThereAndHumanBack(t *testing.T) {
 	}
 }
 
-func TestCtrlCAbortsAndTheGuestKeepsRunningOnTheSource(t *testing.T) {
-	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
-	stdout, _ := cmd.StdoutPipe()
-	var errOut bytes.Buffer
-	cmd.Stderr = &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	sc := bufio.NewScanner(stdout)
+// slowMigration starts a slow migration to the workstation and returns
+// once memory flows, with the rest of its --json output and its stderr.
+func slowMigration(t *testing.T) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
+	cmd, sc, errOut := startHandoff(t, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
 	for sc.Scan() {
 		var p struct {
 			TransferredBytes uint64 `json:"transferred_bytes"`
@@ -153,6 +148,26 @@ func TestCtrlCAbortsAndTheGuestKeepsRunningOnTheSource(t *testing.T) {
 			break
 		}
 	}
+	return cmd, sc, errOut
+}
+
+// startHandoff runs handoff in the background, its stdout to be read line
+// by line; it is killed when the test ends.
+func startHandoff(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	stdout, _ := cmd.StdoutPipe()
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return cmd, bufio.NewScanner(stdout), &errOut
+}
+
+func TestCtrlCAbortsAndTheGuestKeepsRunningOnTheSource(t *testing.T) {
+	cmd, sc, errOut := slowMigration(t)
 	cmd.Process.Signal(syscall.SIGINT)
 	for sc.Scan() {
 	}
@@ -196,21 +211,7 @@ func TestMigrateBadInput(t *testing.T) {
 // client with SIGKILL once memory flows: the job goes on in libvirtd.
 func startAndLose(t *testing.T) {
 	t.Helper()
-	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		var p struct {
-			TransferredBytes uint64 `json:"transferred_bytes"`
-		}
-		json.Unmarshal(sc.Bytes(), &p)
-		if p.TransferredBytes > 0 {
-			break
-		}
-	}
+	cmd, _, _ := slowMigration(t)
 	cmd.Process.Kill()
 	cmd.Wait()
 	if st := statusJSON(t); st.GuestHost != "server" || st.MigratingSince == "" {
@@ -221,15 +222,7 @@ func startAndLose(t *testing.T) {
 func TestAMigrationOutlivesItsClient(t *testing.T) {
 	// Taken over, then Ctrl-C: the job is aborted, the guest stays home.
 	startAndLose(t)
-	cmd := exec.Command(bin, "migrate", "--lab", theLab.Dir)
-	stdout, _ := cmd.StdoutPipe()
-	var errOut bytes.Buffer
-	cmd.Stderr = &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	sc := bufio.NewScanner(stdout)
+	cmd, sc, errOut := startHandoff(t, "migrate", "--lab", theLab.Dir)
 	var said []string
 	for sc.Scan() {
 		said = append(said, sc.Text())

@@ -200,14 +200,12 @@ func checkpointText(c Checkpoint, now time.Time) string {
 	case c.Underway:
 		return age + " · saving now"
 	}
-	// When the next one comes goes before the last one's figures: a
-	// narrow dashboard cuts the end of the line.
 	text := age
-	if !c.Next.IsZero() {
-		text += " · next in " + max(0, c.Next.Sub(now)).Round(time.Second).String()
-	}
 	if !c.Last.IsZero() {
 		text += fmt.Sprintf(" (%s sent, pause %d ms)", units.Bytes(uint64(c.Bytes)), c.Pause.Milliseconds())
+	}
+	if !c.Next.IsZero() {
+		text += " · next in " + max(0, c.Next.Sub(now)).Round(time.Second).String()
 	}
 	return text
 }

@@ -355,12 +355,12 @@ func TestCheckpointText(t *testing.T) {
 		{"none yet, one planned", Checkpoint{Next: now.Add(9*time.Minute + 30*time.Second)}, "none yet · next in 9m30s"},
 		{"the first under way", Checkpoint{Underway: true}, "none yet · saving now"},
 		{"committed", Checkpoint{Last: now.Add(-2 * time.Minute), ID: "c1", Bytes: 3_100_000, Pause: 212 * time.Millisecond, Next: now.Add(8 * time.Minute)},
-			"2m0s ago · next in 8m0s (3.1 MB sent, pause 212 ms)"},
+			"2m0s ago (3.1 MB sent, pause 212 ms) · next in 8m0s"},
 		{"kept as a branch", Checkpoint{Last: now.Add(-5 * time.Second), ID: "c2", Branch: "desktop-laptop-20261202T095955", Underway: true},
 			"5s ago, as branch desktop-laptop-20261202T095955 (lease gone) · saving now"},
 		{"one waits while the server is out of reach", Checkpoint{Last: now.Add(-3 * time.Minute), Bytes: 1000, Queued: now.Add(-time.Minute), Next: now.Add(20 * time.Second)},
 			"3m0s ago · one waits for the link"},
-		{"overdue: never a negative wait", Checkpoint{Last: now.Add(-time.Minute), Next: now.Add(-time.Second)}, "1m0s ago · next in 0s (0 B sent, pause 0 ms)"},
+		{"overdue: never a negative wait", Checkpoint{Last: now.Add(-time.Minute), Next: now.Add(-time.Second)}, "1m0s ago (0 B sent, pause 0 ms) · next in 0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := checkpointText(tc.c, now); got != tc.want {

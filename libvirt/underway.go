@@ -41,6 +41,14 @@ func FindUnderWay(src *Conn, name string) (*UnderWay, error) {
 }
 
 func underWay(dom *Domain) (*UnderWay, error) {
+	// A domain that is not running has no job, and libvirt refuses to
+	// read one: leave it to the caller to say what its state means.
+	switch st, err := dom.State(); {
+	case err != nil:
+		return nil, err
+	case st == StateShutoff || st == StateOther:
+		return nil, nil
+	}
 	typ, params, err := dom.conn.lv.DomainGetJobStats(dom.dom, 0)
 	if err != nil {
 		if golibvirt.IsNotFound(err) {

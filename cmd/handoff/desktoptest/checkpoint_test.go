@@ -89,7 +89,14 @@ func lostLaptop(t *testing.T) error {
 		t.Errorf("the refused checkpoint is not kept as a branch on the server: %q %+v, %v", branch, b, err)
 	}
 	kill()
-	term.WaitFor("EXITED", 30*time.Second) // 137, where the killed app left the cursor
+	// Gone when pgrep no longer finds it: the shell's "EXITED 137" lands
+	// where the killed app left the cursor, and may wrap across lines.
+	for deadline := time.Now().Add(30 * time.Second); exec.Command("pgrep", "-f", "^"+regexp.QuoteMeta(cmdline)).Run() == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the grab still runs 30 s after kill -9")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if r := labtest.Run(t, "virsh", "-c", theLab.Workstation.URI, "destroy", image); r.Code != 0 {
 		t.Fatalf("virsh destroy on the workstation: %s%s", r.Stdout, r.Stderr)
 	}

@@ -139,7 +139,7 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 	if u, err := underWay(dom); err != nil {
 		return nil, err
 	} else if u != nil {
-		return nil, &UnderWayError{*u}
+		return nil, &UnderWayError{UnderWay: *u, Dest: dst.uri}
 	}
 	if there, err := dst.Lookup(name); err == nil {
 		if st, _ := there.State(); st == StateRunning || st == StatePaused {
@@ -215,12 +215,15 @@ func newMigration(src, dst *Conn, dom *Domain, opts Options, tun *tunnel) *Migra
 }
 
 // perform runs the job in the source's libvirtd, returning when it ends.
-func (m *Migration) perform() error {
+func (m *Migration) perform() error { return m.performWith(0) }
+
+// performWith is perform with more flags, as a resume's.
+func (m *Migration) performWith(extra golibvirt.DomainMigrateFlags) error {
 	peer := m.opts.PeerURI
 	if peer == "" {
 		peer = m.dst.uri
 	}
-	_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags())
+	_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags()|extra)
 	return err
 }
 
@@ -534,12 +537,7 @@ func (m *Migration) resumePostCopy(ctx context.Context, delay time.Duration) err
 		return errStoppedResuming
 	case <-time.After(delay):
 	}
-	peer := m.opts.PeerURI
-	if peer == "" {
-		peer = m.dst.uri
-	}
-	_, err := m.src.lv.DomainMigratePerform3Params(m.dom.dom, golibvirt.OptString{peer}, m.params(), nil, m.flags()|golibvirt.MigratePostcopy|golibvirt.MigratePostcopyResume)
-	return err
+	return m.performWith(golibvirt.MigratePostcopy | golibvirt.MigratePostcopyResume)
 }
 
 func (m *Migration) linkLostReason(lost error, resumes int, last error) string {

@@ -23,11 +23,14 @@ type UnderWay struct {
 
 // UnderWayError is Start's refusal to begin a second migration of a domain
 // whose first one still runs.
-type UnderWayError struct{ UnderWay }
+type UnderWayError struct {
+	UnderWay
+	Dest string // the destination the refused move named
+}
 
 func (e *UnderWayError) Error() string {
-	return fmt.Sprintf("a migration of %s from %s is under way since %s (%v ago), started by a client that is gone or still running: take it over with 'handoff migrate --from %s --to DEST %s', which drives it on and aborts it on Ctrl-C",
-		e.Domain, e.Source, e.Since.Format(time.TimeOnly), e.Elapsed.Round(time.Second), e.Source, e.Domain)
+	return fmt.Sprintf("a migration of %s from %s is under way since %s (%v ago), started by a client that is gone or still running: take it over with 'handoff migrate --from %s --to %s %s' (its own destination), which drives it on and aborts it on Ctrl-C",
+		e.Domain, e.Source, e.Since.Format(time.TimeOnly), e.Elapsed.Round(time.Second), e.Source, e.Dest, e.Domain)
 }
 
 // FindUnderWay returns the outgoing migration of name running on src, or

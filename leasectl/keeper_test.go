@@ -17,7 +17,7 @@ func TestKeeperRenewsUntilTheLeaseIsStolen(t *testing.T) {
 	if err := sv.Create(ctx, "desktop"); err != nil {
 		t.Fatal(err)
 	}
-	k := &Keeper{Client: NewClient(srv.URL, token, fingerprintOf(srv)), Image: "desktop", Holder: "laptop", TTL: 600 * time.Millisecond}
+	k := &Keeper{Client: NewClient(srv.URL, token, fingerprintOf(srv)), Image: "desktop", Holder: "laptop", TTL: 2 * time.Second}
 	l, err := k.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)

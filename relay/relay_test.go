@@ -1,0 +1,253 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// hostOn is a Host on one loopback address: the test's "server" and
+// "workstation" are two, so each can listen on the same port.
+func hostOn(ip string) Host {
+	return Host{
+		Listen: func(port int) (net.Listener, error) {
+			return net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		},
+		Dial: func(ctx context.Context, port int) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		},
+	}
+}
+
+// startServer runs the relay's server end behind real TLS, as serve mounts
+// it, on a link of linkRate bytes/s each way.
+func startServer(t *testing.T, host Host, linkRate float64) Server {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	mux.Handle("/v1/relay/", http.StripPrefix("/v1/relay", Handler(ctx, host)))
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener = slowListener{srv.Listener, linkRate}
+	srv.StartTLS()
+	t.Cleanup(func() { cancel(); srv.Close() })
+	return Server{URL: srv.URL, Token: "t", TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &slowConn{Conn: c, rate: linkRate}, nil
+		}}
+}
+
+// slowConn writes at most rate bytes/s: a link the relay must fill.
+type slowConn struct {
+	net.Conn
+	rate float64
+}
+
+func (c *slowConn) Write(p []byte) (int, error) {
+	time.Sleep(time.Duration(float64(len(p)) / c.rate * float64(time.Second)))
+	return c.Conn.Write(p)
+}
+
+type slowListener struct {
+	net.Listener
+	rate float64
+}
+
+func (l slowListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &slowConn{Conn: c, rate: l.rate}, nil
+}
+
+// guestMemory is a stream like a migration's: text-like pages that
+// compress, and random ones that do not.
+func guestMemory(size int) []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	b := make([]byte, size)
+	words := []string{"kernel ", "page ", "cache ", "systemd ", "\x00\x00\x00\x00", "libc.so.6 ", "handoff "}
+	for off := 0; off < size; off += 4096 {
+		page := b[off:min(off+4096, size)]
+		if off/4096%4 == 3 {
+			for i := range page {
+				page[i] = byte(r.Uint32())
+			}
+			continue
+		}
+		for i := 0; i < len(page); {
+			i += copy(page[i:], words[r.IntN(len(words))])
+		}
+	}
+	return b
+}
+
+// migrate plays both QEMUs over a carried port: the source sends memory and
+// half-closes, the destination answers on the return path with the sum of
+// what it got, as post-copy's requests go the other way.
+func migrate(t *testing.T, source, destination Host, port int, memory []byte) {
+	t.Helper()
+	ln, err := destination.Listen(port)
+	if err != nil {
+		t.Fatalf("the destination QEMU cannot listen on %d: %v", port, err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		sum := fmt.Sprintf("%d %x", n, h.Sum(nil))
+		if err != nil {
+			sum = err.Error()
+		}
+		io.WriteString(c, sum)
+		c.(*net.TCPConn).CloseWrite()
+		got <- sum
+	}()
+	src, err := source.Dial(context.Background(), port)
+	if err != nil {
+		t.Fatalf("the source QEMU cannot reach its relay on %d: %v", port, err)
+	}
+	defer src.Close()
+	if _, err := src.Write(memory); err != nil {
+		t.Fatalf("send memory: %v", err)
+	}
+	src.(*net.TCPConn).CloseWrite()
+	answer, err := io.ReadAll(src)
+	if err != nil {
+		t.Fatalf("read the return path: %v", err)
+	}
+	want := fmt.Sprintf("%d %x", len(memory), sha256.Sum256(memory))
+	if d := <-got; d != want {
+		t.Fatalf("the destination got %s, want %s", d, want)
+	}
+	if string(answer) != want {
+		t.Fatalf("the return path carried %q, want %q", answer, want)
+	}
+}
+
+func TestCarrierMovesStreamsBothWaysCompressed(t *testing.T) {
+	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
+	srv := startServer(t, server, 8e6)
+	memory := guestMemory(12 << 20)
+	for _, tc := range []struct {
+		name                string
+		toServer            bool
+		source, destination Host
+	}{
+		{"grab: the server sends", false, server, workstation},
+		{"hand back: the workstation sends", true, workstation, server},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stats := &Stats{}
+			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer, Stats: stats}
+			port, stop, err := c.Carry(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			migrate(t, tc.source, tc.destination, port, memory)
+			// A post-copy resume connects to the same port again.
+			migrate(t, tc.source, tc.destination, port, memory[:1<<20])
+			raw, wire := stats.Raw.Load(), stats.Wire.Load()
+			if raw != uint64(len(memory)+1<<20) {
+				t.Errorf("the workstation's end counted %d stream bytes, want %d", raw, len(memory)+1<<20)
+			}
+			// A quarter of the pages are random: at best about 0.25 + 0.75/4.
+			if r := stats.Ratio(); r > 0.6 {
+				mode, why := stats.Mode()
+				t.Errorf("the link carried %d bytes for %d (%.2f): not compressed (%v: %s)", wire, raw, r, mode, why)
+			}
+			stop()
+			if c, err := tc.source.Dial(context.Background(), port); err == nil && !tc.toServer {
+				c.Close() // the server keeps its port a while for a resume
+			} else if err == nil {
+				c.Close()
+				t.Error("the workstation still listens after stop")
+			}
+		})
+	}
+}
+
+func TestCarrierSaysWhenTheServerIsOlder(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	c := &Carrier{Server: Server{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig}, Local: hostOn("127.0.0.1")}
+	for _, toServer := range []bool{false, true} {
+		c.ToServer = toServer
+		if _, _, err := c.Carry(context.Background()); !errors.Is(err, ErrNoRelay) {
+			t.Errorf("to server %v: %v, want ErrNoRelay", toServer, err)
+		}
+	}
+}
+
+func TestServerForgetsASessionWhoseWorkstationLeft(t *testing.T) {
+	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
+	srv := startServer(t, server, 1e9)
+	c := &Carrier{Server: srv, Local: workstation}
+	port, stop, err := c.Carry(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop() // the workstation's waiting session goes away
+	// The server's next waiting session is a new workstation's; the old
+	// one must not take the source QEMU's connection and lose it.
+	c2 := &Carrier{Server: srv, Local: workstation}
+	link, _, err := c2.Server.session(context.Background(), "send", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spareStats := &Stats{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		started := make(chan struct{})
+		c2.Stats = spareStats
+		c2.receiveOn(context.Background(), link, port, started)
+	}()
+	time.Sleep(100 * time.Millisecond) // the old session's end reaches the server
+	ln, err := workstation.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	src, err := server.Dial(context.Background(), port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("page "), 1000)
+	src.Write(msg)
+	src.(*net.TCPConn).CloseWrite()
+	dst, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(dst)
+	dst.Close()
+	src.Close()
+	<-done
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("the destination got %d bytes, want %d: the stream went to a session that was gone", len(got), len(msg))
+	}
+}

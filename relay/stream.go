@@ -1,0 +1,351 @@
+package relay
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// A frame on the link is a kind byte, the payload's length (4 bytes, big
+// endian) and the payload: the stream's bytes as they came, or one zstd
+// frame of them. Every frame stands alone, so a frame is a flush: what the
+// source QEMU wrote reaches the destination without waiting for more.
+const (
+	frameRaw    byte = 0
+	frameZstd   byte = 1
+	frameHeader      = 5
+	// readSize is the most one frame carries. A read returns what QEMU has
+	// written so far, so a page answered in post-copy goes out in a frame
+	// of its own at once, while a bulk copy fills whole frames.
+	readSize = 256 << 10
+	maxFrame = 2 * readSize
+	// window is how often the sender measures and chooses its mode.
+	window = 500 * time.Millisecond
+	// linkMemory is how long a measured link rate stays believed while the
+	// link is no longer full.
+	linkMemory = 10 * time.Second
+	// blockedWrite: a write that took longer waited for the link.
+	blockedWrite = time.Millisecond
+	// sampleEvery: while passing through, one frame in this many is
+	// compressed anyway, to keep Ratio and CompressRate current.
+	sampleEvery = 8
+)
+
+// Stats counts what one end moved, the stream's bytes and the link's;
+// safe to read while it runs.
+type Stats struct {
+	Raw  atomic.Uint64 // stream bytes from the source QEMU
+	Wire atomic.Uint64 // bytes the link carried for them
+	mode atomic.Int32
+	why  atomic.Pointer[string]
+}
+
+// Mode is the sender's mode now, and why it was chosen.
+func (s *Stats) Mode() (Mode, string) {
+	why := ""
+	if p := s.why.Load(); p != nil {
+		why = *p
+	}
+	return Mode(s.mode.Load()), why
+}
+
+// Ratio is wire bytes over stream bytes so far; 1 before any.
+func (s *Stats) Ratio() float64 {
+	raw := s.Raw.Load()
+	if raw == 0 {
+		return 1
+	}
+	return float64(s.Wire.Load()) / float64(raw)
+}
+
+// Send carries one migration stream: what the source QEMU writes on qemu
+// goes to link in frames, compressed as Choose decides, and what comes back
+// on link (the destination's return path, post-copy's page requests) goes to
+// qemu as it is. It returns when both directions have ended, or ctx has.
+func Send(ctx context.Context, qemu, link net.Conn, stats *Stats) error {
+	return carry(ctx, qemu, link, func() error { return sendFrames(qemu, link, stats) }, func() error { return copyClosing(qemu, link) })
+}
+
+// Receive is Send's other end: frames from link become the stream into
+// qemu (the destination QEMU), and qemu's return path goes back on link.
+func Receive(ctx context.Context, link, qemu net.Conn, stats *Stats) error {
+	return carry(ctx, qemu, link, func() error { return receiveFrames(link, qemu, stats) }, func() error { return copyClosing(link, qemu) })
+}
+
+// carry runs both directions of a connection pair until both end; closing
+// both ends them when ctx ends.
+func carry(ctx context.Context, a, b net.Conn, forth, back func() error) error {
+	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
+	defer stop()
+	errs := make(chan error, 2)
+	run := func(f func() error) {
+		err := f()
+		if err != nil { // a broken direction ends the other too
+			a.Close()
+			b.Close()
+		}
+		errs <- err
+	}
+	go run(forth)
+	go run(back)
+	err := errors.Join(<-errs, <-errs)
+	a.Close()
+	b.Close()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// copyClosing copies src to dst and then half-closes dst, so the other end
+// sees the end of this direction while the other still runs.
+func copyClosing(dst, src net.Conn) error {
+	_, err := io.Copy(dst, src)
+	closeWrite(dst)
+	if isClosed(err) {
+		return nil
+	}
+	return err
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// isClosed says the error is only one end closing: how a stream ends when
+// the job is over, or the other direction closed both.
+func isClosed(err error) bool {
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// sendFrames reads qemu into frames and writes them to link: one goroutine
+// compresses while another writes, so the two cores both work.
+func sendFrames(qemu, link net.Conn, stats *Stats) error {
+	frames := make(chan []byte, 4)
+	var written sync.WaitGroup
+	var writeErr error
+	var blocked blockedWrites
+	written.Go(func() {
+		for f := range frames {
+			start := time.Now()
+			_, err := link.Write(f)
+			if d := time.Since(start); d > blockedWrite {
+				blocked.add(len(f), d)
+			}
+			if err != nil {
+				writeErr = err
+				qemu.Close() // stop reading: nothing can go on
+				for range frames {
+				}
+				return
+			}
+			stats.Wire.Add(uint64(len(f)))
+		}
+		closeWrite(link)
+	})
+	s, err := newSender(stats, &blocked)
+	if err == nil {
+		err = s.run(qemu, frames)
+	}
+	close(frames)
+	written.Wait()
+	if writeErr != nil {
+		return fmt.Errorf("send the migration stream: %w", writeErr)
+	}
+	if isClosed(err) {
+		return nil
+	}
+	return err
+}
+
+// blockedWrites sums the writes that waited for the link: their bytes over
+// their time is the link's rate.
+type blockedWrites struct {
+	mu    sync.Mutex
+	bytes int
+	took  time.Duration
+}
+
+func (b *blockedWrites) add(n int, d time.Duration) {
+	b.mu.Lock()
+	b.bytes += n
+	b.took += d
+	b.mu.Unlock()
+}
+
+func (b *blockedWrites) take() (int, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, d := b.bytes, b.took
+	b.bytes, b.took = 0, 0
+	return n, d
+}
+
+type sender struct {
+	stats   *Stats
+	blocked *blockedWrites
+	fast    *zstd.Encoder
+	dense   *zstd.Encoder
+	mode    Mode
+
+	windowStart time.Time
+	busy        time.Duration // compressing, this window
+	sampledRaw  int           // raw bytes compressed, this window
+	sampledOut  int
+	fastTime    time.Duration // fastest-level-equivalent time for sampledRaw
+	frames      int
+	link        float64 // bytes/s, last measured
+	linkAt      time.Time
+}
+
+func newSender(stats *Stats, blocked *blockedWrites) (*sender, error) {
+	fast, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return nil, err
+	}
+	dense, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return nil, err
+	}
+	s := &sender{stats: stats, blocked: blocked, fast: fast, dense: dense, windowStart: time.Now()}
+	s.setMode(Choose(Measure{}))
+	return s, nil
+}
+
+func (s *sender) setMode(m Mode, why string) {
+	s.mode = m
+	s.stats.mode.Store(int32(m))
+	s.stats.why.Store(&why)
+}
+
+func (s *sender) run(qemu net.Conn, frames chan<- []byte) error {
+	for {
+		buf := make([]byte, frameHeader+readSize)
+		n, err := qemu.Read(buf[frameHeader:])
+		if n > 0 {
+			s.stats.Raw.Add(uint64(n))
+			frames <- s.frame(buf, n)
+			s.measure()
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// frame makes a frame of the n stream bytes that follow buf's header room.
+func (s *sender) frame(buf []byte, n int) []byte {
+	raw := buf[frameHeader : frameHeader+n]
+	s.frames++
+	enc, denseLevel := s.fast, false
+	switch {
+	case s.mode == Dense:
+		enc, denseLevel = s.dense, true
+	case s.mode == Raw && s.frames%sampleEvery != 0:
+		return putHeader(buf[:frameHeader+n], frameRaw)
+	}
+	start := time.Now()
+	out := enc.EncodeAll(raw, make([]byte, frameHeader, frameHeader+n/2))
+	took := time.Since(start)
+	s.busy += took
+	if denseLevel {
+		took = time.Duration(float64(took) / denseCost)
+	}
+	s.sampledRaw += n
+	s.sampledOut += len(out) - frameHeader
+	s.fastTime += took
+	if len(out) >= frameHeader+n {
+		return putHeader(buf[:frameHeader+n], frameRaw)
+	}
+	return putHeader(out, frameZstd)
+}
+
+func putHeader(f []byte, kind byte) []byte {
+	f[0] = kind
+	binary.BigEndian.PutUint32(f[1:frameHeader], uint32(len(f)-frameHeader))
+	return f
+}
+
+// measure closes a window when one has passed and lets Choose pick the next
+// window's mode.
+func (s *sender) measure() {
+	now := time.Now()
+	elapsed := now.Sub(s.windowStart)
+	if elapsed < window {
+		return
+	}
+	var m Measure
+	if s.sampledRaw > 0 && s.fastTime > 0 {
+		m.Ratio = float64(s.sampledOut) / float64(s.sampledRaw)
+		m.CompressRate = float64(s.sampledRaw) / s.fastTime.Seconds()
+	}
+	m.Busy = s.busy.Seconds() / elapsed.Seconds()
+	if n, took := s.blocked.take(); took > elapsed/10 {
+		s.link, s.linkAt = float64(n)/took.Seconds(), now
+	}
+	if now.Sub(s.linkAt) < linkMemory {
+		m.LinkRate = s.link
+	}
+	if m.Ratio > 0 {
+		s.setMode(Choose(m))
+	}
+	s.windowStart, s.busy, s.sampledRaw, s.sampledOut, s.fastTime = now, 0, 0, 0, 0
+}
+
+// receiveFrames undoes sendFrames: each frame's bytes, decompressed where
+// they were compressed, go to qemu in order.
+func receiveFrames(link, qemu net.Conn, stats *Stats) error {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxFrame))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	header := make([]byte, frameHeader)
+	payload := make([]byte, maxFrame)
+	var out []byte
+	for {
+		if _, err := io.ReadFull(link, header); err != nil {
+			closeWrite(qemu)
+			if isClosed(err) {
+				return nil
+			}
+			return fmt.Errorf("receive the migration stream: %w", err)
+		}
+		size := binary.BigEndian.Uint32(header[1:])
+		if size > maxFrame {
+			return fmt.Errorf("receive the migration stream: a frame of %d bytes, more than the %d a sender makes: the other end is not a handoff relay of this version", size, maxFrame)
+		}
+		p := payload[:size]
+		if _, err := io.ReadFull(link, p); err != nil {
+			return fmt.Errorf("receive the migration stream: a frame cut short: %w", err)
+		}
+		switch header[0] {
+		case frameRaw:
+			out = p
+		case frameZstd:
+			if out, err = dec.DecodeAll(p, out[:0]); err != nil {
+				return fmt.Errorf("receive the migration stream: a damaged frame: %w", err)
+			}
+		default:
+			return fmt.Errorf("receive the migration stream: unknown frame kind %d: the other end is not a handoff relay of this version", header[0])
+		}
+		if _, err := qemu.Write(out); err != nil {
+			return fmt.Errorf("write the migration stream to QEMU: %w", err)
+		}
+		stats.Wire.Add(uint64(frameHeader + size))
+		stats.Raw.Add(uint64(len(out)))
+		if header[0] == frameRaw {
+			out = nil // p is the read buffer, not out's to reuse
+		}
+	}
+}

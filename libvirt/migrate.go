@@ -55,6 +55,21 @@ type Options struct {
 	// SharedDisks says both hosts see the domain's disk files at the same
 	// paths (NFS, say), so nothing is copied.
 	SharedDisks bool
+	// Stream, if set, carries the memory stream instead of a direct
+	// connection or the SSH tunnel: handoff's compressing relay. When it
+	// cannot (an older server), the stream goes as it would without it,
+	// and Plan().Reason says why.
+	Stream StreamCarrier
+}
+
+// StreamCarrier opens ways for a migration's memory stream between the
+// two hosts.
+type StreamCarrier interface {
+	// Carry opens one: the source QEMU sends to 127.0.0.1:port on its
+	// host, and every connection made there (a post-copy resume makes
+	// another) reaches 127.0.0.1:port on the destination host, where its
+	// QEMU listens. It lives until stop, whatever becomes of ctx.
+	Carry(ctx context.Context) (port int, stop func(), err error)
 }
 
 // DiskCopy says how a migration carries disks: QEMU mirrors them over NBD
@@ -105,8 +120,9 @@ type Migration struct {
 	dom      *Domain
 	opts     Options
 
-	tunnel *tunnel          // nil unless one side is reached over SSH
-	phase  switchover.Phase // where drive starts: setup, or post-copy for a job taken over there
+	tunnel     *tunnel          // nil unless one side is reached over SSH
+	stopStream func()           // ends Options.Stream's way; nil without one
+	phase      switchover.Phase // where drive starts: setup, or post-copy for a job taken over there
 
 	progress chan Progress
 	requests chan request
@@ -189,7 +205,22 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			opts.Disks = &c
 		}
 	}
+	var stopStream func()
+	if opts.Stream != nil {
+		port, stop, err := opts.Stream.Carry(ctx)
+		if err != nil {
+			plan := *opts.Plan
+			plan.Reason += fmt.Sprintf("; memory goes uncompressed: %v", err)
+			opts.Plan = &plan
+		} else {
+			opts.MigrateURI, opts.ListenAddress, stopStream = fmt.Sprintf("tcp://127.0.0.1:%d", port), "127.0.0.1", stop
+			plan := *opts.Plan
+			plan.Reason += "; memory goes through handoff's zstd relay"
+			opts.Plan = &plan
+		}
+	}
 	m := newMigration(src, dst, dom, opts, tun)
+	m.stopStream = stopStream
 	go m.drive(ctx, m.perform)
 	return m, nil
 }
@@ -343,6 +374,9 @@ func (m *Migration) drive(ctx context.Context, perform func() error) {
 	defer close(m.progress)
 	if m.tunnel != nil {
 		defer m.tunnel.Close()
+	}
+	if m.stopStream != nil {
+		defer m.stopStream()
 	}
 
 	performed := make(chan error, 1)

@@ -42,8 +42,11 @@ type ResultRecord struct {
 	Iterations       uint64 `json:"iterations"`
 	// DiskBytes is what the disks' own transfer put on the link, apart
 	// from the migration stream.
-	DiskBytes int64  `json:"disk_bytes,omitempty"`
-	Error     string `json:"error,omitempty"`
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
+	// RelayBytes is what the migration stream put on the link after
+	// handoff's relay compressed it; TransferredBytes is QEMU's count.
+	RelayBytes uint64 `json:"relay_bytes,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // Record is r as the final --json line.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/relay"
 	"github.com/handoff-dev/handoff/syncengine"
 )
 
@@ -29,6 +30,10 @@ images over HTTPS, one bearer token per device. On first start it makes a
 self-signed certificate and a token for your first device, and prints how to
 log in with them. 'handoff serve token add NAME' adds a device. Stop it with
 Ctrl-C; every acknowledged change is on disk.
+
+A device that moves a VM carries its memory stream through the server's
+relay (/v1/relay/, compressed with zstd): the server's QEMU talks to it on
+127.0.0.1, and the device opens every connection, so it may sit behind NAT.
 
 A device may ask the server to index an image on the server's own disk into
 its store ('handoff sync index PATH'), or to write an image from its store to
@@ -54,6 +59,7 @@ its disk ('handoff sync checkout ROOT PATH'): only inside the --images folders.`
 		Mounts: map[string]http.Handler{
 			"/v1/chunks/": http.StripPrefix("/v1/chunks", syncengine.Handler(chunkStore, codec)),
 			"/v1/disks/":  http.StripPrefix("/v1/disks", disks.Handler()),
+			"/v1/relay/":  http.StripPrefix("/v1/relay", relay.Handler(ctx, relay.Loopback())),
 		}})
 }
 

@@ -83,6 +83,10 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	if *workstation == "" {
 		*workstation = "qemu:///system"
 	}
+	if *opts.relay {
+		toWS.Stream = streamRelay(labMode, *server, *workstation, nil)
+		toSrv.Stream = streamRelay(labMode, *workstation, *server, nil)
+	}
 	srv, ws, closeHosts, err := connectPair(ctx, *server, *workstation)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/relay"
 	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/units"
@@ -57,6 +58,12 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err := resolveEndpoints(ctx, *labDir, from, to, &name, &o); err != nil {
 		return err
 	}
+	var stream *relay.Stats
+	if *opts.relay {
+		stream = &relay.Stats{}
+		l, _ := lab.Load(*labDir)
+		o.Stream = streamRelay(l, *from, *to, stream)
+	}
 	src, dst, closeHosts, err := connectPair(ctx, *from, *to)
 	if err != nil {
 		return err
@@ -102,7 +109,7 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err == nil {
 		tidy = move.Finish(context.WithoutCancel(ctx))
 	}
-	if err := reportEnd(res, err, move.SentBytes, *jsonOut, stdout, name, *to); err != nil {
+	if err := reportEnd(res, err, move.SentBytes, stream, *jsonOut, stdout, name, *to); err != nil {
 		return err
 	}
 	if tidy != nil {
@@ -123,7 +130,7 @@ func takeOver(ctx context.Context, src, dst *libvirt.Conn, u *libvirt.UnderWay, 
 			u.Domain, u.Source, to, u.Since.Format(time.TimeOnly), u.Elapsed.Round(time.Second))
 	}
 	res, err := libvirt.Run(m, progressReporter(jsonOut, stdout))
-	return reportEnd(res, err, 0, jsonOut, stdout, u.Domain, to)
+	return reportEnd(res, err, 0, nil, jsonOut, stdout, u.Domain, to)
 }
 
 func progressReporter(jsonOut bool, stdout io.Writer) func(libvirt.Progress) {
@@ -134,11 +141,18 @@ func progressReporter(jsonOut bool, stdout io.Writer) func(libvirt.Progress) {
 	return humanReporter(stdout)
 }
 
-// reportEnd prints how the job ended and returns its error.
-func reportEnd(res libvirt.Result, err error, diskBytes int64, jsonOut bool, stdout io.Writer, name, to string) error {
+// reportEnd prints how the job ended and returns its error; stream is the
+// relay's count, nil or empty without one.
+func reportEnd(res libvirt.Result, err error, diskBytes int64, stream *relay.Stats, jsonOut bool, stdout io.Writer, name, to string) error {
+	var relayed string
+	var relayBytes uint64
+	if stream != nil && stream.Raw.Load() > 0 {
+		relayBytes = stream.Wire.Load()
+		relayed = fmt.Sprintf(" (%s on the link after the relay's zstd, %.0f%%)", units.Bytes(relayBytes), 100*stream.Ratio())
+	}
 	if jsonOut {
 		rec := res.Record()
-		rec.DiskBytes = diskBytes
+		rec.DiskBytes, rec.RelayBytes = diskBytes, relayBytes
 		if err != nil {
 			rec.Phase, rec.Error = "failed", err.Error()
 			if errors.Is(err, libvirt.ErrAborted) {
@@ -151,8 +165,8 @@ func reportEnd(res libvirt.Result, err error, diskBytes int64, jsonOut bool, std
 		return err
 	}
 	if !jsonOut {
-		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent\n",
-			name, to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred))
+		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent%s\n",
+			name, to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred), relayed)
 	}
 	return nil
 }
@@ -168,6 +182,7 @@ type migrateOptions struct {
 	link          *string
 	migrateURI    *string
 	peerURI       *string
+	relay         *bool
 }
 
 func migrateFlags(fs interface {
@@ -186,6 +201,7 @@ func migrateFlags(fs interface {
 		link:          fs.String("link", "", "the link's rate, as 20mbit, for --plan auto (the lab knows its own)"),
 		migrateURI:    fs.String("migrate-uri", "", "where the source QEMU sends memory (tcp://HOST[:PORT]); default: libvirt's choice"),
 		peerURI:       fs.String("peer-uri", "", "the destination URI as the source's libvirtd reaches it; default: --to"),
+		relay:         fs.Bool("relay", true, "carry memory through the server's handoff relay, compressed with zstd, where the server runs handoff serve (the lab's does); false: QEMU's own stream, uncompressed"),
 	}
 }
 

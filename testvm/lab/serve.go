@@ -18,6 +18,7 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/netns"
 	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/relay"
 	"github.com/handoff-dev/handoff/syncengine"
 )
 
@@ -322,3 +323,26 @@ func pidsWhere(match func(proc string) bool) []int {
 // stopServe stops the lab's serve as Ctrl-C would (its store closes
 // cleanly), and kills it if it will not go.
 func stopServe(dir string) { killAll(servePIDs(dir)) }
+
+// StreamRelay carries a migration's memory stream between the lab's hosts
+// through the lab server's serve, as a workstation does its own server's:
+// the workstation's end reaches its QEMU inside its namespace, and the
+// relay's connection crosses the shaped link. toServer: the VM goes to the
+// server.
+func (l *Lab) StreamRelay(toServer bool, stats *relay.Stats) (*relay.Carrier, error) {
+	in, err := l.ServeLogin()
+	if err != nil {
+		return nil, err
+	}
+	ns := l.Workstation.Netns
+	addr := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	return &relay.Carrier{
+		Server: relay.Server{URL: in.URL, Token: in.Token, TLS: leasectl.PinnedTLS(in.Fingerprint), Dial: l.WorkstationDial},
+		Local: relay.Host{
+			Listen: func(port int) (net.Listener, error) { return netns.Listen(ns, "tcp", addr(port)) },
+			Dial:   func(ctx context.Context, port int) (net.Conn, error) { return netns.Dial(ctx, ns, "tcp", addr(port)) },
+		},
+		ToServer: toServer,
+		Stats:    stats,
+	}, nil
+}

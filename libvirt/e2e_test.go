@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/relay"
 	"github.com/handoff-dev/handoff/switchover"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/testvm/lab/labtest"
@@ -199,7 +200,15 @@ func TestGuestDirtyingFasterThanTheLinkSwitchesByPostCopy(t *testing.T) {
 // post-copy and resets its connections: both QEMUs pause (postcopy-paused),
 // the guest running on the workstation waits for the pages the server
 // holds, and the engine resumes the job once the link is back.
+//
+// Through the relay the broken connections are the relay's own: the
+// workstation opens another session, and the resumed stream rides it.
 func TestPostCopySurvivesABrokenLink(t *testing.T) {
+	t.Run("direct", func(t *testing.T) { postCopySurvivesABrokenLink(t, false) })
+	t.Run("through the relay", func(t *testing.T) { postCopySurvivesABrokenLink(t, true) })
+}
+
+func postCopySurvivesABrokenLink(t *testing.T, relayed bool) {
 	restartGuest(t, lab.GuestConfig{MemMB: 256, DirtyMBps: 40, WSSMB: 48})
 	ctx := context.Background()
 	// A slow link keeps the post-copy going long enough to break it.
@@ -211,6 +220,14 @@ func TestPostCopySurvivesABrokenLink(t *testing.T) {
 	tick := lastTick(t)
 	o := libvirt.Options{Policy: switchover.DefaultConfig(), MigrateURI: theLab.MigrateURI("workstation")}
 	o.Policy.PostCopyAfter = 3 * time.Second
+	stats := &relay.Stats{}
+	if relayed {
+		c, err := theLab.StreamRelay(false, stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Stream = c
+	}
 	m, err := libvirt.Start(ctx, srv, ws, lab.GuestName, o)
 	if err != nil {
 		t.Fatal(err)
@@ -254,6 +271,9 @@ func TestPostCopySurvivesABrokenLink(t *testing.T) {
 	}
 	if res.Mode != "postcopy" || !saidLost {
 		t.Errorf("result %+v, a report said the link was lost: %v; want a post-copy finish, and the loss reported", res, saidLost)
+	}
+	if relayed && (stats.Raw.Load() < res.Transferred/2 || stats.Ratio() > 0.8) {
+		t.Errorf("the relay carried %d stream bytes as %d of QEMU's %d: not the stream, or not compressed", stats.Raw.Load(), stats.Wire.Load(), res.Transferred)
 	}
 	assertGuestLives(t, "workstation", tick)
 }
@@ -345,5 +365,66 @@ func TestBadInputGetsClearErrors(t *testing.T) {
 				t.Fatalf("error = %v, want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestTheRelayCompressesAMoveAndKeepsPostCopy moves the dirtying guest over
+// a 20 Mbit/s link through handoff's relay (serve's end on the server, the
+// workstation's here), there by a post-copy switch and back by a pause:
+// both ends counted fewer bytes on the link than QEMU sent, and the
+// workstation's end of the veth saw no more than the relay counted.
+func TestTheRelayCompressesAMoveAndKeepsPostCopy(t *testing.T) {
+	restartGuest(t, lab.DefaultGuest)
+	ctx := context.Background()
+	if _, err := theLab.Shape(ctx, lab.Link{Bandwidth: "20mbit"}); err != nil {
+		t.Fatal(err)
+	}
+	srv, ws := conns(t)
+	pause := switchover.DefaultConfig()
+	pause.SwitchByPostCopy = false
+	for _, leg := range []struct {
+		from, to *libvirt.Conn
+		toHost   string
+		toServer bool
+		policy   switchover.Config
+	}{{srv, ws, "workstation", false, switchover.DefaultConfig()}, {ws, srv, "server", true, pause}} {
+		stats := &relay.Stats{}
+		carrier, err := theLab.StreamRelay(leg.toServer, stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := theLab.LinkCounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tick := lastTick(t)
+		m, err := libvirt.Start(ctx, leg.from, leg.to, lab.GuestName, libvirt.Options{Policy: leg.policy, Stream: carrier, MigrateURI: theLab.MigrateURI(leg.toHost)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(m.Plan().Reason, "relay") {
+			t.Errorf("plan %q does not say the relay carries memory", m.Plan().Reason)
+		}
+		res, err := libvirt.Run(m, func(libvirt.Progress) {})
+		if err != nil {
+			t.Fatalf("migrate to the %s through the relay: %v", leg.toHost, err)
+		}
+		after, err := theLab.LinkCounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		link := uint64(after.Received + after.Sent - before.Received - before.Sent)
+		mode, why := stats.Mode()
+		t.Logf("to the %s: %s, downtime %v, total %v; QEMU sent %d bytes, the relay %d of %d stream bytes on the link (%v: %s), the veth %d", leg.toHost, res.Mode, res.Downtime, res.Total, res.Transferred, stats.Wire.Load(), stats.Raw.Load(), mode, why, link)
+		if stats.Raw.Load() < res.Transferred/2 || stats.Ratio() > 0.8 {
+			t.Errorf("to the %s: the relay carried %d stream bytes as %d of QEMU's %d: not the stream, or not compressed", leg.toHost, stats.Raw.Load(), stats.Wire.Load(), res.Transferred)
+		}
+		if float64(link) > 1.1*float64(stats.Wire.Load())+4e6 {
+			t.Errorf("to the %s: the link carried %d bytes, the relay only %d: the stream went around it", leg.toHost, link, stats.Wire.Load())
+		}
+		if leg.toHost == "workstation" && res.Mode != "postcopy" {
+			t.Errorf("there: switched by %s, want post-copy through the relay", res.Mode)
+		}
+		assertGuestLives(t, leg.toHost, tick)
 	}
 }

@@ -125,6 +125,9 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// NetConn is the connection under the buffer, for socket options.
+func (c *bufferedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *bufferedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

@@ -4,13 +4,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/handoff-dev/handoff/libvirt"
+	"github.com/handoff-dev/handoff/relay"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/units"
 )
@@ -25,13 +30,20 @@ type Case struct {
 // Row is one measured migration.
 type Row struct {
 	Case        string
-	Tool        string // "handoff" or "virsh"
+	Tool        string // "handoff", "handoff, no relay", "virsh" or "zstd -3 of memory"
 	Mode        string // precopy, postcopy, or "did not converge"
 	Downtime    time.Duration
 	Total       time.Duration
-	Transferred uint64
-	Note        string
+	Transferred uint64 // what QEMU counted
+	// OnLink is what crossed the link both ways while the move ran,
+	// counted at the workstation's end of the veth.
+	OnLink uint64
+	Note   string
 }
+
+// tools are the ways each case is moved: handoff as it ships (memory
+// through its zstd relay), handoff with QEMU's own stream, and virsh.
+var tools = []string{"handoff", "handoff, no relay", "virsh"}
 
 // DefaultCases are the issue's: the realistic guest on three links, and
 // a guest that dirties faster than the slow link carries.
@@ -58,7 +70,13 @@ func Run(ctx context.Context, l *lab.Lab, cases []Case, progress io.Writer) ([]R
 			return rows, err
 		}
 		bound := 2 * time.Duration(float64(c.Guest.MemMB<<20)/(bits/8)*float64(time.Second))
-		for _, tool := range []string{"handoff", "virsh"} {
+		ref, err := reference(ctx, l, c, bits/8)
+		if err != nil {
+			return rows, fmt.Errorf("%s: the zstd reference: %w", c.Name, err)
+		}
+		say("%s: zstd -3 of its memory: %s, %.1f s at the link's rate", c.Name, units.Bytes(ref.Transferred), ref.Total.Seconds())
+		rows = append(rows, ref)
+		for _, tool := range tools {
 			say("%s: %s", c.Name, tool)
 			warning, err := l.Shape(ctx, c.Link)
 			if err != nil {
@@ -74,27 +92,37 @@ func Run(ctx context.Context, l *lab.Lab, cases []Case, progress io.Writer) ([]R
 			if err := l.WaitTick(ctx, 5, time.Minute); err != nil {
 				return rows, err
 			}
+			before, err := l.LinkCounts()
+			if err != nil {
+				return rows, err
+			}
 			var row Row
-			if tool == "handoff" {
-				row, err = runHandoff(ctx, l, bits/8, bound)
-			} else {
+			switch tool {
+			case "virsh":
 				row, err = runVirsh(ctx, l, bound)
+			default:
+				row, err = runHandoff(ctx, l, bits/8, bound, tool == "handoff")
 			}
 			if err != nil {
 				return rows, fmt.Errorf("%s with %s: %w", c.Name, tool, err)
 			}
-			row.Case = c.Name
+			after, err := l.LinkCounts()
+			if err != nil {
+				return rows, err
+			}
+			row.OnLink = uint64(after.Received + after.Sent - before.Received - before.Sent)
+			row.Case, row.Tool = c.Name, tool
 			if st, err := l.GuestSerial(); err == nil && st.Integrity != "ok" {
 				row.Note += " integrity " + st.Integrity
 			}
-			say("  %s: %s, downtime %v, total %v, %s", tool, row.Mode, row.Downtime, row.Total.Round(time.Millisecond), units.Bytes(row.Transferred))
+			say("  %s: %s, downtime %v, total %v, %s on the link", tool, row.Mode, row.Downtime, row.Total.Round(time.Millisecond), units.Bytes(row.OnLink))
 			rows = append(rows, row)
 		}
 	}
 	return rows, nil
 }
 
-func runHandoff(ctx context.Context, l *lab.Lab, linkRate float64, bound time.Duration) (Row, error) {
+func runHandoff(ctx context.Context, l *lab.Lab, linkRate float64, bound time.Duration, relayed bool) (Row, error) {
 	src, dst, err := l.Conns(ctx)
 	if err != nil {
 		return Row{}, err
@@ -103,12 +131,23 @@ func runHandoff(ctx context.Context, l *lab.Lab, linkRate float64, bound time.Du
 	defer dst.Close()
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	m, err := libvirt.Start(ctx, src, dst, lab.GuestName, libvirt.Options{LinkRate: linkRate, MigrateURI: l.MigrateURI(l.Workstation.Name)})
+	o := libvirt.Options{LinkRate: linkRate, MigrateURI: l.MigrateURI(l.Workstation.Name)}
+	stats := &relay.Stats{}
+	if relayed {
+		if o.Stream, err = l.StreamRelay(false, stats); err != nil {
+			return Row{}, err
+		}
+	}
+	m, err := libvirt.Start(ctx, src, dst, lab.GuestName, o)
 	if err != nil {
 		return Row{}, err
 	}
 	res, err := libvirt.Run(m, func(libvirt.Progress) {})
-	row := Row{Tool: "handoff", Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Note: m.Plan().Reason}
+	row := Row{Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Note: m.Plan().Reason}
+	if relayed {
+		mode, why := stats.Mode()
+		row.Note = fmt.Sprintf("relay: %.0f%% of the stream on the link, last %s (%s)", 100*stats.Ratio(), mode, why)
+	}
 	if err != nil {
 		row.Mode, row.Total = "did not converge", bound
 		row.Note = err.Error()
@@ -164,12 +203,62 @@ func parseDomjobinfo(s string) (total, downtime time.Duration, transferred uint6
 	return total, downtime, transferred
 }
 
-// WriteMarkdown writes rows as a markdown table.
+// reference is the case's floor: its guest's memory as zstd -3 makes it
+// (QEMU's own save stream of the fresh guest, which leaves zero pages out
+// as migration does), over the link's rate.
+func reference(ctx context.Context, l *lab.Lab, c Case, linkRate float64) (Row, error) {
+	if err := l.RestartGuest(ctx, c.Guest, nil); err != nil {
+		return Row{}, err
+	}
+	if err := l.WaitTick(ctx, 5, time.Minute); err != nil {
+		return Row{}, err
+	}
+	dir, err := os.MkdirTemp("", "handoff-bench-save-")
+	if err != nil {
+		return Row{}, err
+	}
+	defer os.RemoveAll(dir)
+	// The server's daemon user writes the file: let it into the folder.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return Row{}, err
+	}
+	file := filepath.Join(dir, "memory")
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", l.Server.URI, "save", lab.GuestName, file).CombinedOutput(); err != nil {
+		return Row{}, fmt.Errorf("virsh save: %w: %s", err, out)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return Row{}, err
+	}
+	defer f.Close()
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return Row{}, err
+	}
+	var count countingWriter
+	enc.Reset(&count)
+	raw, err := io.Copy(enc, f)
+	if err == nil {
+		err = enc.Close()
+	}
+	if err != nil {
+		return Row{}, fmt.Errorf("compress the saved memory: %w", err)
+	}
+	return Row{Case: c.Name, Tool: "zstd -3 of memory", Mode: "reference", Transferred: uint64(raw), OnLink: count.n,
+		Total: time.Duration(float64(count.n) / linkRate * float64(time.Second)), Note: "the compressed memory over the link's rate"}, nil
+}
+
+type countingWriter struct{ n uint64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) { w.n += uint64(len(p)); return len(p), nil }
+
+// WriteMarkdown writes rows as a markdown table; "on link" is what crossed
+// the veth, "QEMU sent" what QEMU counted of its stream.
 func WriteMarkdown(w io.Writer, rows []Row) {
-	fmt.Fprintln(w, "| case | tool | mode | downtime | total | sent | note |")
-	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---|")
+	fmt.Fprintln(w, "| case | tool | mode | downtime | total | on link | QEMU sent | note |")
+	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %s | %s | %s | %d ms | %.1f s | %s | %s |\n", r.Case, r.Tool, r.Mode,
-			r.Downtime.Milliseconds(), r.Total.Seconds(), units.Bytes(r.Transferred), strings.TrimSpace(r.Note))
+		fmt.Fprintf(w, "| %s | %s | %s | %d ms | %.1f s | %s | %s | %s |\n", r.Case, r.Tool, r.Mode,
+			r.Downtime.Milliseconds(), r.Total.Seconds(), units.Bytes(r.OnLink), units.Bytes(r.Transferred), strings.TrimSpace(r.Note))
 	}
 }

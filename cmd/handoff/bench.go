@@ -29,7 +29,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Measure handoff's migration engine against plain 'virsh migrate --live' on the built-in
 lab: the same guest, restarted fresh for each run, on 20 Mbit/s, 100 Mbit/s and 1 Gbit/s
 links (40 ms round trip), and a guest that dirties memory faster than the slow link
-carries. Prints downtime, total time and bytes sent for both as a markdown table.
+carries. handoff runs twice: as it ships (memory through its zstd relay) and with QEMU's
+own stream. Each case also gets a reference row: its guest's memory as zstd -3 makes it
+(QEMU's save stream of the fresh guest) and the time the link takes to carry that.
+Prints downtime, total time, bytes on the link (counted at the veth) and bytes QEMU sent
+as a markdown table.
 Takes several minutes; needs root.
 
 'handoff bench disks' measures moves of a VM with its disk, 'handoff bench checkpoints'

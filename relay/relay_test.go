@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -249,5 +250,19 @@ func TestServerForgetsASessionWhoseWorkstationLeft(t *testing.T) {
 	<-done
 	if !bytes.Equal(got, msg) {
 		t.Fatalf("the destination got %d bytes, want %d: the stream went to a session that was gone", len(got), len(msg))
+	}
+}
+
+func TestServerAnswersAnotherRelayVersionWithItsOwn(t *testing.T) {
+	h := Handler(context.Background(), hostOn("127.0.0.2"))
+	for _, path := range []string{"/send?port=0", "/receive?port=1"} {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "handoff-relay/9")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUpgradeRequired || rec.Header().Get("Upgrade") != Protocol || !strings.Contains(rec.Body.String(), "same handoff release") {
+			t.Errorf("%s with relay/9: %d %q %q, want 426 naming %s and what to do", path, rec.Code, rec.Header().Get("Upgrade"), rec.Body.String(), Protocol)
+		}
 	}
 }

@@ -106,12 +106,8 @@ func (h *handler) free(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) send(w http.ResponseWriter, r *http.Request) {
-	port, err := portParam(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !wantsProtocol(w, r) {
+	port, ok := sessionPort(w, r)
+	if !ok {
 		return
 	}
 	ln, err := h.acquire(port)
@@ -133,12 +129,8 @@ func (h *handler) send(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) receive(w http.ResponseWriter, r *http.Request) {
-	port, err := portParam(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !wantsProtocol(w, r) {
+	port, ok := sessionPort(w, r)
+	if !ok {
 		return
 	}
 	qemu, err := h.host.Dial(r.Context(), port)
@@ -153,6 +145,17 @@ func (h *handler) receive(w http.ResponseWriter, r *http.Request) {
 	}
 	defer link.Close()
 	Receive(h.ctx, link, qemu, &Stats{})
+}
+
+// sessionPort reads a session request's port and protocol, answering
+// the client itself when either is wrong.
+func sessionPort(w http.ResponseWriter, r *http.Request) (int, bool) {
+	port, err := portParam(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return 0, false
+	}
+	return port, wantsProtocol(w, r)
 }
 
 // wantsProtocol answers 426 to a client that asks for another protocol.

@@ -182,6 +182,7 @@ func (c *Carrier) carryToServer(ctx, life context.Context, wg *sync.WaitGroup) (
 		if err != nil {
 			return 0, fmt.Errorf("listen for QEMU here: %w", err)
 		}
+		ListenForQEMU(ln)
 		port := ln.Addr().(*net.TCPAddr).Port
 		free, err := c.Server.free(ctx, port)
 		if err != nil || !free {

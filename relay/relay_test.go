@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostOn is a Host on one loopback address: the test's "server" and
@@ -151,7 +153,7 @@ func migrate(t *testing.T, source, destination Host, port int, memory []byte) {
 func TestCarrierMovesStreamsBothWaysCompressed(t *testing.T) {
 	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
 	srv := startServer(t, server, 8e6)
-	memory := guestMemory(12 << 20)
+	memory := guestMemory(16 << 20)
 	for _, tc := range []struct {
 		name                string
 		toServer            bool
@@ -264,5 +266,34 @@ func TestServerAnswersAnotherRelayVersionWithItsOwn(t *testing.T) {
 		if rec.Code != http.StatusUpgradeRequired || rec.Header().Get("Upgrade") != Protocol || !strings.Contains(rec.Body.String(), "same handoff release") {
 			t.Errorf("%s with relay/9: %d %q %q, want 426 naming %s and what to do", path, rec.Code, rec.Header().Get("Upgrade"), rec.Body.String(), Protocol)
 		}
+	}
+}
+
+func TestQEMUsConnectionHoldsLittle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ListenForQEMU(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var mss int
+	control(c, func(fd int) { mss, _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG) })
+	if mss == 0 || mss > segmentFromQEMU {
+		t.Errorf("QEMU's side segments %d bytes, want at most %d: its send buffer grows with them", mss, segmentFromQEMU)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var rcv int
+	control(a, func(fd int) { rcv, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF) })
+	if rcv == 0 || rcv > 2*queuedFromQEMU {
+		t.Errorf("the relay's side buffers %d bytes from QEMU, want at most %d", rcv, 2*queuedFromQEMU)
 	}
 }

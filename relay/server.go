@@ -217,6 +217,7 @@ func (h *handler) acquire(port int) (*sharedListener, error) {
 	if err != nil {
 		return nil, err
 	}
+	ListenForQEMU(ln)
 	s := &sharedListener{port: ln.Addr().(*net.TCPAddr).Port, ln: ln, conns: make(chan net.Conn), users: 1}
 	s.idle = time.AfterFunc(listenerGrace, func() { h.expire(s) })
 	s.idle.Stop()

@@ -36,9 +36,11 @@ const (
 	linkMemory = 10 * time.Second
 	// blockedWrite: a write that took longer waited for the link.
 	blockedWrite = time.Millisecond
-	// queuedFromQEMU is the most the kernel holds between the source QEMU
-	// and the sender.
-	queuedFromQEMU = readSize
+	// queuedFromQEMU is the receive buffer for the source QEMU, and
+	// segmentFromQEMU the segment size it is told to use: see
+	// ListenForQEMU.
+	queuedFromQEMU  = 64 << 10
+	segmentFromQEMU = 1448
 	// unsentOnLink is the most the link's socket holds unsent.
 	unsentOnLink = 128 << 10
 	// sampleEvery: while passing through, one frame in this many is
@@ -78,13 +80,6 @@ func (s *Stats) Ratio() float64 {
 // on link (the destination's return path, post-copy's page requests) goes to
 // qemu as it is. It returns when both directions have ended, or ctx has.
 func Send(ctx context.Context, qemu, link net.Conn, stats *Stats) error {
-	if tcp, ok := qemu.(*net.TCPConn); ok {
-		// What waits here is queued ahead of the last pages: QEMU counts
-		// it sent, and the switch's pause would carry it. Keep the queue
-		// to about a frame, so the pause and a post-copy page wait for
-		// the link's own buffer only.
-		tcp.SetReadBuffer(queuedFromQEMU)
-	}
 	keepUnsentShort(link)
 	return carry(ctx, qemu, link, func() error { return sendFrames(qemu, link, stats) }, func() error { return copyClosing(qemu, link) })
 }
@@ -95,21 +90,31 @@ func Receive(ctx context.Context, link, qemu net.Conn, stats *Stats) error {
 	return carry(ctx, qemu, link, func() error { return receiveFrames(link, qemu, stats) }, func() error { return copyClosing(link, qemu) })
 }
 
-// keepUnsentShort bounds what waits unsent in the link's socket
-// (TCP_NOTSENT_LOWAT): the kernel would otherwise grow it to megabytes, all
-// queued ahead of the last pages, which the switch's pause then waits for
-// (measured: 1.5-1.7 s of downtime for a 300 ms target at 20 Mbit/s). What
-// is in flight stays the congestion window's, so a long fat link still
-// fills.
-func keepUnsentShort(link net.Conn) {
+// ListenForQEMU makes ln's connections from the source QEMU hold little:
+// what waits between QEMU and the relay is queued ahead of the last pages,
+// which QEMU counts as sent, so the switch's pause (and the post-copy's
+// device state) waits for it to cross the link. Loopback's 64 KiB segments
+// let QEMU's send buffer grow to over a megabyte (measured: 250 ms of a
+// post-copy switch at 20 Mbit/s); Ethernet-sized segments and a small
+// window keep it to tens of kilobytes, which loopback still moves at
+// gigabytes a second.
+func ListenForQEMU(ln net.Listener) {
+	control(ln, func(fd int) {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, segmentFromQEMU)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, queuedFromQEMU)
+	})
+}
+
+// control runs f on c's socket, if it has one.
+func control(c any, f func(fd int)) {
 	for {
-		inner, ok := link.(interface{ NetConn() net.Conn })
+		inner, ok := c.(interface{ NetConn() net.Conn })
 		if !ok {
 			break
 		}
-		link = inner.NetConn()
+		c = inner.NetConn()
 	}
-	sc, ok := link.(syscall.Conn)
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return
 	}
@@ -117,8 +122,18 @@ func keepUnsentShort(link net.Conn) {
 	if err != nil {
 		return
 	}
-	raw.Control(func(fd uintptr) {
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, unsentOnLink)
+	raw.Control(func(fd uintptr) { f(int(fd)) })
+}
+
+// keepUnsentShort bounds what waits unsent in the link's socket
+// (TCP_NOTSENT_LOWAT): the kernel would otherwise grow it to megabytes, all
+// queued ahead of the last pages, which the switch's pause then waits for
+// (measured: 1.5-1.7 s of downtime for a 300 ms target at 20 Mbit/s). What
+// is in flight stays the congestion window's, so a long fat link still
+// fills.
+func keepUnsentShort(link net.Conn) {
+	control(link, func(fd int) {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, unsentOnLink)
 	})
 }
 

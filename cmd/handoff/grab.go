@@ -83,7 +83,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	if *workstation == "" {
 		*workstation = "qemu:///system"
 	}
-	if *opts.relay {
+	if *opts.relay && *opts.migrateURI == "" {
 		toWS.Stream = streamRelay(labMode, *server, *workstation, nil)
 		toSrv.Stream = streamRelay(labMode, *workstation, *server, nil)
 	}

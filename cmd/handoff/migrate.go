@@ -24,7 +24,9 @@ post-copy when it never converges. Ctrl-C before the switch aborts: the VM keeps
 running on the source, on its disks as they were.
 
 A migration whose client died (kill -9, a lost terminal) goes on inside the source's
-libvirtd. Run migrate again and it takes that job over: its progress, the policy's
+libvirtd when its memory goes directly (--relay=false, or no handoff serve on the server);
+through the relay, whose workstation end dies with the client, the job fails and the VM
+keeps running on the source. Run migrate again and it takes a job still going over: its progress, the policy's
 switch, and Ctrl-C to abort it, as if it had started it.
 
 A VM whose disks are image files takes them along: they travel through the home
@@ -59,7 +61,7 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 		return err
 	}
 	var stream *relay.Stats
-	if *opts.relay {
+	if *opts.relay && *opts.migrateURI == "" { // a stream sent where the user said goes there
 		stream = &relay.Stats{}
 		l, _ := lab.Load(*labDir)
 		o.Stream = streamRelay(l, *from, *to, stream)
@@ -201,7 +203,7 @@ func migrateFlags(fs interface {
 		link:          fs.String("link", "", "the link's rate, as 20mbit, for --plan auto (the lab knows its own)"),
 		migrateURI:    fs.String("migrate-uri", "", "where the source QEMU sends memory (tcp://HOST[:PORT]); default: libvirt's choice"),
 		peerURI:       fs.String("peer-uri", "", "the destination URI as the source's libvirtd reaches it; default: --to"),
-		relay:         fs.Bool("relay", true, "carry memory through the server's handoff relay, compressed with zstd, where the server runs handoff serve (the lab's does); false: QEMU's own stream, uncompressed"),
+		relay:         fs.Bool("relay", true, "carry memory through the server's handoff relay, compressed with zstd, where the server runs handoff serve (the lab's does); false: QEMU's own stream, uncompressed, which outlives this command if it is killed; off too when --migrate-uri is given"),
 	}
 }
 

@@ -248,9 +248,10 @@ func (c *Carrier) carryFromServer(ctx, life context.Context, wg *sync.WaitGroup)
 		spare := first
 		for {
 			if spare != nil {
-				context.AfterFunc(life, func() { spare.Close() })
+				link := spare
+				context.AfterFunc(life, func() { link.Close() }) // a stop ends its wait for a stream
 				started := make(chan struct{})
-				wg.Go(func() { c.receiveOn(life, spare, port, started) })
+				wg.Go(func() { c.receiveOn(life, link, port, started) })
 				select {
 				case <-started:
 				case <-life.Done():

@@ -22,6 +22,20 @@ type serverConfig struct {
 	Fingerprint string `json:"fingerprint"`
 }
 
+// loadServerConfig reads the saved login; otherwise says what to do when
+// there is none.
+func loadServerConfig(otherwise string) (serverConfig, error) {
+	var c serverConfig
+	raw, err := os.ReadFile(serverConfigPath())
+	if err != nil {
+		return c, fmt.Errorf("no home server known (%v): %s", err, otherwise)
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return c, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+	}
+	return c, nil
+}
+
 func serverConfigPath() string {
 	dir, err := os.UserConfigDir()
 	if err != nil {
@@ -189,12 +203,9 @@ func leaseClient() (*leasectl.Client, error) { return leaseClientWith(serverConf
 func leaseClientWith(flags serverConfig) (*leasectl.Client, error) {
 	var c serverConfig
 	if flags.Server == "" || flags.Token == "" || flags.Fingerprint == "" {
-		raw, err := os.ReadFile(serverConfigPath())
-		if err != nil {
-			return nil, fmt.Errorf("no home server known (%v): run handoff lease login --server URL --token TOKEN --fingerprint FP, or give all three", err)
-		}
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return nil, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+		var err error
+		if c, err = loadServerConfig("run handoff lease login --server URL --token TOKEN --fingerprint FP, or give all three"); err != nil {
+			return nil, err
 		}
 	}
 	for _, f := range []struct{ saved, flag *string }{{&c.Server, &flags.Server}, {&c.Token, &flags.Token}, {&c.Fingerprint, &flags.Fingerprint}} {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"net/url"
-	"os"
 
 	"github.com/handoff-dev/handoff/leasectl"
 	"github.com/handoff-dev/handoff/libvirt"
@@ -30,13 +28,9 @@ func streamRelay(l *lab.Lab, from, to string, stats *relay.Stats) libvirt.Stream
 	case isLocalURI(from) || !isLocalURI(to):
 		return nil // both here, or neither: no workstation end
 	}
-	raw, err := os.ReadFile(serverConfigPath())
+	c, err := loadServerConfig("")
 	if err != nil {
-		return nil
-	}
-	var c serverConfig
-	if json.Unmarshal(raw, &c) != nil {
-		return nil
+		return nil // not logged in: the stream goes as QEMU sends it
 	}
 	serve, err := url.Parse(c.Server)
 	lv, lerr := libvirt.ParseURI(remote)

@@ -244,13 +244,9 @@ func syncStore(dir string) (syncengine.Remote, error) {
 
 // serverAPI is the logged-in home server's API under prefix.
 func serverAPI(prefix, otherwise string) (syncengine.HTTPStore, error) {
-	raw, err := os.ReadFile(serverConfigPath())
+	c, err := loadServerConfig(otherwise)
 	if err != nil {
-		return syncengine.HTTPStore{}, fmt.Errorf("no home server: %s (%v)", otherwise, err)
-	}
-	var c serverConfig
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return syncengine.HTTPStore{}, fmt.Errorf("%s is damaged: %w; log in again", serverConfigPath(), err)
+		return syncengine.HTTPStore{}, err
 	}
 	return syncengine.HTTPStore{Base: c.Server + prefix, Token: c.Token,
 		Client: syncengine.NewHTTPClient(leasectl.PinnedTLS(c.Fingerprint))}, nil

@@ -5,12 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/handoff-dev/handoff/internal/pipe"
 )
 
 // tunnel carries a peer-to-peer migration's two connections (the source
@@ -142,32 +143,10 @@ func (t *tunnel) forward(ln net.Listener, dial func() (net.Conn, error)) {
 			t.wg.Add(1)
 			go func() {
 				defer t.wg.Done()
-				join(t.ctx, in, out)
+				pipe.Join(t.ctx, in, out)
 			}()
 		}
 	}()
-}
-
-// join copies both ways until both sides end, or ctx does. Each direction
-// half-closes its writer when its reader ends: QEMU's return path in
-// post-copy needs the connection open both ways until the job ends.
-func join(ctx context.Context, a, b net.Conn) {
-	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
-	defer stop()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go pipe(a, b)
-	go pipe(b, a)
-	<-done
-	<-done
-	a.Close()
-	b.Close()
 }
 
 // Close stops the listeners and every joined connection.

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/pipe"
 )
 
 // A frame on the link is a kind byte, the payload's length (4 bytes, big
@@ -81,13 +82,13 @@ func (s *Stats) Ratio() float64 {
 // qemu as it is. It returns when both directions have ended, or ctx has.
 func Send(ctx context.Context, qemu, link net.Conn, stats *Stats) error {
 	keepUnsentShort(link)
-	return carry(ctx, qemu, link, func() error { return sendFrames(qemu, link, stats) }, func() error { return copyClosing(qemu, link) })
+	return pipe.Both(ctx, qemu, link, func() error { return sendFrames(qemu, link, stats) }, func() error { return pipe.Copy(qemu, link) })
 }
 
 // Receive is Send's other end: frames from link become the stream into
 // qemu (the destination QEMU), and qemu's return path goes back on link.
 func Receive(ctx context.Context, link, qemu net.Conn, stats *Stats) error {
-	return carry(ctx, qemu, link, func() error { return receiveFrames(link, qemu, stats) }, func() error { return copyClosing(link, qemu) })
+	return pipe.Both(ctx, qemu, link, func() error { return receiveFrames(link, qemu, stats) }, func() error { return pipe.Copy(link, qemu) })
 }
 
 // ListenForQEMU makes ln's connections from the source QEMU hold little:
@@ -137,54 +138,6 @@ func keepUnsentShort(link net.Conn) {
 	})
 }
 
-// carry runs both directions of a connection pair until both end; closing
-// both ends them when ctx ends.
-func carry(ctx context.Context, a, b net.Conn, forth, back func() error) error {
-	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
-	defer stop()
-	errs := make(chan error, 2)
-	run := func(f func() error) {
-		err := f()
-		if err != nil { // a broken direction ends the other too
-			a.Close()
-			b.Close()
-		}
-		errs <- err
-	}
-	go run(forth)
-	go run(back)
-	err := errors.Join(<-errs, <-errs)
-	a.Close()
-	b.Close()
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
-}
-
-// copyClosing copies src to dst and then half-closes dst, so the other end
-// sees the end of this direction while the other still runs.
-func copyClosing(dst, src net.Conn) error {
-	_, err := io.Copy(dst, src)
-	closeWrite(dst)
-	if isClosed(err) {
-		return nil
-	}
-	return err
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-}
-
-// isClosed says the error is only one end closing: how a stream ends when
-// the job is over, or the other direction closed both.
-func isClosed(err error) bool {
-	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
-}
-
 // sendFrames reads qemu into frames and writes them to link: one goroutine
 // compresses while another writes, so the two cores both work.
 func sendFrames(qemu, link net.Conn, stats *Stats) error {
@@ -210,7 +163,7 @@ func sendFrames(qemu, link net.Conn, stats *Stats) error {
 			}
 			stats.Wire.Add(uint64(len(f)))
 		}
-		closeWrite(link)
+		pipe.CloseWrite(link)
 	})
 	s, err := newSender(stats, &blocked)
 	if err == nil {
@@ -221,7 +174,7 @@ func sendFrames(qemu, link net.Conn, stats *Stats) error {
 	if writeErr != nil {
 		return fmt.Errorf("send the migration stream: %w", writeErr)
 	}
-	if isClosed(err) {
+	if pipe.IsClosed(err) {
 		return nil
 	}
 	return err
@@ -374,8 +327,8 @@ func receiveFrames(link, qemu net.Conn, stats *Stats) error {
 	var out []byte
 	for {
 		if _, err := io.ReadFull(link, header); err != nil {
-			closeWrite(qemu)
-			if isClosed(err) {
+			pipe.CloseWrite(qemu)
+			if pipe.IsClosed(err) {
 				return nil
 			}
 			return fmt.Errorf("receive the migration stream: %w", err)

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,7 +181,7 @@ func (c *Carrier) carryToServer(ctx, life context.Context, wg *sync.WaitGroup) (
 		if err != nil {
 			return 0, fmt.Errorf("listen for QEMU here: %w", err)
 		}
-		ListenForQEMU(ln)
+		listenForQEMU(ln)
 		port := ln.Addr().(*net.TCPAddr).Port
 		free, err := c.Server.free(ctx, port)
 		if err != nil || !free {
@@ -288,39 +287,4 @@ func (c *Carrier) receiveOn(life context.Context, link net.Conn, port int, start
 		return
 	}
 	Receive(life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
-}
-
-// goneWatch reads a connection on which nothing is due yet: a read that
-// ends means the other end went away.
-type goneWatch struct {
-	conn net.Conn
-	done chan struct{}
-	got  int
-	err  error
-}
-
-func watchGone(c net.Conn) *goneWatch {
-	g := &goneWatch{conn: c, done: make(chan struct{})}
-	go func() {
-		defer close(g.done)
-		var b [1]byte
-		g.got, g.err = c.Read(b[:])
-	}()
-	return g
-}
-
-// stop ends the watch before the connection is used.
-func (g *goneWatch) stop() error {
-	g.conn.SetReadDeadline(time.Now())
-	<-g.done
-	g.conn.SetReadDeadline(time.Time{})
-	switch {
-	case g.got > 0:
-		return errors.New("the workstation sent bytes before its stream began")
-	case errors.Is(g.err, os.ErrDeadlineExceeded):
-		return nil
-	case g.err == nil:
-		return errors.New("the workstation's session ended")
-	}
-	return g.err
 }

@@ -275,7 +275,7 @@ func TestQEMUsConnectionHoldsLittle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	ListenForQEMU(ln)
+	listenForQEMU(ln)
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

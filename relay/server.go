@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,7 +218,7 @@ func (h *handler) acquire(port int) (*sharedListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	ListenForQEMU(ln)
+	listenForQEMU(ln)
 	s := &sharedListener{port: ln.Addr().(*net.TCPAddr).Port, ln: ln, conns: make(chan net.Conn), users: 1}
 	s.idle = time.AfterFunc(listenerGrace, func() { h.expire(s) })
 	s.idle.Stop()
@@ -276,4 +277,39 @@ func (s *sharedListener) next(ctx context.Context, link net.Conn) (net.Conn, err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// goneWatch reads a connection on which nothing is due yet: a read that
+// ends means the other end went away.
+type goneWatch struct {
+	conn net.Conn
+	done chan struct{}
+	got  int
+	err  error
+}
+
+func watchGone(c net.Conn) *goneWatch {
+	g := &goneWatch{conn: c, done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		var b [1]byte
+		g.got, g.err = c.Read(b[:])
+	}()
+	return g
+}
+
+// stop ends the watch before the connection is used.
+func (g *goneWatch) stop() error {
+	g.conn.SetReadDeadline(time.Now())
+	<-g.done
+	g.conn.SetReadDeadline(time.Time{})
+	switch {
+	case g.got > 0:
+		return errors.New("the workstation sent bytes before its stream began")
+	case errors.Is(g.err, os.ErrDeadlineExceeded):
+		return nil
+	case g.err == nil:
+		return errors.New("the workstation's session ended")
+	}
+	return g.err
 }

@@ -39,7 +39,7 @@ const (
 	blockedWrite = time.Millisecond
 	// queuedFromQEMU is the receive buffer for the source QEMU, and
 	// segmentFromQEMU the segment size it is told to use: see
-	// ListenForQEMU.
+	// listenForQEMU.
 	queuedFromQEMU  = 64 << 10
 	segmentFromQEMU = 1448
 	// unsentOnLink is the most the link's socket holds unsent.
@@ -91,7 +91,7 @@ func Receive(ctx context.Context, link, qemu net.Conn, stats *Stats) error {
 	return pipe.Both(ctx, qemu, link, func() error { return receiveFrames(link, qemu, stats) }, func() error { return pipe.Copy(link, qemu) })
 }
 
-// ListenForQEMU makes ln's connections from the source QEMU hold little:
+// listenForQEMU makes ln's connections from the source QEMU hold little:
 // what waits between QEMU and the relay is queued ahead of the last pages,
 // which QEMU counts as sent, so the switch's pause (and the post-copy's
 // device state) waits for it to cross the link. Loopback's 64 KiB segments
@@ -99,7 +99,7 @@ func Receive(ctx context.Context, link, qemu net.Conn, stats *Stats) error {
 // post-copy switch at 20 Mbit/s); Ethernet-sized segments and a small
 // window keep it to tens of kilobytes, which loopback still moves at
 // gigabytes a second.
-func ListenForQEMU(ln net.Listener) {
+func listenForQEMU(ln net.Listener) {
 	control(ln, func(fd int) {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, segmentFromQEMU)
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, queuedFromQEMU)

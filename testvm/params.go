@@ -10,9 +10,6 @@ import (
 type Params struct {
 	DirtyMBps float64 // MB/s of memory the agent dirties; 0 leaves memory still
 	WSSMB     int     // working set the dirtying walks over, MB; 0 means DefaultWSSMB
-	// NoTLBPacer leaves out the agent's TLB pacer (see the agent), to
-	// show what QEMU 7.2 under TCG does without it.
-	NoTLBPacer bool
 }
 
 // DefaultWSSMB is the working set when Params leave it out: large enough
@@ -25,12 +22,8 @@ const kernelBaseArgs = "console=ttyS0 edd=off quiet loglevel=3"
 
 // KernelArgs is the full kernel command line for these parameters.
 func (p Params) KernelArgs() string {
-	s := fmt.Sprintf("%s handoff.dirty=%s handoff.wss=%d", kernelBaseArgs,
+	return fmt.Sprintf("%s handoff.dirty=%s handoff.wss=%d", kernelBaseArgs,
 		strconv.FormatFloat(p.DirtyMBps, 'f', -1, 64), p.withDefaults().WSSMB)
-	if p.NoTLBPacer {
-		s += " handoff.tlbpacer=0"
-	}
-	return s
 }
 
 // DebianKernelArgs is the kernel command line of the Debian guest: its
@@ -67,8 +60,6 @@ func ParseKernelArgs(cmdline string) (Params, error) {
 			if err == nil && p.WSSMB < 0 {
 				err = fmt.Errorf("negative size")
 			}
-		case "handoff.tlbpacer":
-			p.NoTLBPacer = value == "0"
 		default:
 			continue
 		}

@@ -67,7 +67,7 @@ func TestParseSerialLog(t *testing.T) {
 }
 
 func TestKernelArgsRoundTrip(t *testing.T) {
-	for _, p := range []Params{{}, {DirtyMBps: 2.5, WSSMB: 32}, {DirtyMBps: 40}, {DirtyMBps: 2, NoTLBPacer: true}} {
+	for _, p := range []Params{{}, {DirtyMBps: 2.5, WSSMB: 32}, {DirtyMBps: 40}} {
 		args := p.KernelArgs()
 		if !strings.Contains(args, "console=ttyS0") {
 			t.Errorf("KernelArgs() = %q: the serial console must be ttyS0", args)

@@ -32,10 +32,6 @@ const corruptWord = "#corrupt"
 const step = 50 * time.Millisecond
 
 func main() {
-	if len(os.Args) == 2 && os.Args[1] == echoFlag {
-		echo()
-		return
-	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "handoff-guest:", err)
 		os.Exit(1)
@@ -100,12 +96,6 @@ func run() error {
 	sealed := newSealedRegion(mem[wssBytes:], seed)
 	ws := newWorkingSet(mem[:wssBytes], corpus(), seed)
 	pace := &pacer{bytesPerSec: params.DirtyMBps * 1e6}
-
-	if !params.NoTLBPacer {
-		if err := startTLBPacer(); err != nil {
-			fmt.Fprintf(serial, "handoff-guest error: %v\n", err)
-		}
-	}
 
 	tty, keys := openConsole(serial)
 	if tty != nil {

@@ -101,10 +101,10 @@ func BootDebian(t testing.TB, dir string, d Debian, disk, incoming string) *Gues
 
 // SaveMemory saves the guest's memory and device state to path (a
 // migration to a file), leaving the guest paused; Resume runs it on. The
-// guest is paused first: a live save under TCG now and then loses pages
-// in QEMU 7.2 (the README's first lesson; a CI run lost the guest to it
-// here, its kernel dying in timer code after the restore), and what these
-// tests check is how memory pairs with a disk, not a live save.
+// guest is paused first: a live save under TCG lost pages now and then in
+// QEMU 7.2 (the README's first lesson; a CI run lost the guest to it here,
+// its kernel dying in timer code after the restore), and what these tests
+// check is how memory pairs with a disk, not a live save.
 func (q *Guest) SaveMemory(path string) {
 	q.t.Helper()
 	q.HMP("stop")

@@ -12,9 +12,9 @@ import (
 
 // TestASlowMoveUnderTCGKeepsEveryWrite moves the busybox guest, dirtying
 // 2 MB/s, from one plain QEMU to another at 12 MB/s: many passes, each
-// clearing dirty bits under a running vCPU. Without the agent's TLB pacer
-// QEMU 7.2 lost this guest in 6 moves of 6 (the README's first lesson);
-// with it, its memory check and its kernel must come through whole.
+// clearing dirty bits under a running vCPU. QEMU 7.2 lost this guest in 6
+// moves of 6 (the README's first lesson); the QEMU 'make deps' installs
+// must bring its memory check and its kernel through whole.
 func TestASlowMoveUnderTCGKeepsEveryWrite(t *testing.T) {
 	g, err := testvm.Build(context.Background(), testvm.BuildOptions{})
 	if err != nil {

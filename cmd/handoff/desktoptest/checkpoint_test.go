@@ -26,7 +26,7 @@ import (
 // guest runs on from that instant, its memory and its disk records agree,
 // and its VM generation ID is new.
 func TestALostLaptopCostsOneCheckpoint(t *testing.T) {
-	againOnGuestDeath(t, lostLaptop)
+	failOnGuestDeath(t, lostLaptop)
 }
 
 func lostLaptop(t *testing.T) error {
@@ -187,7 +187,7 @@ func firstTickAfter(t *testing.T, offset int64) int {
 // checkpoint taken meanwhile waits here (the dashboard says so), and once
 // the link is back it lands as a commit under the lease, which held.
 func TestCheckpointsWaitOutALostLink(t *testing.T) {
-	againOnGuestDeath(t, func(t *testing.T) error {
+	failOnGuestDeath(t, func(t *testing.T) error {
 		ctx := context.Background()
 		leases, image := onServerLeaseFree(t)
 		term := labtest.NewTerminal(t, "grab-offline", 200, 60, fmt.Sprintf("XDG_CACHE_HOME=%s %s grab --lab %s --checkpoint-every 15s", t.TempDir(), bin, theLab.Dir))

@@ -138,10 +138,13 @@ type (
 	LeaseLost     struct{ Err error }
 	LeaseReleased struct{ Err error }
 	// Tick says the time passed an ArmTimer's instant.
-	Tick                struct{}
-	DisksPrepared       struct{ Err error }
-	DisksProgressed     struct{ Progress event.DiskProgress }
-	MigrationStarted    struct{ Err error }
+	Tick             struct{}
+	DisksPrepared    struct{ Err error }
+	DisksProgressed  struct{ Progress event.DiskProgress }
+	MigrationStarted struct {
+		Err  error
+		Plan string // how it means to go, when it started
+	}
 	MigrationProgressed struct{ Progress event.Progress }
 	MigrationEnded      struct {
 		Result Result
@@ -469,6 +472,9 @@ func (t *step) on(in Input) error {
 			t.do(UndoDisks{Move: s.Move})
 		default:
 			s.stage = precopy
+			if in.Plan != "" {
+				t.emit(event.Planned{Reason: in.Plan})
+			}
 			if s.unwind != nil {
 				s.abortSent = true
 				t.do(AbortMigration{})

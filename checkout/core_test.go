@@ -55,6 +55,8 @@ func describeOne(a Action) string {
 			return "disk " + e.Step
 		case event.Switched:
 			return "switched " + e.Mode
+		case event.Planned:
+			return "plan: " + e.Reason
 		case event.LeaseChanged:
 			if e.Holder == "" {
 				return "lease none"
@@ -179,7 +181,7 @@ func TestCoreTransitions(t *testing.T) {
 		{"no disks: no disk phase, the same steps", NewState("desktop", false, false), then(toServer,
 			row{in: ScreenShown{On: Server}, want: "PrepareDisks server→workstation"},
 			row{in: DisksPrepared{}, want: "phase copying @server server→workstation; StartMigration server→workstation"},
-			row{in: MigrationStarted{}, want: ""},
+			row{in: MigrationStarted{Plan: "pre-copy; memory goes uncompressed: no relay"}, want: "plan: pre-copy; memory goes uncompressed: no relay"},
 			row{in: precopied, want: "switched precopy; ShowScreen workstation; FinishDisks server→workstation"},
 			row{in: DisksFinished{}, want: "phase running here @workstation"},
 			row{in: HandBack{}, want: "PrepareDisks workstation→server"},

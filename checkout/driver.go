@@ -27,6 +27,8 @@ type Migration interface {
 	// Run reports progress until the job ends; its error wraps ErrAborted
 	// when the job stopped before the switch.
 	Run(progress func(event.Progress)) (Result, error)
+	// Plan says how the job means to go, in words.
+	Plan() string
 	PostCopy() error
 	Abort() error
 }
@@ -284,7 +286,7 @@ func (d *driver) step(in Input, reply chan error) {
 		in = ScreenShown{On: x.on, Err: x.err}
 	case migrationUp:
 		d.migration = x.m
-		in = MigrationStarted{}
+		in = MigrationStarted{Plan: x.m.Plan()}
 	case disksReady:
 		d.prepared = x.p
 		in = DisksPrepared{Err: x.err}

@@ -104,6 +104,7 @@ func (m *fakeMigration) Run(progress func(event.Progress)) (Result, error) {
 }
 
 func (m *fakeMigration) PostCopy() error { return errors.New("no post-copy in tests") }
+func (m *fakeMigration) Plan() string    { return "pre-copy, in the tests' fake" }
 func (m *fakeMigration) Abort() error {
 	m.h.j.add("abort")
 	m.once.Do(func() { close(m.aborted) })

@@ -74,6 +74,7 @@ func (h LibvirtHost) MigrateTo(ctx context.Context, to Host, domain string, disk
 type libvirtMigration struct{ m *libvirt.Migration }
 
 func (m libvirtMigration) PostCopy() error { return m.m.PostCopy() }
+func (m libvirtMigration) Plan() string    { return m.m.Plan().Reason }
 func (m libvirtMigration) Abort() error    { return m.m.Abort() }
 
 func (m libvirtMigration) Run(progress func(event.Progress)) (Result, error) {

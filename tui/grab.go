@@ -93,6 +93,8 @@ func message(ev event.Event) tea.Msg {
 		return ProgressMsg{Sample: ev.Sample, Decision: ev.Decision}
 	case event.DiskProgress:
 		return DiskProgressMsg(ev)
+	case event.Planned:
+		return PlanMsg{Reason: ev.Reason}
 	case event.Switched:
 		return SwitchedMsg{Downtime: ev.Downtime, Mode: ev.Mode}
 	case event.LeaseChanged:

@@ -53,6 +53,8 @@ type (
 		From, To string // the move under way, if any
 		Err      error  // why, for failed and aborted
 	}
+	// PlanMsg: a migration started on this plan (in words).
+	PlanMsg     struct{ Reason string }
 	SwitchedMsg struct {
 		Downtime time.Duration
 		Mode     string
@@ -173,6 +175,8 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 			m.dash.Err = msg.Err.Error()
 		}
 		m.note(eventText(msg))
+	case PlanMsg:
+		m.note("plan: " + msg.Reason)
 	case SwitchedMsg:
 		m.dash.Switched, m.dash.Downtime, m.dash.Mode = true, msg.Downtime, msg.Mode
 		m.note(fmt.Sprintf("switched by %s, downtime %d ms", msg.Mode, msg.Downtime.Milliseconds()))

@@ -166,6 +166,8 @@ func TestPhasesShowOnTheDashboard(t *testing.T) {
 		Decision: switchover.Decision{Action: switchover.Continue, Reason: "not converging: dirty 4.1 MB/s > link 2.4 MB/s"},
 	})
 	waitScreen(t, tm, "not converging", "server → workstation", "copying (pass 3)")
+	tm.Send(PlanMsg{Reason: "zstd relay"})
+	waitScreen(t, tm, "plan: zstd relay")
 	tm.Send(SwitchedMsg{Downtime: 36 * time.Millisecond, Mode: "precopy"})
 	tm.Send(PhaseMsg{Phase: PhaseLocal, Host: "workstation"})
 	waitScreen(t, tm, "36 ms")

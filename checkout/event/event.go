@@ -53,6 +53,10 @@ type (
 		Disk        string // the guest's name for it ("vda"), or the file
 		Done, Total int64  // bytes of the step's transfer, if it has one
 	}
+	// Planned: a migration started on this plan, in words: how it means
+	// to switch, and how memory travels (through handoff's relay,
+	// compressed, or why not).
+	Planned struct{ Reason string }
 	// Switched: the VM now runs on the destination.
 	Switched struct {
 		Downtime time.Duration
@@ -96,6 +100,7 @@ type Dial func(ctx context.Context) (net.Conn, error)
 
 func (PhaseChanged) event() {}
 func (Progress) event()     {}
+func (Planned) event()      {}
 func (DiskProgress) event() {}
 func (Switched) event()     {}
 func (LeaseChanged) event() {}

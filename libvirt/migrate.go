@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -68,8 +69,9 @@ type StreamCarrier interface {
 	// Carry opens one: the source QEMU sends to 127.0.0.1:port on its
 	// host, and every connection made there (a post-copy resume makes
 	// another) reaches 127.0.0.1:port on the destination host, where its
-	// QEMU listens. It lives until stop, whatever becomes of ctx.
-	Carry(ctx context.Context) (port int, stop func(), err error)
+	// QEMU listens. It lives until stop, whatever becomes of ctx; stop
+	// returns the first error that broke a stream on the way, if one did.
+	Carry(ctx context.Context) (port int, stop func() error, err error)
 }
 
 // DiskCopy says how a migration carries disks: QEMU mirrors them over NBD
@@ -121,7 +123,7 @@ type Migration struct {
 	opts     Options
 
 	tunnel     *tunnel          // nil unless one side is reached over SSH
-	stopStream func()           // ends Options.Stream's way; nil without one
+	stopStream func() error     // ends Options.Stream's way (once) and says what broke it; nil without one
 	phase      switchover.Phase // where drive starts: setup, or post-copy for a job taken over there
 
 	progress chan Progress
@@ -205,7 +207,7 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			opts.Disks = &c
 		}
 	}
-	var stopStream func()
+	var stopStream func() error
 	if opts.Stream != nil {
 		port, stop, err := opts.Stream.Carry(ctx)
 		if err != nil {
@@ -213,7 +215,7 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			plan.Reason += fmt.Sprintf("; memory goes uncompressed: %v", err)
 			opts.Plan = &plan
 		} else {
-			opts.MigrateURI, opts.ListenAddress, stopStream = fmt.Sprintf("tcp://127.0.0.1:%d", port), "127.0.0.1", stop
+			opts.MigrateURI, opts.ListenAddress, stopStream = fmt.Sprintf("tcp://127.0.0.1:%d", port), "127.0.0.1", sync.OnceValue(stop)
 			plan := *opts.Plan
 			plan.Reason += "; memory goes through handoff's zstd relay"
 			opts.Plan = &plan
@@ -645,6 +647,12 @@ func (m *Migration) finish(performErr error, phase switchover.Phase, aborting bo
 	if aborting || strings.Contains(performErr.Error(), "cancel") {
 		m.err = fmt.Errorf("%w: %s %s on %s", ErrAborted, m.dom.Name(), state, m.src.uri)
 		return
+	}
+	if m.stopStream != nil {
+		// QEMU saw only its connection close; the relay knows why.
+		if err := m.stopStream(); err != nil {
+			performErr = fmt.Errorf("%w (its memory stream, through handoff's relay: %v)", performErr, err)
+		}
 	}
 	m.err = fmt.Errorf("migrate %s from %s to %s: %w; %s %s on %s", m.dom.Name(), m.src.uri, m.dst.uri, performErr, m.dom.Name(), state, m.src.uri)
 }

@@ -157,14 +157,16 @@ const tries = 5
 // 127.0.0.1:port on its host; each connection made there reaches
 // 127.0.0.1:port on the other, where the destination QEMU listens. It lives
 // until stop, whatever becomes of ctx: in post-copy the VM pages through it.
-func (c *Carrier) Carry(ctx context.Context) (port int, stop func(), err error) {
+// stop returns the first error that broke a stream on the way (QEMU only
+// sees its connection close), for a failed job to say why.
+func (c *Carrier) Carry(ctx context.Context) (port int, stop func() error, err error) {
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
-	stop = func() { cancel(); wg.Wait() }
+	w := &way{life: life}
+	stop = func() error { cancel(); w.wg.Wait(); return w.err() }
 	if c.ToServer {
-		port, err = c.carryToServer(ctx, life, &wg)
+		port, err = c.carryToServer(ctx, w)
 	} else {
-		port, err = c.carryFromServer(ctx, life, &wg)
+		port, err = c.carryFromServer(ctx, w)
 	}
 	if err != nil {
 		stop()
@@ -173,9 +175,37 @@ func (c *Carrier) Carry(ctx context.Context) (port int, stop func(), err error) 
 	return port, stop, nil
 }
 
+// way is one Carry's life: the goroutines that carry its streams, and the
+// first error that broke one while it was meant to run.
+type way struct {
+	life context.Context
+	wg   sync.WaitGroup
+
+	mu    sync.Mutex
+	first error
+}
+
+// broke keeps err if it is the first, and not only the way's own stop.
+func (w *way) broke(err error) {
+	if err == nil || w.life.Err() != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.first == nil {
+		w.first = err
+	}
+}
+
+func (w *way) err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.first
+}
+
 // carryToServer listens here for our QEMU and opens a session to the
 // server for each connection it makes.
-func (c *Carrier) carryToServer(ctx, life context.Context, wg *sync.WaitGroup) (int, error) {
+func (c *Carrier) carryToServer(ctx context.Context, w *way) (int, error) {
 	for range tries {
 		ln, err := c.Local.Listen(0)
 		if err != nil {
@@ -191,20 +221,21 @@ func (c *Carrier) carryToServer(ctx, life context.Context, wg *sync.WaitGroup) (
 			}
 			continue
 		}
-		context.AfterFunc(life, func() { ln.Close() })
-		wg.Go(func() {
+		context.AfterFunc(w.life, func() { ln.Close() })
+		w.wg.Go(func() {
 			for {
 				qemu, err := ln.Accept()
 				if err != nil {
 					return
 				}
-				wg.Go(func() {
-					link, _, err := c.Server.session(life, "receive", port)
+				w.wg.Go(func() {
+					link, _, err := c.Server.session(w.life, "receive", port)
 					if err != nil {
+						w.broke(err)
 						qemu.Close() // QEMU fails the job or, in post-copy, pauses it to resume
 						return
 					}
-					Send(life, qemu, link, c.stats())
+					w.broke(Send(w.life, qemu, link, c.stats()))
 				})
 			}
 		})
@@ -224,7 +255,7 @@ func (c *Carrier) stats() *Stats {
 // waiting there: when QEMU connects, the waiting one carries it and another
 // waits. A broken link ends the waiting one; another is opened until stop,
 // for the resume of a post-copy.
-func (c *Carrier) carryFromServer(ctx, life context.Context, wg *sync.WaitGroup) (int, error) {
+func (c *Carrier) carryFromServer(ctx context.Context, w *way) (int, error) {
 	var first net.Conn
 	var port int
 	for range tries {
@@ -243,25 +274,26 @@ func (c *Carrier) carryFromServer(ctx, life context.Context, wg *sync.WaitGroup)
 	if first == nil {
 		return 0, fmt.Errorf("no port free on both hosts after %d tries", tries)
 	}
-	wg.Go(func() {
+	w.wg.Go(func() {
 		spare := first
 		for {
 			if spare != nil {
 				link := spare
-				context.AfterFunc(life, func() { link.Close() }) // a stop ends its wait for a stream
+				context.AfterFunc(w.life, func() { link.Close() }) // a stop ends its wait for a stream
 				started := make(chan struct{})
-				wg.Go(func() { c.receiveOn(life, link, port, started) })
+				w.wg.Go(func() { w.broke(c.receiveOn(w.life, link, port, started)) })
 				select {
 				case <-started:
-				case <-life.Done():
+				case <-w.life.Done():
 					return
 				}
 			}
 			var err error
-			if spare, _, err = c.Server.session(life, "send", port); err != nil {
+			if spare, _, err = c.Server.session(w.life, "send", port); err != nil {
+				w.broke(err)
 				spare = nil
 				select {
-				case <-life.Done():
+				case <-w.life.Done():
 					return
 				case <-time.After(time.Second):
 				}
@@ -273,18 +305,19 @@ func (c *Carrier) carryFromServer(ctx, life context.Context, wg *sync.WaitGroup)
 
 // receiveOn waits on a spare session for the stream's first byte, says so
 // on started (closed also if the session ends first), and carries the
-// stream into our QEMU.
-func (c *Carrier) receiveOn(life context.Context, link net.Conn, port int, started chan struct{}) {
+// stream into our QEMU. A session that ends before its stream began is no
+// error: another waits in its place.
+func (c *Carrier) receiveOn(life context.Context, link net.Conn, port int, started chan struct{}) error {
 	defer link.Close()
 	var first [1]byte
 	_, err := io.ReadFull(link, first[:])
 	close(started)
 	if err != nil {
-		return
+		return nil
 	}
 	qemu, err := c.Local.Dial(life, port)
 	if err != nil {
-		return
+		return fmt.Errorf("reach this workstation's QEMU on port %d: %w", port, err)
 	}
-	Receive(life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
+	return Receive(life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
 }

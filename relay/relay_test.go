@@ -297,3 +297,37 @@ func TestQEMUsConnectionHoldsLittle(t *testing.T) {
 		t.Errorf("the relay's side buffers %d bytes from QEMU, want at most %d", rcv, 2*queuedFromQEMU)
 	}
 }
+
+// A hand back whose destination QEMU the server cannot reach: QEMU here
+// sees only its connection close, and the way's stop says why.
+func TestCarrierSaysWhatBrokeAStream(t *testing.T) {
+	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
+	srv := startServer(t, server, 1e9) // nothing listens on the server's port
+	c := &Carrier{Server: srv, Local: workstation, ToServer: true}
+	port, stop, err := c.Carry(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu, err := workstation.Dial(context.Background(), port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(qemu); err != nil {
+		t.Fatalf("the source QEMU's connection: %v, want it closed", err)
+	}
+	qemu.Close()
+	err = stop()
+	if err == nil || !strings.Contains(err.Error(), "reach the destination QEMU on port "+strconv.Itoa(port)) {
+		t.Fatalf("stop() = %v, want the server's reason", err)
+	}
+
+	// A way that carried nothing and was stopped broke nothing.
+	_, stop, err = (&Carrier{Server: srv, Local: workstation}).Carry(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("stop() of an idle way = %v, want nil", err)
+	}
+}

@@ -38,6 +38,9 @@ type Row struct {
 	// OnLink is what crossed the link both ways while the move ran,
 	// counted at the workstation's end of the veth.
 	OnLink uint64
+	// Faults is what post-copy's page requests cost the guest (handoff's
+	// rows; zero without post-copy).
+	Faults Faults
 	Note   string
 }
 
@@ -142,8 +145,9 @@ func runHandoff(ctx context.Context, l *lab.Lab, linkRate float64, bound time.Du
 	if err != nil {
 		return Row{}, err
 	}
+	stopFaults := watchFaults(ctx, l)
 	res, err := libvirt.Run(m, func(libvirt.Progress) {})
-	row := Row{Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Note: m.Plan().Reason}
+	row := Row{Mode: res.Mode, Downtime: res.Downtime, Total: res.Total, Transferred: res.Transferred, Faults: stopFaults(), Note: m.Plan().Reason}
 	if relayed {
 		// The server's end compresses; the workstation's counts both sides.
 		row.Note = fmt.Sprintf("relay: %.0f%% of the stream on the link", 100*stats.Ratio())
@@ -255,10 +259,14 @@ func (w *countingWriter) Write(p []byte) (int, error) { w.n += uint64(len(p)); r
 // WriteMarkdown writes rows as a markdown table; "on link" is what crossed
 // the veth, "QEMU sent" what QEMU counted of its stream.
 func WriteMarkdown(w io.Writer, rows []Row) {
-	fmt.Fprintln(w, "| case | tool | mode | downtime | total | on link | QEMU sent | note |")
-	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---|")
+	fmt.Fprintln(w, "| case | tool | mode | downtime | total | on link | QEMU sent | page requests: mean wait | note |")
+	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %s | %s | %s | %d ms | %.1f s | %s | %s | %s |\n", r.Case, r.Tool, r.Mode,
-			r.Downtime.Milliseconds(), r.Total.Seconds(), units.Bytes(r.OnLink), units.Bytes(r.Transferred), strings.TrimSpace(r.Note))
+		faults := "–"
+		if r.Faults.Requests > 0 {
+			faults = fmt.Sprintf("%d: %.1f ms", r.Faults.Requests, float64(r.Faults.Mean().Microseconds())/1000)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %d ms | %.1f s | %s | %s | %s | %s |\n", r.Case, r.Tool, r.Mode,
+			r.Downtime.Milliseconds(), r.Total.Seconds(), units.Bytes(r.OnLink), units.Bytes(r.Transferred), faults, strings.TrimSpace(r.Note))
 	}
 }

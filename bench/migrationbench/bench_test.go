@@ -21,3 +21,18 @@ Downtime w/o network: 52           ms
 		t.Fatalf("parseDomjobinfo = %v, %v, %d", total, downtime, sent)
 	}
 }
+
+func TestFaultsMean(t *testing.T) {
+	for _, c := range []struct {
+		f    Faults
+		want time.Duration
+	}{
+		{Faults{}, 0},
+		{Faults{Blocked: 300 * time.Millisecond, Requests: 0}, 0},
+		{Faults{Blocked: 300 * time.Millisecond, Requests: 150}, 2 * time.Millisecond},
+	} {
+		if got := c.f.Mean(); got != c.want {
+			t.Errorf("%+v.Mean() = %v, want %v", c.f, got, c.want)
+		}
+	}
+}

@@ -32,8 +32,9 @@ links (40 ms round trip), and a guest that dirties memory faster than the slow l
 carries. handoff runs twice: as it ships (memory through its zstd relay) and with QEMU's
 own stream. Each case also gets a reference row: its guest's memory as zstd -3 makes it
 (QEMU's save stream of the fresh guest) and the time the link takes to carry that.
-Prints downtime, total time, bytes on the link (counted at the veth) and bytes QEMU sent
-as a markdown table.
+Prints downtime, total time, bytes on the link (counted at the veth), bytes QEMU sent and,
+for a post-copy, the pages the guest asked for and their mean wait (QEMU's
+postcopy-blocktime over postcopy-requests), as a markdown table.
 Takes several minutes; needs root.
 
 'handoff bench disks' measures moves of a VM with its disk, 'handoff bench checkpoints'

@@ -500,7 +500,7 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>%s</emulator>
 %s    <serial type='file'>
       <source path='%s' append='on'/>
       <target port='0'/>
@@ -513,7 +513,7 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
     <memballoon model='none'/>
   </devices>
 </domain>
-`, esc(name), genID, memMB, esc(kernel), esc(initrd), esc(cmdline), diskXML, esc(serialLog))
+`, esc(name), genID, memMB, esc(kernel), esc(initrd), esc(cmdline), esc(qemuEmulator), diskXML, esc(serialLog))
 }
 
 func xmlEscape(b *bytes.Buffer, s string) {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -160,8 +161,14 @@ const tries = 5
 // stop returns the first error that broke a stream on the way (QEMU only
 // sees its connection close), for a failed job to say why.
 func (c *Carrier) Carry(ctx context.Context) (port int, stop func() error, err error) {
+	port, _, stop, err = c.open(ctx)
+	return port, stop, err
+}
+
+// open is Carry, with the way itself for who watches its streams.
+func (c *Carrier) open(ctx context.Context) (port int, w *way, stop func() error, err error) {
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w := &way{life: life}
+	w = &way{life: life}
 	stop = func() error { cancel(); w.wg.Wait(); return w.err() }
 	if c.ToServer {
 		port, err = c.carryToServer(ctx, w)
@@ -170,9 +177,9 @@ func (c *Carrier) Carry(ctx context.Context) (port int, stop func() error, err e
 	}
 	if err != nil {
 		stop()
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
-	return port, stop, nil
+	return port, w, stop, nil
 }
 
 // way is one Carry's life: the goroutines that carry its streams, and the
@@ -183,6 +190,16 @@ type way struct {
 
 	mu    sync.Mutex
 	first error
+
+	live  atomic.Int32 // streams carried now
+	ended atomic.Int32 // streams carried to their end, or broken
+}
+
+// carrying counts one stream while carry carries it.
+func (w *way) carrying(carry func() error) error {
+	w.live.Add(1)
+	defer func() { w.live.Add(-1); w.ended.Add(1) }()
+	return carry()
 }
 
 // broke keeps err if it is the first, and not only the way's own stop.
@@ -235,7 +252,7 @@ func (c *Carrier) carryToServer(ctx context.Context, w *way) (int, error) {
 						qemu.Close() // QEMU fails the job or, in post-copy, pauses it to resume
 						return
 					}
-					w.broke(Send(w.life, qemu, link, c.stats()))
+					w.broke(w.carrying(func() error { return Send(w.life, qemu, link, c.stats()) }))
 				})
 			}
 		})
@@ -281,7 +298,7 @@ func (c *Carrier) carryFromServer(ctx context.Context, w *way) (int, error) {
 				link := spare
 				context.AfterFunc(w.life, func() { link.Close() }) // a stop ends its wait for a stream
 				started := make(chan struct{})
-				w.wg.Go(func() { w.broke(c.receiveOn(w.life, link, port, started)) })
+				w.wg.Go(func() { w.broke(c.receiveOn(w, link, port, started)) })
 				select {
 				case <-started:
 				case <-w.life.Done():
@@ -307,7 +324,7 @@ func (c *Carrier) carryFromServer(ctx context.Context, w *way) (int, error) {
 // on started (closed also if the session ends first), and carries the
 // stream into our QEMU. A session that ends before its stream began is no
 // error: another waits in its place.
-func (c *Carrier) receiveOn(life context.Context, link net.Conn, port int, started chan struct{}) error {
+func (c *Carrier) receiveOn(w *way, link net.Conn, port int, started chan struct{}) error {
 	defer link.Close()
 	var first [1]byte
 	_, err := io.ReadFull(link, first[:])
@@ -315,9 +332,11 @@ func (c *Carrier) receiveOn(life context.Context, link net.Conn, port int, start
 	if err != nil {
 		return nil
 	}
-	qemu, err := c.Local.Dial(life, port)
-	if err != nil {
-		return fmt.Errorf("reach this workstation's QEMU on port %d: %w", port, err)
-	}
-	return Receive(life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
+	return w.carrying(func() error {
+		qemu, err := c.Local.Dial(w.life, port)
+		if err != nil {
+			return fmt.Errorf("reach this workstation's QEMU on port %d: %w", port, err)
+		}
+		return Receive(w.life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
+	})
 }

@@ -37,6 +37,13 @@ func hostOn(ip string) Host {
 // it, on a link of linkRate bytes/s each way.
 func startServer(t *testing.T, host Host, linkRate float64) Server {
 	t.Helper()
+	_, s := startTLSServer(t, host, linkRate)
+	return s
+}
+
+// startTLSServer is startServer with the server itself, for its certificate.
+func startTLSServer(t *testing.T, host Host, linkRate float64) (*httptest.Server, Server) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.Handle("/v1/relay/", http.StripPrefix("/v1/relay", Handler(ctx, host)))
@@ -44,7 +51,7 @@ func startServer(t *testing.T, host Host, linkRate float64) Server {
 	srv.Listener = slowListener{srv.Listener, linkRate}
 	srv.StartTLS()
 	t.Cleanup(func() { cancel(); srv.Close() })
-	return Server{URL: srv.URL, Token: "t", TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
+	return srv, Server{URL: srv.URL, Token: "t", TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, network, addr)
@@ -227,7 +234,7 @@ func TestServerForgetsASessionWhoseWorkstationLeft(t *testing.T) {
 		defer close(done)
 		started := make(chan struct{})
 		c2.Stats = spareStats
-		c2.receiveOn(context.Background(), link, port, started)
+		c2.receiveOn(&way{life: context.Background()}, link, port, started)
 	}()
 	time.Sleep(100 * time.Millisecond) // the old session's end reaches the server
 	ln, err := workstation.Listen(port)

@@ -35,6 +35,13 @@ func commands() []command {
 	}
 }
 
+// internalCommands are run by handoff itself, and not listed.
+func internalCommands() []command {
+	return []command{
+		{"relay-end", "the workstation's end of a move's relay, run by migrate and grab", runRelayEnd},
+	}
+}
+
 // errUsage marks errors caused by how handoff was called; they exit with 2.
 var errUsage = errors.New("usage")
 
@@ -53,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
-	for _, c := range commands() {
+	for _, c := range append(commands(), internalCommands()...) {
 		if c.name == args[0] {
 			err := c.run(ctx, args[1:], stdout, stderr)
 			if errors.Is(err, flag.ErrHelp) {

@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,10 +24,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	// An idle guest: QEMU 7.2 under TCG can corrupt a guest that dirties
-	// memory while a migration runs slowly, and grab's rendering shares the
-	// two cores with it (README, "What we learned"). The libvirt package's
-	// tests migrate a dirtying guest and check its integrity.
+	// An idle guest: grab's rendering shares the two cores with it. The
+	// libvirt package's tests migrate a dirtying guest and check its
+	// integrity.
 	labtest.MainWithBinary(m, "cli", lab.Config{Guest: lab.GuestConfig{MemMB: 256, DirtyMBps: 0, WSSMB: 64}}, func(l *lab.Lab, b string) int {
 		theLab, bin = l, b
 		return m.Run()
@@ -138,9 +140,9 @@ func TestMigrateJSONThereAndHumanBack(t *testing.T) {
 // once memory flows, with the rest of its --json output and its stderr.
 func slowMigration(t *testing.T) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
 	t.Helper()
-	// QEMU's own stream: the relay's workstation end would die with the
-	// client, and the job with it (the VM stays home; see migrate --help).
-	cmd, sc, errOut := startHandoff(t, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json", "--relay=false")
+	// Through the relay, as migrate goes by default: its workstation end
+	// runs apart from the client, and outlives it.
+	cmd, sc, errOut := startHandoff(t, "migrate", "--lab", theLab.Dir, "--max-speed", "8mbit", "--json")
 	for sc.Scan() {
 		var p struct {
 			TransferredBytes uint64 `json:"transferred_bytes"`
@@ -219,6 +221,34 @@ func startAndLose(t *testing.T) {
 	if st := statusJSON(t); st.GuestHost != "server" || st.MigratingSince == "" {
 		t.Fatalf("after kill -9 of migrate: lab status %+v, want the guest on the server and a migration under way", st)
 	}
+	if len(relayEnds()) == 0 {
+		t.Fatal("after kill -9 of migrate no relay end carries its stream: it died with its client")
+	}
+}
+
+// relayEnds are the lab's 'handoff relay-end' processes.
+func relayEnds() []string {
+	var found []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && args[1] == "relay-end" && slices.Contains(args, lab.RelayEndFlag(theLab.Dir)) {
+			found = append(found, filepath.Dir(p))
+		}
+	}
+	return found
+}
+
+// noRelayEndLeft waits for the lab's relay ends to go, as they do once the
+// stream they carry has ended.
+func noRelayEndLeft(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); len(relayEnds()) > 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("relay ends %v still run after the job they carried ended", relayEnds())
+		}
+	}
 }
 
 func TestAMigrationOutlivesItsClient(t *testing.T) {
@@ -244,6 +274,7 @@ func TestAMigrationOutlivesItsClient(t *testing.T) {
 	if st := statusJSON(t); st.GuestHost != "server" || st.MigratingSince != "" || st.GuestIntegrity != "ok" {
 		t.Fatalf("after aborting the job taken over: %+v", st)
 	}
+	noRelayEndLeft(t)
 
 	// Taken over at a higher speed: it finishes, the guest in one place.
 	startAndLose(t)
@@ -258,6 +289,7 @@ func TestAMigrationOutlivesItsClient(t *testing.T) {
 	if st := statusJSON(t); st.GuestHost != "workstation" || st.GuestIntegrity != "ok" {
 		t.Fatalf("after the job taken over finished: %+v", st)
 	}
+	noRelayEndLeft(t)
 	// Home again, for the tests after this one.
 	if r := handoff(t, "migrate", "--lab", theLab.Dir); r.Code != 0 {
 		t.Fatalf("migrate back: exit %d: %s", r.Code, r.Stderr)

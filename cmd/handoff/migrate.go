@@ -24,10 +24,9 @@ post-copy when it never converges. Ctrl-C before the switch aborts: the VM keeps
 running on the source, on its disks as they were.
 
 A migration whose client died (kill -9, a lost terminal) goes on inside the source's
-libvirtd when its memory goes directly (--relay=false, or no handoff serve on the server);
-through the relay, whose workstation end dies with the client, the job fails and the VM
-keeps running on the source. Run migrate again and it takes a job still going over: its progress, the policy's
-switch, and Ctrl-C to abort it, as if it had started it.
+libvirtd, and through the relay, whose workstation end runs in a process of its own
+until the job's stream ends. Run migrate again and it takes a job still going over: its
+progress, the policy's switch, and Ctrl-C to abort it, as if it had started it.
 
 A VM whose disks are image files takes them along: they travel through the home
 server's chunk store (log in with 'handoff lease login'; the lab's own serve in the

@@ -1,7 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/url"
+	"os"
+	"os/exec"
 
 	"github.com/handoff-dev/handoff/leasectl"
 	"github.com/handoff-dev/handoff/libvirt"
@@ -11,11 +17,26 @@ import (
 
 // streamRelay is the carrier of a move's memory stream through handoff
 // serve's relay on the VM's server, compressed; nil where no serve on that
-// server is known: the lab's when from and to are its hosts, else the one
-// logged in to, if it runs on the remote one of from and to.
+// server is known. Its workstation end runs in a process of its own
+// ('handoff relay-end'), so a client that dies mid-move leaves the job
+// going, for the next one to take over.
 func streamRelay(l *lab.Lab, from, to string, stats *relay.Stats) libvirt.StreamCarrier {
+	if relayCarrier(l, from, to) == nil {
+		return nil
+	}
+	args := []string{"relay-end", "--from", from, "--to", to}
+	if l != nil {
+		args = append(args, lab.RelayEndFlag(l.Dir))
+	}
+	return &relay.Detached{Stats: stats, Command: func() *exec.Cmd { return exec.Command(executable(), args...) }}
+}
+
+// relayCarrier is the relay's workstation end for a move from from to to:
+// the lab's when they are its hosts, else that of the server logged in
+// to, if it runs on the remote one of from and to; nil for none.
+func relayCarrier(l *lab.Lab, from, to string) *relay.Carrier {
 	if l != nil && (from == l.Server.URI && to == l.Workstation.URI || from == l.Workstation.URI && to == l.Server.URI) {
-		c, err := l.StreamRelay(to == l.Server.URI, stats)
+		c, err := l.StreamRelay(to == l.Server.URI, nil)
 		if err != nil {
 			return nil
 		}
@@ -41,6 +62,35 @@ func streamRelay(l *lab.Lab, from, to string, stats *relay.Stats) libvirt.Stream
 		Server:   relay.Server{URL: c.Server, Token: c.Token, TLS: leasectl.PinnedTLS(c.Fingerprint)},
 		Local:    relay.Loopback(),
 		ToServer: toServer,
-		Stats:    stats,
 	}
+}
+
+// runRelayEnd is the process streamRelay starts: not for people.
+func runRelayEnd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("relay-end", "--from URI --to URI [--lab DIR]", `
+The workstation's end of handoff serve's migration relay for one move, run by
+migrate and grab in a process of their own: it reports to its client on file
+descriptor 3 and outlives a client that dies mid-move. Not for people.`, stdout, stderr)
+	from := fs.String("from", "", "source libvirt URI")
+	to := fs.String("to", "", "destination libvirt URI")
+	labDir := fs.String("lab", "", "the lab whose hosts from and to are")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	var l *lab.Lab
+	if *labDir != "" {
+		var err error
+		if l, err = lab.Load(*labDir); err != nil {
+			return err
+		}
+	}
+	c := relayCarrier(l, *from, *to)
+	if c == nil {
+		return fmt.Errorf("%w: no relay between %s and %s", errUsage, *from, *to)
+	}
+	reports := os.NewFile(3, "reports")
+	if _, err := reports.Stat(); err != nil {
+		return errors.New("relay-end reports on file descriptor 3: migrate and grab start it so")
+	}
+	return relay.RunDetached(ctx, c, os.Stdin, reports)
 }

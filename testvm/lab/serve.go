@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,8 +322,21 @@ func pidsWhere(match func(proc string) bool) []int {
 }
 
 // stopServe stops the lab's serve as Ctrl-C would (its store closes
-// cleanly), and kills it if it will not go.
-func stopServe(dir string) { killAll(servePIDs(dir)) }
+// cleanly), and kills it if it will not go; and the workstation's relay
+// ends of moves between the lab's hosts that outlived their clients.
+func stopServe(dir string) {
+	killAll(servePIDs(dir))
+	mark := RelayEndFlag(dir)
+	killAll(pidsWhere(func(proc string) bool {
+		cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
+		args := strings.Split(string(cmdline), "\x00")
+		return err == nil && len(args) > 1 && args[1] == "relay-end" && slices.Contains(args, mark)
+	}))
+}
+
+// RelayEndFlag names the lab in the arguments of 'handoff relay-end' for
+// a move between its hosts, so that Down finds the ones still running.
+func RelayEndFlag(dir string) string { return "--lab=" + dir }
 
 // StreamRelay carries a migration's memory stream between the lab's hosts
 // through the lab server's serve, as a workstation does its own server's:

@@ -32,3 +32,21 @@ func TestChooseCompressesOnlyWhereItPays(t *testing.T) {
 		})
 	}
 }
+
+func TestQueueFollowsTheLink(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		rate          float64
+		frame, unsent int
+	}{
+		{"not known yet: full sizes", 0, readSize, unsentOnLink},
+		{"20 Mbit/s", 2.5e6, 50000, 25000},
+		{"a modem", 10e3, minFrame, minUnsent},
+		{"1 Gbit/s: full sizes fill it", 125e6, readSize, unsentOnLink},
+	} {
+		frame, unsent := queueFor(tc.rate)
+		if frame != tc.frame || unsent != tc.unsent {
+			t.Errorf("%s: queueFor(%v) = %d, %d; want %d, %d", tc.name, tc.rate, frame, unsent, tc.frame, tc.unsent)
+		}
+	}
+}

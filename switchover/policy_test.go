@@ -72,6 +72,10 @@ func TestDecide(t *testing.T) {
 		{name: "post-copy bound counts from the second pass",
 			samples: trace(append(repeat(40, step{1, 0, 10, 150}), repeat(4, step{2, 15, 10, 50})...)...),
 			action:  Continue, converging: false},
+		{name: "a first pass within the bound goes on",
+			samples: trace(repeat(20, step{1, 0, 10, 150})...), action: Continue, converging: true, reason: "first pass"},
+		{name: "a first pass that outlasts the bound: post-copy",
+			samples: trace(repeat(21, step{1, 0, 10, 150})...), action: PostCopy, converging: true, reason: "sends each page left once"},
 		{name: "already in post-copy",
 			samples: []Sample{{Phase: PhasePostcopy, Bandwidth: 1, Remaining: 1}}, action: Continue, converging: true},
 	}
@@ -101,6 +105,9 @@ func TestSwitchByPostCopyWhenTheRestFits(t *testing.T) {
 		{"converged and settled", trace(repeat(4, step{3, 1, 10, 2})...), PostCopy},
 		{"idle guest at the end of its first pass", trace(step{1, 0, 10, 1}), PostCopy},
 		{"too much left: keep copying", trace(repeat(6, step{3, 1, 10, 19})...), Continue},
+		// Within a second of link: QEMU would otherwise stop-and-copy first.
+		{"a second of link left", trace(repeat(4, step{3, 1, 10, 8})...), PostCopy},
+		{"the end of a first pass within a second", trace(step{1, 0, 10, 8}), PostCopy},
 		{"fits but not settled", trace(append(repeat(4, step{3, 12, 10, 2.5}), step{4, 1, 10, 2}, step{4, 1, 10, 2})...), Continue},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,6 +119,15 @@ func TestSwitchByPostCopyWhenTheRestFits(t *testing.T) {
 				t.Errorf("reason %q does not say the rest fits", d.Reason)
 			}
 		})
+	}
+}
+
+func TestAPausingSwitchWaitsForTheDowntimeTarget(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.SwitchByPostCopy = false
+	// 0.8 s of link left: a post-copy switch would go, a pause must not.
+	if d := Decide(cfg, trace(repeat(4, step{3, 1, 10, 8})...)); d.Action != Continue {
+		t.Fatalf("Decide = %+v, want to keep copying until the rest fits %v", d, cfg.DowntimeTarget)
 	}
 }
 

@@ -194,7 +194,7 @@ func migrateFlags(fs interface {
 	def := switchover.DefaultConfig()
 	return &migrateOptions{
 		downtime:      fs.Duration("downtime", def.DowntimeTarget, "longest pause accepted when execution switches hosts"),
-		postcopyAfter: fs.Duration("postcopy-after", def.PostCopyAfter, "switch by post-copy after not converging this long (0: never on its own)"),
+		postcopyAfter: fs.Duration("postcopy-after", def.PostCopyAfter, "switch by post-copy once a first pass over memory, or a migration that does not converge after it, has run this long (0: never on its own)"),
 		noPostcopy:    fs.Bool("no-postcopy", false, "never use post-copy (for hosts without userfaultfd)"),
 		switchBy:      fs.String("switch", "postcopy", "how execution switches once the rest fits the downtime target: postcopy (the VM pauses for milliseconds, the rest is paged after; memory-only moves) or pause (the VM pauses while the rest is copied)"),
 		maxSpeed:      fs.String("max-speed", "", "cap the memory stream, as 15mbit or 100mbit, leaving the rest of the link free"),

@@ -19,6 +19,7 @@ type jobStats struct {
 	transferred uint64
 	total       uint64
 	downtime    time.Duration
+	hasDowntime bool // the side reported one: a hand back's source may not
 	postcopyReq uint64
 
 	diskTotal, diskRemaining, diskBps uint64
@@ -49,7 +50,7 @@ func parseJobStats(params []golibvirt.TypedParam) jobStats {
 		case "memory_total":
 			s.total = v
 		case "downtime":
-			s.downtime = time.Duration(v) * time.Millisecond
+			s.downtime, s.hasDowntime = time.Duration(v)*time.Millisecond, true
 		case "memory_postcopy_requests":
 			s.postcopyReq = v
 		case "disk_total":

@@ -60,3 +60,29 @@ func TestVNCFromXML(t *testing.T) {
 		}
 	}
 }
+
+func TestCompletedResultTakesTheDowntimeOfTheSideThatHasOne(t *testing.T) {
+	src := jobStats{elapsed: 22 * time.Second, transferred: 100, iteration: 3}
+	dst := jobStats{elapsed: 21 * time.Second, downtime: 4 * time.Millisecond, hasDowntime: true}
+	running := jobStats{elapsed: 21 * time.Second, downtime: 6 * time.Millisecond, hasDowntime: true}
+	for _, tc := range []struct {
+		name    string
+		sides   []jobStats
+		running jobStats
+		want    time.Duration
+	}{
+		{"the source has none", []jobStats{src, dst}, running, 4 * time.Millisecond},
+		{"only the destination kept its", []jobStats{dst}, running, 4 * time.Millisecond},
+		{"a real 0 ms", []jobStats{{elapsed: time.Second, hasDowntime: true}, dst}, running, 0},
+		{"a hand back: none kept one, the running job had", []jobStats{src}, running, 6 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := completedResult(Result{}, tc.sides, tc.running).Downtime; got != tc.want {
+				t.Errorf("downtime %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if r := completedResult(Result{}, []jobStats{src, dst}, running); r.Total != src.elapsed || r.Iterations != 3 {
+		t.Errorf("totals %+v, want the source's", r)
+	}
+}

@@ -2,8 +2,6 @@ package migrationbench
 
 import (
 	"context"
-	"encoding/json"
-	"os/exec"
 	"sync"
 	"time"
 
@@ -34,8 +32,9 @@ const faultPoll = 200 * time.Millisecond
 // watchFaults asks the destination QEMU to count its vCPUs' post-copy
 // wait as soon as its incoming half exists (before the switch, when QEMU
 // sets post-copy up), and reads both ends' counters until stop, which
-// returns the last read. It reads through QEMU's monitor: libvirt has no
-// call for these figures.
+// returns the last read. It reads through the lab's own QMP monitor of
+// each QEMU: libvirt has no call for these figures, and its monitor
+// passthrough waits behind the migration's job.
 func watchFaults(ctx context.Context, l *lab.Lab) (stop func() Faults) {
 	ctx, cancel := context.WithCancel(ctx)
 	var (
@@ -54,28 +53,24 @@ func watchFaults(ctx context.Context, l *lab.Lab) (stop func() Faults) {
 			case <-t.C:
 			}
 			if !counting {
-				counting = qmp(ctx, l.Workstation.URI, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"postcopy-blocktime","state":true}]}}`, nil) == nil
+				counting = lab.QMP(ctx, l.Workstation, lab.GuestName, `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"postcopy-blocktime","state":true}]}}`, nil) == nil
 			}
 			var dst struct {
-				Return struct {
-					Blocktime uint64 `json:"postcopy-blocktime"` // ms
-				} `json:"return"`
+				Blocktime uint64 `json:"postcopy-blocktime"` // ms
 			}
 			var src struct {
-				Return struct {
-					RAM struct {
-						Requests uint64 `json:"postcopy-requests"`
-					} `json:"ram"`
-				} `json:"return"`
+				RAM struct {
+					Requests uint64 `json:"postcopy-requests"`
+				} `json:"ram"`
 			}
 			const query = `{"execute":"query-migrate"}`
-			dstErr, srcErr := qmp(ctx, l.Workstation.URI, query, &dst), qmp(ctx, l.Server.URI, query, &src)
+			dstErr, srcErr := lab.QMP(ctx, l.Workstation, lab.GuestName, query, &dst), lab.QMP(ctx, l.Server, lab.GuestName, query, &src)
 			mu.Lock()
-			if dstErr == nil && time.Duration(dst.Return.Blocktime)*time.Millisecond > seen.Blocked {
-				seen.Blocked = time.Duration(dst.Return.Blocktime) * time.Millisecond
+			if dstErr == nil && time.Duration(dst.Blocktime)*time.Millisecond > seen.Blocked {
+				seen.Blocked = time.Duration(dst.Blocktime) * time.Millisecond
 			}
-			if srcErr == nil && src.Return.RAM.Requests > seen.Requests {
-				seen.Requests = src.Return.RAM.Requests
+			if srcErr == nil && src.RAM.Requests > seen.Requests {
+				seen.Requests = src.RAM.Requests
 			}
 			mu.Unlock()
 		}
@@ -87,17 +82,4 @@ func watchFaults(ctx context.Context, l *lab.Lab) (stop func() Faults) {
 		defer mu.Unlock()
 		return seen
 	}
-}
-
-// qmp runs one QMP command on the lab guest's QEMU behind uri, decoding
-// the answer into out when it is given.
-func qmp(ctx context.Context, uri, command string, out any) error {
-	b, err := exec.CommandContext(ctx, "virsh", "-c", uri, "qemu-monitor-command", lab.GuestName, command).Output()
-	if err != nil {
-		return err
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(b, out)
 }

@@ -484,7 +484,7 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
     </disk>
 `, esc(disk))
 	}
-	return fmt.Sprintf(`<domain type='qemu'>
+	return fmt.Sprintf(`<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>%s</name>%s
   <memory unit='MiB'>%d</memory>
   <vcpu>1</vcpu>
@@ -512,8 +512,14 @@ func domainXML(name string, memMB int, kernel, initrd, cmdline, serialLog, disk 
     <video><model type='vga'/></video>
     <memballoon model='none'/>
   </devices>
+  <qemu:commandline>
+    <qemu:arg value='-chardev'/>
+    <qemu:arg value='socket,id=handoffqmp,path=%s,abstract=on,server=on,wait=off'/>
+    <qemu:arg value='-mon'/>
+    <qemu:arg value='chardev=handoffqmp,mode=control'/>
+  </qemu:commandline>
 </domain>
-`, esc(name), genID, memMB, esc(kernel), esc(initrd), esc(cmdline), esc(qemuEmulator), diskXML, esc(serialLog))
+`, esc(name), genID, memMB, esc(kernel), esc(initrd), esc(cmdline), esc(qemuEmulator), diskXML, esc(serialLog), esc(monitorSocket(name)))
 }
 
 func xmlEscape(b *bytes.Buffer, s string) {

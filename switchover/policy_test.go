@@ -72,10 +72,10 @@ func TestDecide(t *testing.T) {
 		{name: "post-copy bound counts from the second pass",
 			samples: trace(append(repeat(40, step{1, 0, 10, 150}), repeat(4, step{2, 15, 10, 50})...)...),
 			action:  Continue, converging: false},
-		{name: "a first pass within the bound goes on",
-			samples: trace(repeat(20, step{1, 0, 10, 150})...), action: Continue, converging: true, reason: "first pass"},
-		{name: "a first pass that outlasts the bound: post-copy",
-			samples: trace(repeat(21, step{1, 0, 10, 150})...), action: PostCopy, converging: true, reason: "sends each page left once"},
+		{name: "a first pass that ends within the bound goes on",
+			samples: trace(repeat(8, step{1, 0, 10, 30})...), action: Continue, converging: true, reason: "first pass", switchIn: 3 * time.Second},
+		{name: "a long first pass of a move that switches by pausing goes on",
+			samples: trace(repeat(7, step{1, 0, 10, 150})...), action: Continue, converging: true, reason: "first pass", switchIn: 15 * time.Second},
 		{name: "already in post-copy",
 			samples: []Sample{{Phase: PhasePostcopy, Bandwidth: 1, Remaining: 1}}, action: Continue, converging: true},
 	}
@@ -117,6 +117,28 @@ func TestSwitchByPostCopyWhenTheRestFits(t *testing.T) {
 			}
 			if d.Action == PostCopy && !strings.Contains(d.Reason, "fits") {
 				t.Errorf("reason %q does not say the rest fits", d.Reason)
+			}
+		})
+	}
+}
+
+func TestALongFirstPassSwitchesByPostCopy(t *testing.T) {
+	cfg := DefaultConfig() // post-copy after 10 s, a 3 s window
+	for _, tt := range []struct {
+		name     string
+		samples  []Sample
+		action   Action
+		reason   string
+		switchIn time.Duration
+	}{
+		{"a pass of 18 s, measured for 3 s", trace(repeat(7, step{1, 0, 10, 150})...), PostCopy, "sends each page left once", 0},
+		{"a pass of 18 s, measured for 2.5 s", trace(repeat(6, step{1, 0, 10, 150})...), Continue, "post-copy once the link is measured", 500 * time.Millisecond},
+		{"a pass that ends within 10 s", trace(repeat(8, step{1, 0, 10, 30})...), Continue, "first pass", 3 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Decide(cfg, tt.samples)
+			if d.Action != tt.action || !strings.Contains(d.Reason, tt.reason) || (d.SwitchIn-tt.switchIn).Abs() > 50*time.Millisecond {
+				t.Fatalf("Decide = %+v, want %s, %q, switch in %v", d, tt.action, tt.reason, tt.switchIn)
 			}
 		})
 	}

@@ -132,9 +132,10 @@ type Migration struct {
 	result   Result
 	err      error
 
-	// running is the running job's last statistics from the source, for
-	// drive alone: after a post-copy a hand back's destination keeps no
-	// downtime, and its source keeps no domain.
+	// running is the running job's last statistics from the source that
+	// reported a downtime after the switch, for drive alone: after a
+	// post-copy a hand back's destination keeps no downtime, and its
+	// source no domain.
 	running jobStats
 }
 
@@ -473,7 +474,9 @@ func (m *Migration) drive(ctx context.Context, perform func() error) {
 				continue
 			}
 			st := parseJobStats(params)
-			m.running = st
+			if st.hasDowntime && phase == switchover.PhasePostcopy {
+				m.running = st // before the switch it is QEMU's expected downtime
+			}
 			switch {
 			case st.total == 0 && st.diskTotal == 0:
 				continue // the job exists but QEMU has not reported yet

@@ -17,7 +17,7 @@ type Config struct {
 	// Window is how far back rates are averaged.
 	Window time.Duration
 	// PostCopyAfter bounds pre-copy: the policy switches by post-copy
-	// once a first pass is measured to take longer (after Settle of it;
+	// once a first pass is measured to take longer (after Window of it;
 	// with SwitchByPostCopy),
 	// once the migration has not converged for this long after it, or as
 	// soon as it converges too slowly to switch within it. Zero means
@@ -108,20 +108,20 @@ func Decide(cfg Config, samples []Sample) Decision {
 		// A first pass that will outlast PostCopyAfter (a slow link):
 		// every page the guest dirties after it was sent goes again, pass
 		// after pass, where post-copy sends each page left once. So once
-		// the link's rate has been read for a settle time, post-copy.
-		// Measured at 20 Mbit/s, guest dirtying 2 MB/s: 38-46 s by pre-copy
-		// and a post-copy after the first pass, 29 s by a post-copy 10 s
-		// into it, 27-29 s after a 3 s window, 25-26 s after a second's
-		// reading, against 21 s for its memory compressed once.
-		run := now.Elapsed - stableSince(samples, func(s Sample) bool { return s.Phase == PhasePrecopy && s.Iteration <= 1 && s.Bandwidth > 0 })
+		// the link has been measured for a window, post-copy. Measured at
+		// 20 Mbit/s, guest dirtying 2 MB/s (6 MB/s): 38-46 s (50 s) by
+		// pre-copy and a post-copy after the first pass, 29 s (35 s) by a
+		// post-copy 10 s into it, against 21 s (22 s) for its memory
+		// compressed once.
+		run := now.Elapsed - stableSince(samples, func(s Sample) bool { return s.Phase == PhasePrecopy && s.Iteration <= 1 })
 		// Only where post-copy is how this move switches anyway: one that
 		// must pause (its disks' mirror) keeps post-copy as a fallback.
 		if !cfg.SwitchByPostCopy || cfg.PostCopyAfter <= 0 || run+d.SwitchIn <= cfg.PostCopyAfter || left <= uint64(bw*horizon.Seconds()) {
 			return d
 		}
-		if run < cfg.Settle {
+		if run < cfg.Window {
+			d.SwitchIn = cfg.Window - run
 			d.Reason += fmt.Sprintf(": a pass of %v; post-copy once the link is measured", (run + d.SwitchIn).Round(time.Second))
-			d.SwitchIn = cfg.Settle - run
 			return d
 		}
 		d.Action, d.SwitchIn = PostCopy, 0

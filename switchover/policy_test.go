@@ -75,7 +75,7 @@ func TestDecide(t *testing.T) {
 		{name: "a first pass that ends within the bound goes on",
 			samples: trace(repeat(8, step{1, 0, 10, 30})...), action: Continue, converging: true, reason: "first pass", switchIn: 3 * time.Second},
 		{name: "a long first pass of a move that switches by pausing goes on",
-			samples: trace(repeat(3, step{1, 0, 10, 150})...), action: Continue, converging: true, reason: "first pass", switchIn: 15 * time.Second},
+			samples: trace(repeat(7, step{1, 0, 10, 150})...), action: Continue, converging: true, reason: "first pass", switchIn: 15 * time.Second},
 		{name: "already in post-copy",
 			samples: []Sample{{Phase: PhasePostcopy, Bandwidth: 1, Remaining: 1}}, action: Continue, converging: true},
 	}
@@ -123,7 +123,7 @@ func TestSwitchByPostCopyWhenTheRestFits(t *testing.T) {
 }
 
 func TestALongFirstPassSwitchesByPostCopy(t *testing.T) {
-	cfg := DefaultConfig() // post-copy after 10 s, a 1 s settle time
+	cfg := DefaultConfig() // post-copy after 10 s, a 3 s window
 	for _, tt := range []struct {
 		name     string
 		samples  []Sample
@@ -131,8 +131,8 @@ func TestALongFirstPassSwitchesByPostCopy(t *testing.T) {
 		reason   string
 		switchIn time.Duration
 	}{
-		{"a pass of 16 s, measured for 1 s", trace(repeat(3, step{1, 0, 10, 150})...), PostCopy, "sends each page left once", 0},
-		{"a pass of 16 s, measured for 0.5 s", trace(repeat(2, step{1, 0, 10, 150})...), Continue, "a pass of 16s; post-copy once the link is measured", 500 * time.Millisecond},
+		{"a pass of 18 s, measured for 3 s", trace(repeat(7, step{1, 0, 10, 150})...), PostCopy, "sends each page left once", 0},
+		{"a pass of 18 s, measured for 2.5 s", trace(repeat(6, step{1, 0, 10, 150})...), Continue, "post-copy once the link is measured", 500 * time.Millisecond},
 		{"a pass that ends within 10 s", trace(repeat(8, step{1, 0, 10, 30})...), Continue, "first pass", 3 * time.Second},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -127,6 +127,7 @@ func Down(ctx context.Context, dir string) error {
 		dir = DefaultDir
 	}
 	stopServe(dir)
+	stopRelayEnds(dir)
 	srv, ws := hosts(dir)
 	uffd := ""
 	if l, err := Load(dir); err == nil {

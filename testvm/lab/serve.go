@@ -322,10 +322,12 @@ func pidsWhere(match func(proc string) bool) []int {
 }
 
 // stopServe stops the lab's serve as Ctrl-C would (its store closes
-// cleanly), and kills it if it will not go; and the workstation's relay
-// ends of moves between the lab's hosts that outlived their clients.
-func stopServe(dir string) {
-	killAll(servePIDs(dir))
+// cleanly), and kills it if it will not go.
+func stopServe(dir string) { killAll(servePIDs(dir)) }
+
+// stopRelayEnds ends the workstation's relay ends of moves between the
+// lab's hosts that outlived their clients.
+func stopRelayEnds(dir string) {
 	mark := RelayEndFlag(dir)
 	killAll(pidsWhere(func(proc string) bool {
 		cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))

@@ -16,7 +16,7 @@ import (
 // Protocol names this relay's wire format in the HTTP upgrade; a later
 // format gets a new name, and a server that does not know the one asked
 // for answers 426 with the one it knows.
-const Protocol = "handoff-relay/1"
+const Protocol = "handoff-relay/2"
 
 // Host is how a relay end reaches QEMU on its own host: the source QEMU
 // sends to a port the relay listens on, the destination QEMU listens on the

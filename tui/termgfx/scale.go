@@ -1,6 +1,9 @@
 package termgfx
 
-import "image"
+import (
+	"encoding/binary"
+	"image"
+)
 
 // Scaler shrinks a picture by area averaging: each output pixel is the
 // mean of the source area it covers, partly covered pixels weighed by how
@@ -14,7 +17,9 @@ type Scaler struct {
 	from, to image.Point
 	xs, ys   taps
 	packed   []uint64 // one source row, packed
-	rows     []uint64 // horizontally scaled source rows, packed 8-bit channels
+	rows     []uint64 // a ring of horizontally scaled source rows, packed 8-bit channels
+	ringRow  []int    // the source row in each of the ring's slots
+	line     []uint32 // one output row, RGBA
 }
 
 // taps are, for each output pixel along one axis, the first source pixel
@@ -23,6 +28,14 @@ type taps struct {
 	n     int
 	first []int
 	w     []uint64
+	three []tap3 // the same, when n <= 3
+}
+
+// tap3 is one output pixel's taps, laid out so that the unrolled loop
+// reads them with one bounds check: Go's slicing per tap cost 6x.
+type tap3 struct {
+	first      int
+	w0, w1, w2 uint64
 }
 
 const (
@@ -55,6 +68,20 @@ func makeTaps(src, dst int) taps {
 		}
 		w[big] += weightOne - sum
 	}
+	if t.n <= 3 && src >= 3 {
+		t.three = make([]tap3, dst)
+		for o := range dst {
+			w := t.w[o*t.n:][:t.n]
+			switch {
+			case t.n == 3:
+				t.three[o] = tap3{first: t.first[o], w0: w[0], w1: w[1], w2: w[2]}
+			case t.first[o]+2 < src: // two taps and one of weight 0 after them, in the row
+				t.three[o] = tap3{first: t.first[o], w0: w[0], w1: w[1]}
+			default: // ... or at the row's end, before them
+				t.three[o] = tap3{first: t.first[o] - 1, w1: w[0], w2: w[1]}
+			}
+		}
+	}
 	return t
 }
 
@@ -82,84 +109,175 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 	// The output pixels whose taps reach into dirty.
 	out := image.Rect(max(0, dirty.Min.X*dw/sw-1), max(0, dirty.Min.Y*dh/sh-1),
 		min(dw, (dirty.Max.X*dw+sw-1)/sw+1), min(dh, (dirty.Max.Y*dh+sh-1)/sh+1))
-	// The source rows and columns those output pixels read.
-	y0, y1 := s.ys.first[out.Min.Y], s.ys.first[out.Max.Y-1]+s.ys.n
+	// The source columns those output pixels read.
 	x0 := s.xs.first[out.Min.X]
 	x1 := s.xs.first[out.Max.X-1] + s.xs.n
 	ow := out.Dx()
-	if need := (y1 - y0) * ow; cap(s.rows) < need {
+	// Output rows read overlapping windows of source rows, each row's
+	// horizontal scaling done once and kept in a ring of the last ys.n:
+	// a few rows that stay in the cache, where a whole frame's would not.
+	ring := s.ys.n
+	if need := ring * ow; cap(s.rows) < need {
 		s.rows = make([]uint64, need)
 	}
-	rows := s.rows[:(y1-y0)*ow]
-	n := s.xs.n
-	for y := y0; y < y1; y++ {
-		row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
-		packed := s.packed[x0:x1]
-		for i := range packed {
-			p := row[4*i : 4*i+3]
-			packed[i] = uint64(p[0]) | uint64(p[1])<<lane | uint64(p[2])<<(2*lane)
-		}
-		h := rows[(y-y0)*ow:][:ow]
-		first, ws := s.xs.first[out.Min.X:out.Max.X], s.xs.w[out.Min.X*n:out.Max.X*n]
-		switch n {
-		case 2: // shrinking by less than 2, the common case: unrolled
-			for i := range h {
-				src, w := s.packed[first[i]:][:2], ws[2*i:][:2]
-				h[i] = unpackRound(src[0]*w[0] + src[1]*w[1])
-			}
-		case 3:
-			for i := range h {
-				src, w := s.packed[first[i]:][:3], ws[3*i:][:3]
-				h[i] = unpackRound(src[0]*w[0] + src[1]*w[1] + src[2]*w[2])
-			}
-		default:
-			for i := range h {
-				src, w := s.packed[first[i]:][:n], ws[n*i:][:n]
-				var acc uint64
-				for k, p := range src {
-					acc += p * w[k]
-				}
-				h[i] = unpackRound(acc)
-			}
-		}
+	s.ringRow = s.ringRow[:0]
+	for range ring {
+		s.ringRow = append(s.ringRow, -1)
 	}
-	n = s.ys.n
+	if cap(s.line) < ow {
+		s.line = make([]uint32, ow)
+	}
+	s.line = s.line[:ow]
+	firstX, wx := s.xs.first[out.Min.X:out.Max.X], s.xs.w[out.Min.X*s.xs.n:out.Max.X*s.xs.n]
+	var taps [maxUnrolled][]uint64
 	for oy := out.Min.Y; oy < out.Max.Y; oy++ {
-		first := s.ys.first[oy] - y0
-		w := s.ys.w[oy*n:][:n]
+		first := s.ys.first[oy]
+		for k := range ring {
+			y := first + k
+			slot := y % ring
+			h := s.rows[slot*ow:][:ow]
+			if s.ringRow[slot] != y {
+				s.ringRow[slot] = y
+				row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
+				packRow(s.packed[x0:x1], row)
+				if s.xs.three != nil {
+					scaleRow3(h, s.packed, s.xs.three[out.Min.X:out.Max.X])
+				} else {
+					scaleRow(h, s.packed, firstX, wx, s.xs.n)
+				}
+			}
+			if k < maxUnrolled {
+				taps[k] = h
+			}
+		}
 		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
-		if n == 2 || n == 3 {
-			r0, r1 := rows[first*ow:][:ow], rows[(first+1)*ow:][:ow]
-			r2, w2 := r1, uint64(0)
-			if n == 3 {
-				r2, w2 = rows[(first+2)*ow:][:ow], w[2]
-			}
-			w0, w1 := w[0], w[1]
-			for i := range ow {
-				v := unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2)
-				px := d[4*i : 4*i+4]
-				px[0], px[1], px[2], px[3] = uint8(v), uint8(v>>lane), uint8(v>>(2*lane)), 0xff
-			}
-			continue
+		w := s.ys.w[oy*ring:][:ring]
+		switch ring {
+		case 2:
+			blendRows3(s.line, taps[0], taps[1], taps[1], w[0], w[1], 0)
+		case 3:
+			blendRows3(s.line, taps[0], taps[1], taps[2], w[0], w[1], w[2])
+		default:
+			blendRows(s.line, s.rows, first, ring, w)
 		}
-		for i := range ow {
-			var acc uint64
-			for k, wk := range w {
-				acc += rows[(first+k)*ow+i] * wk
-			}
-			v := unpackRound(acc)
-			px := d[4*i : 4*i+4]
-			px[0], px[1], px[2], px[3] = uint8(v), uint8(v>>lane), uint8(v>>(2*lane)), 0xff
-		}
+		storeRGBA(d, s.line)
 	}
 	return out.Add(dst.Rect.Min)
 }
 
+// rowLoops: each pass over a row is a function of its own, kept out of
+// Scale: inlined there, its loops ran 5-10x slower for want of registers.
+//
+// maxUnrolled is the most taps the unrolled loops take: enough to shrink
+// by up to 2, which a 1280x800 guest in a terminal needs.
+const maxUnrolled = 3
+
+// packRow packs a row of RGBA pixels.
+//
+//go:noinline // see rowLoops
+func packRow(dst []uint64, rgba []byte) {
+	rgba = rgba[:4*len(dst)]
+	for i := range dst {
+		dst[i] = pack(binary.LittleEndian.Uint32(rgba[4*i:]))
+	}
+}
+
+// scaleRow scales a packed row horizontally, output pixel i being the
+// sum of the n pixels from first[i] weighed by w[n*i:].
+//
+//go:noinline // see rowLoops
+func scaleRow(dst, packed []uint64, first []int, w []uint64, n int) {
+	switch n {
+	case 2:
+		w = w[:2*len(dst)]
+		for i := range dst {
+			src, w := packed[first[i]:][:2], w[2*i:][:2]
+			dst[i] = unpackRound(src[0]*w[0] + src[1]*w[1])
+		}
+	case 3:
+		w = w[:3*len(dst)]
+		for i := range dst {
+			src, w := packed[first[i]:][:3], w[3*i:][:3]
+			dst[i] = unpackRound(src[0]*w[0] + src[1]*w[1] + src[2]*w[2])
+		}
+	default:
+		for i := range dst {
+			src, w := packed[first[i]:][:n], w[n*i:][:n]
+			var acc uint64
+			for k, p := range src {
+				acc += p * w[k]
+			}
+			dst[i] = unpackRound(acc)
+		}
+	}
+}
+
+// scaleRow3 is scaleRow for at most three taps.
+//
+//go:noinline // see rowLoops
+func scaleRow3(dst, packed []uint64, taps []tap3) {
+	taps = taps[:len(dst)]
+	for i, t := range taps {
+		p := packed[t.first : t.first+3 : t.first+3]
+		dst[i] = unpackRound(p[0]*t.w0 + p[1]*t.w1 + p[2]*t.w2)
+	}
+}
+
+// blendRows3 is the weighted sum of three scaled rows, as RGBA pixels.
+//
+//go:noinline // see rowLoops
+func blendRows3(dst []uint32, r0, r1, r2 []uint64, w0, w1, w2 uint64) {
+	r1, r2, dst = r1[:len(r0)], r2[:len(r0)], dst[:len(r0)]
+	for i := range r0 {
+		dst[i] = unpackRGBA(unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2))
+	}
+}
+
+// blendRows is the weighted sum of the ring's rows first.., as RGBA
+// pixels, for shrinking by more than maxUnrolled allows.
+//
+//go:noinline // see rowLoops
+func blendRows(dst []uint32, ring []uint64, first, n int, w []uint64) {
+	ow := len(dst)
+	for i := range dst {
+		var acc uint64
+		for k, wk := range w {
+			acc += ring[(first+k)%n*ow+i] * wk
+		}
+		dst[i] = unpackRGBA(unpackRound(acc))
+	}
+}
+
+// storeRGBA writes a row of pixels into an image's bytes.
+//
+//go:noinline // see rowLoops
+func storeRGBA(dst []byte, px []uint32) {
+	dst = dst[:4*len(px)]
+	for i, v := range px {
+		binary.LittleEndian.PutUint32(dst[4*i:], v)
+	}
+}
+
+// Every lane at once: a lane's weighted sum is under 256 x weightOne
+// (2^20), so adding half a weight cannot carry into the next lane, and
+// after the shift each lane's top 8 bits sit at its bottom.
+const (
+	laneHalfWeights = weightOne/2 | weightOne/2<<lane | weightOne/2<<(2*lane)
+	laneBytes       = 0xff | 0xff<<lane | 0xff<<(2*lane)
+)
+
 // unpackRound divides each lane of a weighted sum by the weights' total,
 // rounding, back to one 8-bit value a lane.
 func unpackRound(acc uint64) uint64 {
-	r := (acc&laneMask + weightOne/2) >> 12
-	g := (acc>>lane&laneMask + weightOne/2) >> 12
-	b := (acc>>(2*lane)&laneMask + weightOne/2) >> 12
-	return r | g<<lane | b<<(2*lane)
+	return (acc + laneHalfWeights) >> 12 & laneBytes
+}
+
+// pack spreads a little-endian RGBA pixel's colour into the three lanes.
+func pack(rgba uint32) uint64 {
+	return uint64(rgba&0xff) | uint64(rgba&0xff00)<<(lane-8) | uint64(rgba&0xff0000)<<(2*lane-16)
+}
+
+// unpackRGBA is the opaque little-endian RGBA pixel of packed 8-bit lanes.
+func unpackRGBA(v uint64) uint32 {
+	return uint32(v)&0xff | uint32(v>>(lane-8))&0xff00 | uint32(v>>(2*lane-16))&0xff0000 | 0xff000000
 }

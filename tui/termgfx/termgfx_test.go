@@ -377,14 +377,14 @@ func BenchmarkScale1280x800To1000x625(b *testing.B) {
 // definition: each output pixel the coverage-weighted mean of the source.
 func TestScaleMatchesAreaAveraging(t *testing.T) {
 	src := desktop(1280, 800)
-	for _, size := range []image.Point{{1000, 625}, {700, 437}, {300, 190}} {
+	for _, size := range []image.Point{{1000, 625}, {700, 437}, {300, 190}, {1280, 700}, {640, 800}, {1279, 100}} {
 		dst := image.NewRGBA(image.Rectangle{Max: size})
 		var s Scaler
 		s.Scale(dst, src, src.Rect)
 		fx, fy := float64(1280)/float64(size.X), float64(800)/float64(size.Y)
 		worst := 0
-		for oy := 0; oy < size.Y; oy += 7 {
-			for ox := 0; ox < size.X; ox += 7 {
+		for oy := 0; oy < size.Y; oy += min(7, size.Y-1) {
+			for ox := 0; ox < size.X; ox += 1 + size.X/200 {
 				var sum [3]float64
 				var area float64
 				for sy := int(float64(oy) * fy); float64(sy) < float64(oy+1)*fy; sy++ {

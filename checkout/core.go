@@ -188,8 +188,9 @@ func (Quit) input()                {}
 
 // Result is how a finished migration went.
 type Result struct {
-	Mode     string // "precopy" or "postcopy"
-	Downtime time.Duration
+	Mode          string // "precopy" or "postcopy"
+	Downtime      time.Duration
+	DowntimeKnown bool // a side reported Downtime
 }
 
 // ErrAborted is wrapped by a migration's error when it was stopped before
@@ -510,7 +511,7 @@ func (t *step) on(in Input) error {
 			return nil
 		}
 		s.Where = m.To
-		t.emit(event.Switched{Downtime: in.Result.Downtime, Mode: in.Result.Mode})
+		t.emit(event.Switched{Downtime: in.Result.Downtime, DowntimeKnown: in.Result.DowntimeKnown, Mode: in.Result.Mode})
 		t.do(ShowScreen{On: m.To})
 		s.stage = finishing
 		if s.Disks {

@@ -22,8 +22,8 @@ func progress(p switchover.Phase) MigrationProgressed {
 var (
 	errBoom    = errors.New("boom")
 	errAborted = fmt.Errorf("%w: desktop keeps running on qemu:///srv", ErrAborted)
-	precopied  = MigrationEnded{Result: Result{Mode: "precopy", Downtime: 40 * time.Millisecond}}
-	postcopied = MigrationEnded{Result: Result{Mode: "postcopy", Downtime: 5 * time.Millisecond}}
+	precopied  = MigrationEnded{Result: Result{Mode: "precopy", Downtime: 40 * time.Millisecond, DowntimeKnown: true}}
+	postcopied = MigrationEnded{Result: Result{Mode: "postcopy", Downtime: 5 * time.Millisecond, DowntimeKnown: true}}
 )
 
 // describe writes actions as the tables read them, one "; " apart.

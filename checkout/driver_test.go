@@ -100,7 +100,7 @@ func (m *fakeMigration) Run(progress func(event.Progress)) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("%w: it keeps running on the %s", ErrAborted, m.h.name)
 	}
-	return Result{Mode: "precopy", Downtime: 40 * time.Millisecond}, nil
+	return Result{Mode: "precopy", Downtime: 40 * time.Millisecond, DowntimeKnown: true}, nil
 }
 
 func (m *fakeMigration) PostCopy() error { return errors.New("no post-copy in tests") }

@@ -84,7 +84,7 @@ func (m libvirtMigration) Run(progress func(event.Progress)) (Result, error) {
 	if errors.Is(err, libvirt.ErrAborted) {
 		err = aborted{err}
 	}
-	return Result{Mode: res.Mode, Downtime: res.Downtime}, err
+	return Result{Mode: res.Mode, Downtime: res.Downtime, DowntimeKnown: res.DowntimeKnown}, err
 }
 
 // aborted marks libvirt's abort as ErrAborted, keeping its message.

@@ -104,12 +104,16 @@ type Progress struct {
 
 // Result describes a finished migration.
 type Result struct {
-	Mode        string // "precopy" or "postcopy": how the VM switched hosts
-	Downtime    time.Duration
-	Total       time.Duration
-	Transferred uint64 // bytes on the wire
-	MemoryTotal uint64
-	Iterations  uint64
+	Mode     string // "precopy" or "postcopy": how the VM switched hosts
+	Downtime time.Duration
+	// DowntimeKnown: a side reported Downtime. After a post-copy into the
+	// server neither may: the source forgets the job with its transient
+	// domain, and the destination never had the figure.
+	DowntimeKnown bool
+	Total         time.Duration
+	Transferred   uint64 // bytes on the wire
+	MemoryTotal   uint64
+	Iterations    uint64
 }
 
 // ErrAborted is returned (wrapped) when a migration was stopped on request
@@ -724,7 +728,7 @@ func completedResult(r Result, sides []jobStats, running jobStats) Result {
 	}
 	for _, side := range append(sides, running) {
 		if side.hasDowntime {
-			r.Downtime = side.downtime
+			r.Downtime, r.DowntimeKnown = side.downtime, true
 			break
 		}
 	}

@@ -35,7 +35,7 @@ func (p Progress) Record() ProgressRecord {
 type ResultRecord struct {
 	Phase            string `json:"phase"`
 	Mode             string `json:"mode"`
-	DowntimeMs       int64  `json:"downtime_ms"`
+	DowntimeMs       *int64 `json:"downtime_ms,omitempty"` // nil: neither side reported one
 	TotalMs          int64  `json:"total_ms"`
 	TransferredBytes uint64 `json:"transferred_bytes"`
 	MemoryBytes      uint64 `json:"memory_bytes"`
@@ -51,7 +51,12 @@ type ResultRecord struct {
 
 // Record is r as the final --json line.
 func (r Result) Record() ResultRecord {
-	return ResultRecord{Phase: "completed", Mode: r.Mode, DowntimeMs: r.Downtime.Milliseconds(),
+	var downtime *int64
+	if r.DowntimeKnown {
+		ms := r.Downtime.Milliseconds()
+		downtime = &ms
+	}
+	return ResultRecord{Phase: "completed", Mode: r.Mode, DowntimeMs: downtime,
 		TotalMs: r.Total.Milliseconds(), TransferredBytes: r.Transferred, MemoryBytes: r.MemoryTotal, Iterations: r.Iterations}
 }
 

@@ -70,15 +70,21 @@ func TestCompletedResultTakesTheDowntimeOfTheSideThatHasOne(t *testing.T) {
 		sides   []jobStats
 		running jobStats
 		want    time.Duration
+		known   bool
 	}{
-		{"the source has none", []jobStats{src, dst}, running, 4 * time.Millisecond},
-		{"only the destination kept its", []jobStats{dst}, running, 4 * time.Millisecond},
-		{"a real 0 ms", []jobStats{{elapsed: time.Second, hasDowntime: true}, dst}, running, 0},
-		{"a hand back: none kept one, the running job had", []jobStats{src}, running, 6 * time.Millisecond},
+		{"the source has none", []jobStats{src, dst}, running, 4 * time.Millisecond, true},
+		{"only the destination kept its", []jobStats{dst}, running, 4 * time.Millisecond, true},
+		{"a real 0 ms", []jobStats{{elapsed: time.Second, hasDowntime: true}, dst}, running, 0, true},
+		{"none kept one, the running job had", []jobStats{src}, running, 6 * time.Millisecond, true},
+		{"a hand back by post-copy: nobody reported one", []jobStats{src}, jobStats{}, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := completedResult(Result{}, tc.sides, tc.running).Downtime; got != tc.want {
-				t.Errorf("downtime %v, want %v", got, tc.want)
+			r := completedResult(Result{}, tc.sides, tc.running)
+			if r.Downtime != tc.want || r.DowntimeKnown != tc.known {
+				t.Errorf("downtime %v (known %v), want %v (%v)", r.Downtime, r.DowntimeKnown, tc.want, tc.known)
+			}
+			if rec := r.Record(); (rec.DowntimeMs != nil) != tc.known {
+				t.Errorf("--json's downtime_ms %v, want one only when known", rec.DowntimeMs)
 			}
 		})
 	}

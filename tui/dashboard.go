@@ -54,23 +54,25 @@ type Checkpoint struct {
 // dashState is what the dashboard shows; kept apart from the model so the
 // dashboard is a plain function of it.
 type dashState struct {
-	Domain     string
-	Phase      Phase
-	Host       string // where the VM runs now
-	From, To   string
-	Progress   switchover.Sample
-	Decision   switchover.Decision
-	Dirty      []float64 // dirty rate samples of the last minute, B/s
-	Downtime   time.Duration
-	Mode       string // precopy or postcopy, once switched
-	Switched   bool
-	Lease      Lease
-	Checkpoint Checkpoint
-	Now        time.Time
-	Err        string
-	Prefix     string   // how the prefix key is written, e.g. "Ctrl-]"
-	PrefixArm  bool     // the prefix was typed; the next key is a command
-	Events     []string // what happened, oldest first, each with its time
+	Domain   string
+	Phase    Phase
+	Host     string // where the VM runs now
+	From, To string
+	Progress switchover.Sample
+	Decision switchover.Decision
+	Dirty    []float64 // dirty rate samples of the last minute, B/s
+	Downtime time.Duration
+	// DowntimeKnown: a host reported Downtime.
+	DowntimeKnown bool
+	Mode          string // precopy or postcopy, once switched
+	Switched      bool
+	Lease         Lease
+	Checkpoint    Checkpoint
+	Now           time.Time
+	Err           string
+	Prefix        string   // how the prefix key is written, e.g. "Ctrl-]"
+	PrefixArm     bool     // the prefix was typed; the next key is a command
+	Events        []string // what happened, oldest first, each with its time
 }
 
 var (
@@ -107,7 +109,7 @@ func dashboardLines(s dashState, width, height int, compact bool) []string {
 		lines = append(lines, row("switch", switchText(s.Decision)))
 	}
 	if s.Switched {
-		lines = append(lines, row("downtime", fmt.Sprintf("%d ms (%s)", s.Downtime.Milliseconds(), s.Mode)))
+		lines = append(lines, row("downtime", fmt.Sprintf("%s (%s)", units.Downtime(s.Downtime, s.DowntimeKnown), s.Mode)))
 	}
 	if !compact || s.Lease.Holder != "" {
 		lines = append(lines, row("lease", leaseText(s.Lease, s.Now)))

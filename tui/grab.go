@@ -96,7 +96,7 @@ func message(ev event.Event) tea.Msg {
 	case event.Planned:
 		return PlanMsg{Reason: ev.Reason}
 	case event.Switched:
-		return SwitchedMsg{Downtime: ev.Downtime, Mode: ev.Mode}
+		return SwitchedMsg{Downtime: ev.Downtime, DowntimeKnown: ev.DowntimeKnown, Mode: ev.Mode}
 	case event.LeaseChanged:
 		return LeaseMsg{Holder: ev.Holder, Epoch: ev.Epoch, Expires: ev.Expires}
 	case event.Checkpoint:

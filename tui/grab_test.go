@@ -82,7 +82,7 @@ func TestEventsBecomeMessages(t *testing.T) {
 		event.PhaseChanged{Phase: event.Copying, Host: "server", From: "server", To: "workstation"},
 		event.Progress{Sample: switchover.Sample{Phase: switchover.PhasePrecopy, Total: 10}},
 		event.DiskProgress{Step: "receiving", Disk: "vda", Done: 1, Total: 2},
-		event.Switched{Downtime: 40 * time.Millisecond, Mode: "precopy"},
+		event.Switched{Downtime: 40 * time.Millisecond, DowntimeKnown: true, Mode: "precopy"},
 		event.LeaseChanged{Holder: "laptop", Epoch: 1, Expires: expires},
 		event.Screen{Host: "workstation", URI: "test:///ws", Dial: func(context.Context) (net.Conn, error) { return nil, boom }},
 		event.Notice{Err: boom},
@@ -97,7 +97,7 @@ func TestEventsBecomeMessages(t *testing.T) {
 		PhaseMsg{Phase: PhaseCopying, Host: "server", From: "server", To: "workstation"},
 		ProgressMsg{Sample: switchover.Sample{Phase: switchover.PhasePrecopy, Total: 10}},
 		DiskProgressMsg{Step: "receiving", Disk: "vda", Done: 1, Total: 2},
-		SwitchedMsg{Downtime: 40 * time.Millisecond, Mode: "precopy"},
+		SwitchedMsg{Downtime: 40 * time.Millisecond, DowntimeKnown: true, Mode: "precopy"},
 		LeaseMsg{Holder: "laptop", Epoch: 1, Expires: expires},
 		nil, // the screen's failure, checked below
 		ErrMsg{boom},

@@ -56,8 +56,9 @@ type (
 	// PlanMsg: a migration started on this plan (in words).
 	PlanMsg     struct{ Reason string }
 	SwitchedMsg struct {
-		Downtime time.Duration
-		Mode     string
+		Downtime      time.Duration
+		DowntimeKnown bool
+		Mode          string
 	}
 	// DiskProgressMsg is a disk move's latest report.
 	DiskProgressMsg struct {
@@ -178,8 +179,8 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 	case PlanMsg:
 		m.note("plan: " + msg.Reason)
 	case SwitchedMsg:
-		m.dash.Switched, m.dash.Downtime, m.dash.Mode = true, msg.Downtime, msg.Mode
-		m.note(fmt.Sprintf("switched by %s, downtime %d ms", msg.Mode, msg.Downtime.Milliseconds()))
+		m.dash.Switched, m.dash.Downtime, m.dash.DowntimeKnown, m.dash.Mode = true, msg.Downtime, msg.DowntimeKnown, msg.Mode
+		m.note(fmt.Sprintf("switched by %s, downtime %s", msg.Mode, units.Downtime(msg.Downtime, msg.DowntimeKnown)))
 	case DiskProgressMsg:
 		m.noteDisk(msg)
 	case LeaseMsg:

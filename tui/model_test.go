@@ -168,9 +168,11 @@ func TestPhasesShowOnTheDashboard(t *testing.T) {
 	waitScreen(t, tm, "not converging", "server → workstation", "copying (pass 3)")
 	tm.Send(PlanMsg{Reason: "zstd relay"})
 	waitScreen(t, tm, "plan: zstd relay")
-	tm.Send(SwitchedMsg{Downtime: 36 * time.Millisecond, Mode: "precopy"})
+	tm.Send(SwitchedMsg{Downtime: 36 * time.Millisecond, DowntimeKnown: true, Mode: "precopy"})
 	tm.Send(PhaseMsg{Phase: PhaseLocal, Host: "workstation"})
 	waitScreen(t, tm, "36 ms")
+	tm.Send(SwitchedMsg{Mode: "postcopy"}) // a hand back: no host reported the pause
+	waitScreen(t, tm, "not reported (postcopy)")
 	tm.Send(LeaseMsg{Holder: "laptop", Epoch: 7, Expires: fixedNow.Add(90 * time.Second)})
 	waitScreen(t, tm, "laptop, epoch 7, 1m30s left")
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlCloseBracket})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Bytes writes a byte count: "108.3 MB".
@@ -30,6 +31,16 @@ func Rate(bps float64) string {
 		return fmt.Sprintf("%.0f kB/s", bps/1e3)
 	}
 	return fmt.Sprintf("%.0f B/s", bps)
+}
+
+// Downtime writes a switch's pause: "4 ms", or "not reported" where
+// neither side kept one (libvirt forgets a post-copy's pause with the
+// transient domain it moved), which is not a pause of 0 ms.
+func Downtime(d time.Duration, known bool) string {
+	if !known {
+		return "not reported"
+	}
+	return fmt.Sprintf("%d ms", d.Milliseconds())
 }
 
 // BitsPerSecond reads a rate as tc writes it ("20mbit", "1gbit",

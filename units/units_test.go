@@ -1,6 +1,9 @@
 package units
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestBytes(t *testing.T) {
 	tests := []struct {
@@ -48,5 +51,17 @@ func TestBitsPerSecond(t *testing.T) {
 		if (err != nil) != tt.wantErr || got != tt.want {
 			t.Errorf("BitsPerSecond(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
 		}
+	}
+}
+
+func TestDowntime(t *testing.T) {
+	if got := Downtime(4*time.Millisecond, true); got != "4 ms" {
+		t.Errorf("Downtime(4ms, known) = %q; want 4 ms", got)
+	}
+	if got := Downtime(0, true); got != "0 ms" {
+		t.Errorf("Downtime(0, known) = %q; want 0 ms: a pause too short to count is still one reported", got)
+	}
+	if got := Downtime(0, false); got != "not reported" {
+		t.Errorf("Downtime(0, unknown) = %q; want not reported, never 0 ms", got)
 	}
 }

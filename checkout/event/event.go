@@ -59,8 +59,9 @@ type (
 	Planned struct{ Reason string }
 	// Switched: the VM now runs on the destination.
 	Switched struct {
-		Downtime time.Duration
-		Mode     string // "precopy" or "postcopy"
+		Downtime      time.Duration
+		DowntimeKnown bool   // false: neither host reported the pause
+		Mode          string // "precopy" or "postcopy"
 	}
 	// LeaseChanged is the lease as held now; zero: none.
 	LeaseChanged struct {

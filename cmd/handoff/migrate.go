@@ -166,8 +166,8 @@ func reportEnd(res libvirt.Result, err error, diskBytes int64, stream *relay.Sta
 		return err
 	}
 	if !jsonOut {
-		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %v, total %v, %s sent%s\n",
-			name, to, res.Mode, res.Downtime, res.Total.Round(time.Millisecond), units.Bytes(res.Transferred), relayed)
+		fmt.Fprintf(stdout, "\n%s now runs on %s: %s, downtime %s, total %v, %s sent%s\n",
+			name, to, res.Mode, units.Downtime(res.Downtime, res.DowntimeKnown), res.Total.Round(time.Millisecond), units.Bytes(res.Transferred), relayed)
 	}
 	return nil
 }

@@ -3,8 +3,7 @@ package termgfx
 import (
 	"bytes"
 	"encoding/base64"
-
-	"github.com/klauspost/compress/zlib"
+	"encoding/binary"
 	"image"
 	"image/png"
 	"strconv"
@@ -18,8 +17,8 @@ type Encoder struct {
 	bits  []byte
 	pal   palette
 	png   bytes.Buffer
-	z     bytes.Buffer
-	zw    *zlib.Writer
+	z     []byte      // a tile's zlib stream
+	codes *fixedCodes // deflate's, made on the first kitty tile
 	pngE  png.Encoder
 	table [paletteSlots]uint64
 	slots []uint16 // the table's slots in use
@@ -38,22 +37,17 @@ const kittyChunk = 4096
 // are off (q=2), so nothing comes back to be mistaken for typing.
 func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint32) []byte {
 	r = r.Intersect(img.Rect)
-	e.RGB(img, r)
-	e.z.Reset()
-	if e.zw == nil {
-		e.zw, _ = zlib.NewWriterLevel(&e.z, zlib.BestSpeed)
-	} else {
-		e.zw.Reset(&e.z)
+	if e.codes == nil {
+		e.codes = makeFixedCodes()
 	}
-	e.zw.Write(e.rgb)
-	e.zw.Close()
-	e.rgb = append(e.rgb[:0], e.z.Bytes()...)
-	if need := len(dst) + base64.StdEncoding.EncodedLen(len(e.rgb)) + (len(e.rgb)/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
+	e.z = appendZlibRGB(e.z[:0], img, r, e.codes)
+	z := e.z
+	if need := len(dst) + base64.StdEncoding.EncodedLen(len(z)) + (len(z)/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
 		dst = append(make([]byte, 0, need), dst...)
 	}
 	const raw = kittyChunk / 4 * 3
-	for off := 0; off < len(e.rgb) || off == 0; off += raw {
-		end := min(off+raw, len(e.rgb))
+	for off := 0; off < len(z) || off == 0; off += raw {
+		end := min(off+raw, len(z))
 		dst = append(dst, "\x1b_G"...)
 		if off == 0 {
 			dst = append(dst, "a=T,f=24,o=z,s="...)
@@ -65,15 +59,15 @@ func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint3
 			dst = append(dst, ",p=1,C=1,"...)
 		}
 		dst = append(dst, "q=2,m="...)
-		if end < len(e.rgb) {
+		if end < len(z) {
 			dst = append(dst, '1')
 		} else {
 			dst = append(dst, '0')
 		}
 		dst = append(dst, ';')
-		dst = base64.StdEncoding.AppendEncode(dst, e.rgb[off:end])
+		dst = base64.StdEncoding.AppendEncode(dst, z[off:end])
 		dst = append(dst, "\x1b\\"...)
-		if end >= len(e.rgb) {
+		if end >= len(z) {
 			break
 		}
 	}
@@ -84,20 +78,35 @@ func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint3
 // call reuses.
 func (e *Encoder) RGB(img *image.RGBA, r image.Rectangle) []byte {
 	r = r.Intersect(img.Rect)
-	n := 3 * r.Dx() * r.Dy()
-	if cap(e.rgb) < n {
-		e.rgb = make([]byte, n)
+	w := r.Dx()
+	n := 3 * w * r.Dy()
+	if cap(e.rgb) < n+rgbSlack {
+		e.rgb = make([]byte, n+rgbSlack)
+	}
+	e.rgb = e.rgb[:n+rgbSlack]
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		i := 3 * w * (y - r.Min.Y)
+		rgbRow(e.rgb[i:i+3*w+rgbSlack], img.Pix[img.PixOffset(r.Min.X, y):][:4*w])
 	}
 	e.rgb = e.rgb[:n]
-	o := e.rgb
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		row := img.Pix[img.PixOffset(r.Min.X, y):][:4*r.Dx()]
-		for len(row) >= 4 && len(o) >= 3 {
-			o[0], o[1], o[2] = row[0], row[1], row[2]
-			row, o = row[4:], o[3:]
-		}
-	}
 	return e.rgb
+}
+
+// rgbSlack is the room past a row that rgbRow writes over: whole words
+// are faster than three bytes a pixel.
+const rgbSlack = 2
+
+// rgbRow packs RGBA pixels as RGB, two at a time: dst has 3 bytes a pixel
+// and rgbSlack more.
+func rgbRow(dst, rgba []byte) {
+	for len(rgba) >= 8 && len(dst) >= 8 {
+		v := binary.LittleEndian.Uint64(rgba)
+		binary.LittleEndian.PutUint64(dst, v&0xffffff|v>>8&0xffffff000000)
+		rgba, dst = rgba[8:], dst[6:]
+	}
+	if len(rgba) >= 4 && len(dst) >= 4 {
+		binary.LittleEndian.PutUint32(dst, binary.LittleEndian.Uint32(rgba))
+	}
 }
 
 // KittyFile appends the escape that shows a w x h RGB picture the caller

@@ -2,12 +2,14 @@ package termgfx
 
 import (
 	"bytes"
+	stdzlib "compress/zlib"
 	"encoding/base64"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"io"
+	"math/bits"
 	"strconv"
 	"strings"
 	"syscall"
@@ -415,4 +417,80 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestZlibOfTilesDecodesToTheirRGB checks the kitty compressor against Go's
+// own zlib reader (which checks the checksum) on pictures that take each of
+// its paths: runs, rows like the row above, gradients, noise, and rows too
+// long for deflate's window.
+func TestZlibOfTilesDecodesToTheirRGB(t *testing.T) {
+	noise := image.NewRGBA(image.Rect(0, 0, 300, 40))
+	seed := uint32(1)
+	for i := range noise.Pix {
+		seed = seed*1664525 + 1013904223
+		noise.Pix[i] = byte(seed >> 24)
+	}
+	stripes := image.NewRGBA(image.Rect(0, 0, 11000, 3)) // a row of 33000 bytes: no row above in reach
+	for x := range 11000 {
+		for y := range 3 {
+			stripes.SetRGBA(x, y, color.RGBA{uint8(x / 100), uint8(x / 7), 9, 255})
+		}
+	}
+	flat := image.NewRGBA(image.Rect(0, 0, 500, 300))
+	for i := range flat.Pix {
+		flat.Pix[i] = 0x80
+	}
+	desk := desktop(1280, 800)
+	var e Encoder
+	for _, tc := range []struct {
+		name string
+		img  *image.RGBA
+		r    image.Rectangle
+	}{
+		{"one pixel", desk, image.Rect(5, 5, 6, 6)},
+		{"one column", desk, image.Rect(5, 0, 6, 200)},
+		{"two columns", desk, image.Rect(500, 50, 502, 300)},
+		{"a tile of the gradient", desk, image.Rect(64, 0, 128, 64)},
+		{"a tile of text", desk, image.Rect(640, 320, 704, 384)},
+		{"an odd tile", desk, image.Rect(3, 97, 68, 162)},
+		{"the whole desktop", desk, desk.Rect},
+		{"noise", noise, noise.Rect},
+		{"flat", flat, flat.Rect},
+		{"rows past the window", stripes, stripes.Rect},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if e.codes == nil {
+				e.codes = makeFixedCodes()
+			}
+			z := appendZlibRGB(nil, tc.img, tc.r, e.codes)
+			zr, err := stdzlib.NewReader(bytes.NewReader(z))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatalf("decoding: %v", err)
+			}
+			if want := e.RGB(tc.img, tc.r); !bytes.Equal(got, want) {
+				t.Fatalf("decoded %d bytes, not the tile's %d bytes of RGB", len(got), len(want))
+			}
+			if n := tc.r.Dx() * tc.r.Dy(); tc.img == flat && len(z) > 3*n/100 { // a hundredfold
+				t.Errorf("a flat picture of %d pixels took %d bytes", n, len(z))
+			}
+		})
+	}
+}
+
+func TestDeflateDistanceCodes(t *testing.T) {
+	// RFC 1951 3.2.5: code, extra bits and first distance of a few.
+	for _, tc := range []struct{ d, sym, extra, base int }{
+		{1, 0, 0, 1}, {4, 3, 0, 4}, {5, 4, 1, 5}, {8, 5, 1, 7}, {192, 14, 6, 129}, {193, 15, 6, 193},
+		{3840, 23, 10, 3073}, {32768, 29, 13, 24577},
+	} {
+		c := distanceCode(tc.d)
+		sym := int(bits.Reverse8(uint8(c.bits&31)) >> 3)
+		if sym != tc.sym || int(c.n) != 5+tc.extra || int(c.bits>>5) != tc.d-tc.base {
+			t.Errorf("distance %d: code %d, %d bits, extra %d; want %d, %d, %d", tc.d, sym, c.n, c.bits>>5, tc.sym, 5+tc.extra, tc.d-tc.base)
+		}
+	}
 }

@@ -124,10 +124,14 @@ type picture struct {
 	enc    termgfx.Encoder
 	scaler termgfx.Scaler
 	last   picJob
-	scaled *image.RGBA
+	scaled *image.RGBA // the screen at its size in the terminal, when that is not its own
 	buf    []byte
 	marks  []bool // the tiles to send
-	shown  bool
+	// scratch, kept between frames
+	changed  []image.Rectangle
+	band     []image.Rectangle
+	bandCols []int
+	shown    bool
 }
 
 // newPicture draws in proto; sixel images are at most 1000 pixels wide
@@ -226,29 +230,43 @@ func (p *picture) draw(j picJob, all bool) {
 		all = true
 		dirty = j.frame.Rect
 	}
-	if p.scaled == nil || p.scaled.Rect.Size() != j.at.size {
-		p.scaled = image.NewRGBA(image.Rectangle{Max: j.at.size})
-		all = true
-		dirty = j.frame.Rect
-	}
-	src := j.frame.SubImage(j.at.crop).(*image.RGBA)
 	rects := j.rects
 	if all || len(rects) == 0 {
 		rects = []image.Rectangle{dirty}
 	}
-	var changed []image.Rectangle
-	for _, r := range rects {
-		if c := p.scaler.Scale(p.scaled, src, r); !c.Empty() {
-			changed = append(changed, c)
+	changed := p.changed[:0]
+	var pic *image.RGBA
+	if j.at.size == j.at.crop.Size() {
+		// At full resolution the tiles come from the frame itself: a copy
+		// of it would cost more than encoding some of them.
+		pic = j.frame.SubImage(j.at.crop).(*image.RGBA)
+		for _, r := range rects {
+			if c := r.Intersect(pic.Rect); !c.Empty() {
+				changed = append(changed, c.Sub(pic.Rect.Min))
+			}
+		}
+	} else {
+		if p.scaled == nil || p.scaled.Rect.Size() != j.at.size {
+			p.scaled = image.NewRGBA(image.Rectangle{Max: j.at.size})
+			rects = []image.Rectangle{j.frame.Rect}
+		}
+		pic = p.scaled
+		src := j.frame.SubImage(j.at.crop).(*image.RGBA)
+		for _, r := range rects {
+			if c := p.scaler.Scale(p.scaled, src, r); !c.Empty() {
+				changed = append(changed, c)
+			}
 		}
 	}
+	p.changed = changed
 	p.last, p.shown = j, true
-	p.tiles(j.at, changed)
+	p.tiles(pic, j.at, changed)
 	p.flush()
 }
 
-// tiles encodes the tiles that the changed rectangles touch.
-func (p *picture) tiles(at placement, changed []image.Rectangle) {
+// tiles encodes the tiles that the changed rectangles (in the picture's
+// pixels, from 0,0) touch, from pic, the picture in its own coordinates.
+func (p *picture) tiles(pic *image.RGBA, at placement, changed []image.Rectangle) {
 	tc := at.tileCells()
 	tw, th := tc.X*at.cell.X, tc.Y*at.cell.Y
 	cols, rows := (at.size.X+tw-1)/tw, (at.size.Y+th-1)/th
@@ -257,24 +275,41 @@ func (p *picture) tiles(at placement, changed []image.Rectangle) {
 	}
 	marks := p.marks[:cols*rows]
 	clear(marks)
+	bounds := image.Rectangle{Max: at.size}
 	for _, c := range changed {
-		c = c.Intersect(p.scaled.Rect)
+		c = c.Intersect(bounds)
 		for ty := c.Min.Y / th; ty < (c.Max.Y+th-1)/th; ty++ {
 			for tx := c.Min.X / tw; tx < (c.Max.X+tw-1)/tw; tx++ {
 				marks[ty*cols+tx] = true
 			}
 		}
 	}
+	at0 := pic.Rect.Min
 	for ty := range rows {
-		for tx := 0; tx < cols; tx++ {
-			if !marks[ty*cols+tx] {
+		if p.proto == termgfx.Kitty {
+			// A band of tiles at once: the encoder reads the picture a row
+			// across all of them, in memory's order.
+			band, cols0 := p.band[:0], p.bandCols[:0]
+			for tx := range cols {
+				if marks[ty*cols+tx] {
+					band = append(band, image.Rect(tx*tw, ty*th, (tx+1)*tw, (ty+1)*th).Intersect(bounds).Add(at0))
+					cols0 = append(cols0, tx)
+				}
+			}
+			p.band, p.bandCols = band, cols0
+			if len(band) == 0 {
 				continue
 			}
-			if p.proto == termgfx.Kitty {
-				r := image.Rect(tx*tw, ty*th, (tx+1)*tw, (ty+1)*th).Intersect(p.scaled.Rect)
+			p.enc.KittyBand(pic, band)
+			for i, tx := range cols0 {
 				p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
-				p.buf = p.enc.Kitty(p.buf, p.scaled, r, uint32(1+ty*cols+tx))
+				p.buf = p.enc.KittyTile(p.buf, i, uint32(1+ty*cols+tx))
 				p.buf = append(p.buf, "\x1b8"...)
+			}
+			continue
+		}
+		for tx := 0; tx < cols; tx++ {
+			if !marks[ty*cols+tx] {
 				continue
 			}
 			// Sixel and iTerm2 images have no identity: one image for a
@@ -284,12 +319,12 @@ func (p *picture) tiles(at placement, changed []image.Rectangle) {
 				end++
 			}
 			end = max(end, tx+1)
-			r := image.Rect(tx*tw, ty*th, end*tw, (ty+1)*th).Intersect(p.scaled.Rect)
+			r := image.Rect(tx*tw, ty*th, end*tw, (ty+1)*th).Intersect(bounds).Add(at0)
 			p.moveTo(at.origin.Add(image.Pt(tx*tc.X, ty*tc.Y)))
 			if p.proto == termgfx.Sixel {
-				p.buf = p.enc.Sixel(p.buf, p.scaled, r, p.colors)
+				p.buf = p.enc.Sixel(p.buf, pic, r, p.colors)
 			} else {
-				p.buf = p.enc.ITerm(p.buf, p.scaled, r)
+				p.buf = p.enc.ITerm(p.buf, pic, r)
 			}
 			p.buf = append(p.buf, "\x1b8"...)
 			tx = end - 1 // the loop steps to end, maybe the start of the next run

@@ -17,7 +17,9 @@ type Encoder struct {
 	bits  []byte
 	pal   palette
 	png   bytes.Buffer
-	z     []byte      // a tile's zlib stream
+	z     [][]byte // the zlib stream of each tile of a band
+	band  []zlibTile
+	one   [1]image.Rectangle
 	codes *fixedCodes // deflate's, made on the first kitty tile
 	pngE  png.Encoder
 	table [paletteSlots]uint64
@@ -32,16 +34,49 @@ const KittyDeleteAll = "\x1b_Ga=d,d=A,q=2\x1b\\"
 const kittyChunk = 4096
 
 // Kitty appends tile r of img as kitty image id, placed at the cursor
-// (which stays where it is). The picture goes as 24-bit RGB, deflated at
-// the fastest level (a screen of text shrinks some fiftyfold); replies
-// are off (q=2), so nothing comes back to be mistaken for typing.
+// (which stays where it is). The picture goes as 24-bit RGB, deflated
+// (a screen of text shrinks some fiftyfold); replies are off (q=2), so
+// nothing comes back to be mistaken for typing.
 func (e *Encoder) Kitty(dst []byte, img *image.RGBA, r image.Rectangle, id uint32) []byte {
-	r = r.Intersect(img.Rect)
+	e.one[0] = r
+	e.KittyBand(img, e.one[:])
+	return e.KittyTile(dst, 0, id)
+}
+
+// KittyBand compresses tiles of img that share their rows (a band of a
+// grid of tiles, left to right), a row of the picture at a time, for
+// KittyTile to append each.
+func (e *Encoder) KittyBand(img *image.RGBA, tiles []image.Rectangle) {
 	if e.codes == nil {
 		e.codes = makeFixedCodes()
 	}
-	e.z = appendZlibRGB(e.z[:0], img, r, e.codes)
-	z := e.z
+	e.band = e.band[:0]
+	rows := image.Rectangle{}
+	for i, r := range tiles {
+		r = r.Intersect(img.Rect)
+		if len(e.z) <= i {
+			e.z = append(e.z, nil)
+		}
+		e.band = append(e.band, zlibTile{r: r})
+		e.band[i].start(e.z[i][:0])
+		rows = rows.Union(r)
+	}
+	for y := rows.Min.Y; y < rows.Max.Y; y++ {
+		for i := range e.band {
+			if z := &e.band[i]; y >= z.r.Min.Y && y < z.r.Max.Y {
+				z.addRow(img, y, e.codes)
+			}
+		}
+	}
+	for i := range e.band {
+		e.z[i] = e.band[i].finish()
+	}
+}
+
+// KittyTile appends tile i of the last KittyBand as kitty image id, at
+// the cursor.
+func (e *Encoder) KittyTile(dst []byte, i int, id uint32) []byte {
+	z, r := e.z[i], e.band[i].r
 	if need := len(dst) + base64.StdEncoding.EncodedLen(len(z)) + (len(z)/(kittyChunk/4*3)+1)*24 + 64; cap(dst) < need {
 		dst = append(make([]byte, 0, need), dst...)
 	}

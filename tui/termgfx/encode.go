@@ -16,6 +16,7 @@ type Encoder struct {
 	idx   []uint8
 	bits  []byte
 	pal   palette
+	cube  *cube // the fixed palette's lookup, made on the first tile that needs it
 	png   bytes.Buffer
 	z     [][]byte // the zlib stream of each tile of a band
 	band  []zlibTile

@@ -1,6 +1,7 @@
 package termgfx
 
 import (
+	"encoding/binary"
 	"image"
 	"strconv"
 )
@@ -53,15 +54,25 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 		for y := band; y < min(band+6, h); y++ {
 			bit := byte(1) << (y - band)
 			row := e.idx[y*w:][:w]
-			for x, c := range row {
+			// A run of one colour at a time: per pixel, the first and
+			// last columns' updates waited on each other through memory.
+			for x := 0; x < len(row); {
+				c := row[x]
+				end := x + 1
+				for end < len(row) && row[end] == c {
+					end++
+				}
 				if !used[c] {
 					used[c] = true
 					order = append(order, int(c))
 					clear(bits[int(c)*w:][:w])
-					lo[c], hi[c] = x, x
+					lo[c], hi[c] = x, end-1
 				}
-				lo[c], hi[c] = min(lo[c], x), max(hi[c], x)
-				bits[int(c)*w+x] |= bit
+				lo[c], hi[c] = min(lo[c], x), max(hi[c], end-1)
+				for i := range bits[int(c)*w+x : int(c)*w+end] {
+					bits[int(c)*w+x+i] |= bit
+				}
+				x = end
 			}
 		}
 		for k, c := range order {
@@ -126,6 +137,9 @@ func (e *Encoder) index(img *image.RGBA, r image.Rectangle, colors int) {
 	if e.exact(img, r, colors) {
 		return
 	}
+	if e.cube == nil {
+		e.cube = makeCube()
+	}
 	e.pal.fixed = true
 	e.pal.colors = e.pal.colors[:0]
 	for i := range 252 {
@@ -133,12 +147,30 @@ func (e *Encoder) index(img *image.RGBA, r image.Rectangle, colors int) {
 		e.pal.colors = append(e.pal.colors, uint32(rr*51)<<16|uint32(gg*255/6)<<8|uint32(bb*51))
 	}
 	for y := range h {
-		row := img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w]
-		out := e.idx[y*w:][:w]
-		for x := range out {
-			p := row[4*x:]
-			out[x] = uint8((int(p[0])*5+127)/255*42 + (int(p[1])*6+127)/255*6 + (int(p[2])*5+127)/255)
-		}
+		cubeRow(e.idx[y*w:][:w], img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w], e.cube)
+	}
+}
+
+// cube is, per channel value, its part of the register of the nearest
+// colour of the 6x7x6 cube: red's step times 42, green's times 6, blue's.
+type cube [3][256]uint8
+
+func makeCube() *cube {
+	var c cube
+	for v := range 256 {
+		c[0][v] = uint8((v*5 + 127) / 255 * 42)
+		c[1][v] = uint8((v*6 + 127) / 255 * 6)
+		c[2][v] = uint8((v*5 + 127) / 255)
+	}
+	return &c
+}
+
+// cubeRow maps a row of RGBA pixels to the cube's registers.
+func cubeRow(out []uint8, row []byte, c *cube) {
+	row = row[:4*len(out)]
+	for x := range out {
+		p := row[4*x : 4*x+3]
+		out[x] = c[0][p[0]] + c[1][p[1]] + c[2][p[2]]
 	}
 }
 
@@ -151,41 +183,51 @@ func (e *Encoder) exact(img *image.RGBA, r image.Rectangle, colors int) bool {
 		e.table[slot] = 0 // only the slots the last tile used
 	}
 	e.slots = e.slots[:0]
-	var last uint32 = 1 << 31
-	var lastIdx uint8
 	for y := range h {
-		row := img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w]
-		out := e.idx[y*w:][:w]
-		for x := range out {
-			p := row[4*x:]
-			c := uint32(p[0])<<16 | uint32(p[1])<<8 | uint32(p[2])
-			if c == last {
-				out[x] = lastIdx
-				continue
-			}
-			// A slot is 1<<32 | register<<24 | colour; zero is empty.
-			slot := (c * 2654435761) >> 22 % paletteSlots
-			for {
-				v := e.table[slot]
-				if v == 0 {
-					if len(e.pal.colors) == colors {
-						return false
-					}
-					lastIdx = uint8(len(e.pal.colors))
-					e.pal.colors = append(e.pal.colors, c)
-					e.table[slot] = 1<<32 | uint64(lastIdx)<<24 | uint64(c)
-					e.slots = append(e.slots, uint16(slot))
-					break
-				}
-				if uint32(v)&0xffffff == c {
-					lastIdx = uint8(v >> 24)
-					break
-				}
-				slot = (slot + 1) % paletteSlots
-			}
-			last = c
-			out[x] = lastIdx
+		if !e.exactRow(e.idx[y*w:][:w], img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w], colors) {
+			return false
 		}
 	}
 	return true
+}
+
+// exactRow maps a row of RGBA pixels to the tile's registers, a run of
+// one colour at a time; false when the tile has more than colors colours.
+func (e *Encoder) exactRow(out []uint8, row []byte, colors int) bool {
+	row = row[:4*len(out)]
+	for x := 0; x < len(out); {
+		c := binary.LittleEndian.Uint32(row[4*x:]) & 0xffffff // 0xBBGGRR
+		reg, ok := e.register(c, colors)
+		if !ok {
+			return false
+		}
+		out[x] = reg
+		for x++; x < len(out) && binary.LittleEndian.Uint32(row[4*x:])&0xffffff == c; x++ {
+			out[x] = reg
+		}
+	}
+	return true
+}
+
+// register is colour c's (0xBBGGRR) register, a new one if there is room.
+func (e *Encoder) register(c uint32, colors int) (uint8, bool) {
+	// A slot is 1<<32 | register<<24 | colour; zero is empty.
+	slot := (c * 2654435761) >> 22 % paletteSlots
+	for {
+		v := e.table[slot]
+		if v == 0 {
+			if len(e.pal.colors) == colors {
+				return 0, false
+			}
+			reg := uint8(len(e.pal.colors))
+			e.pal.colors = append(e.pal.colors, c>>16|c&0xff00|(c&0xff)<<16)
+			e.table[slot] = 1<<32 | uint64(reg)<<24 | uint64(c)
+			e.slots = append(e.slots, uint16(slot))
+			return reg, true
+		}
+		if uint32(v)&0xffffff == c {
+			return uint8(v >> 24), true
+		}
+		slot = (slot + 1) % paletteSlots
+	}
 }

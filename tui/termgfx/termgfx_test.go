@@ -494,3 +494,37 @@ func TestDeflateDistanceCodes(t *testing.T) {
 		}
 	}
 }
+
+func TestSixelOfRunsNoiseAndAFullPalette(t *testing.T) {
+	noise := image.NewRGBA(image.Rect(0, 0, 97, 31))
+	seed := uint32(7)
+	for i := range noise.Pix {
+		seed = seed*1664525 + 1013904223
+		noise.Pix[i] = byte(seed >> 24)
+	}
+	full := image.NewRGBA(image.Rect(0, 0, 64, 20)) // exactly 64 colours, in runs across rows
+	for y := range 20 {
+		for x := range 64 {
+			c := uint8((x/4+y*5)%64) * 4
+			full.SetRGBA(x, y, color.RGBA{c, 255 - c, c / 2, 255})
+		}
+	}
+	var e Encoder
+	for _, tc := range []struct {
+		name   string
+		img    *image.RGBA
+		colors int
+		tol    int
+	}{
+		{"noise: the cube", noise, 256, 26},
+		{"a full palette: exact", full, 64, 2},
+		{"a colour more than the registers: the cube", full, 63, 26},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := sixelImage(t, e.Sixel(nil, tc.img, tc.img.Rect, tc.colors))
+			if n := differing(got, tc.img, tc.tol); n != 0 {
+				t.Errorf("%d pixels off by more than %d", n, tc.tol)
+			}
+		})
+	}
+}

@@ -113,11 +113,12 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 	x0 := s.xs.first[out.Min.X]
 	x1 := s.xs.first[out.Max.X-1] + s.xs.n
 	ow := out.Dx()
-	// Output rows read overlapping windows of source rows, each row's
-	// horizontal scaling done once and kept in a ring of the last ys.n:
-	// a few rows that stay in the cache, where a whole frame's would not.
+	// Each output row blends a window of source rows, then scales that
+	// across: the per-pixel work of gathering taps is done on the (fewer)
+	// output pixels. Windows overlap, so the packed source rows are kept
+	// in a ring of the last ys.n: a few rows that stay in the cache.
 	ring := s.ys.n
-	if need := ring * ow; cap(s.rows) < need {
+	if need := ring * sw; cap(s.rows) < need {
 		s.rows = make([]uint64, need)
 	}
 	s.ringRow = s.ringRow[:0]
@@ -135,32 +136,31 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 		for k := range ring {
 			y := first + k
 			slot := y % ring
-			h := s.rows[slot*ow:][:ow]
+			packed := s.rows[slot*sw:][:sw]
 			if s.ringRow[slot] != y {
 				s.ringRow[slot] = y
-				row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
-				packRow(s.packed[x0:x1], row)
-				if s.xs.three != nil {
-					scaleRow3(h, s.packed, s.xs.three[out.Min.X:out.Max.X])
-				} else {
-					scaleRow(h, s.packed, firstX, wx, s.xs.n)
-				}
+				packRow(packed[x0:x1], src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)])
 			}
 			if k < maxUnrolled {
-				taps[k] = h
+				taps[k] = packed[x0:x1]
 			}
 		}
-		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
+		blended := s.packed[x0:x1]
 		w := s.ys.w[oy*ring:][:ring]
 		switch ring {
 		case 2:
-			blendRows3(s.line, taps[0], taps[1], taps[1], w[0], w[1], 0)
+			blendRows3(blended, taps[0], taps[1], taps[1], w[0], w[1], 0)
 		case 3:
-			blendRows3(s.line, taps[0], taps[1], taps[2], w[0], w[1], w[2])
+			blendRows3(blended, taps[0], taps[1], taps[2], w[0], w[1], w[2])
 		default:
-			blendRows(s.line, s.rows, first, ring, w)
+			blendRows(blended, s.rows, first, ring, sw, x0, w)
 		}
-		storeRGBA(d, s.line)
+		if s.xs.three != nil {
+			scaleRow3(s.line, s.packed, s.xs.three[out.Min.X:out.Max.X])
+		} else {
+			scaleRow(s.line, s.packed, firstX, wx, s.xs.n)
+		}
+		storeRGBA(dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow], s.line)
 	}
 	return out.Add(dst.Rect.Min)
 }
@@ -182,69 +182,53 @@ func packRow(dst []uint64, rgba []byte) {
 	}
 }
 
-// scaleRow scales a packed row horizontally, output pixel i being the
-// sum of the n pixels from first[i] weighed by w[n*i:].
+// scaleRow scales a packed row horizontally into RGBA pixels, output
+// pixel i being the sum of the n pixels from first[i] weighed by w[n*i:].
 //
 //go:noinline // see rowLoops
-func scaleRow(dst, packed []uint64, first []int, w []uint64, n int) {
-	switch n {
-	case 2:
-		w = w[:2*len(dst)]
-		for i := range dst {
-			src, w := packed[first[i]:][:2], w[2*i:][:2]
-			dst[i] = unpackRound(src[0]*w[0] + src[1]*w[1])
+func scaleRow(dst []uint32, packed []uint64, first []int, w []uint64, n int) {
+	for i := range dst {
+		src, w := packed[first[i]:][:n], w[n*i:][:n]
+		var acc uint64
+		for k, p := range src {
+			acc += p * w[k]
 		}
-	case 3:
-		w = w[:3*len(dst)]
-		for i := range dst {
-			src, w := packed[first[i]:][:3], w[3*i:][:3]
-			dst[i] = unpackRound(src[0]*w[0] + src[1]*w[1] + src[2]*w[2])
-		}
-	default:
-		for i := range dst {
-			src, w := packed[first[i]:][:n], w[n*i:][:n]
-			var acc uint64
-			for k, p := range src {
-				acc += p * w[k]
-			}
-			dst[i] = unpackRound(acc)
-		}
+		dst[i] = unpackRGBA(unpackRound(acc))
 	}
 }
 
 // scaleRow3 is scaleRow for at most three taps.
 //
 //go:noinline // see rowLoops
-func scaleRow3(dst, packed []uint64, taps []tap3) {
+func scaleRow3(dst []uint32, packed []uint64, taps []tap3) {
 	taps = taps[:len(dst)]
 	for i, t := range taps {
 		p := packed[t.first : t.first+3 : t.first+3]
-		dst[i] = unpackRound(p[0]*t.w0 + p[1]*t.w1 + p[2]*t.w2)
+		dst[i] = unpackRGBA(unpackRound(p[0]*t.w0 + p[1]*t.w1 + p[2]*t.w2))
 	}
 }
 
-// blendRows3 is the weighted sum of three scaled rows, as RGBA pixels.
+// blendRows3 is the weighted sum of three packed rows.
 //
 //go:noinline // see rowLoops
-func blendRows3(dst []uint32, r0, r1, r2 []uint64, w0, w1, w2 uint64) {
+func blendRows3(dst, r0, r1, r2 []uint64, w0, w1, w2 uint64) {
 	r1, r2, dst = r1[:len(r0)], r2[:len(r0)], dst[:len(r0)]
 	for i := range r0 {
-		dst[i] = unpackRGBA(unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2))
+		dst[i] = unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2)
 	}
 }
 
-// blendRows is the weighted sum of the ring's rows first.., as RGBA
-// pixels, for shrinking by more than maxUnrolled allows.
+// blendRows is the weighted sum of the ring's rows first.. (of width
+// each) from column x0, for shrinking by more than maxUnrolled allows.
 //
 //go:noinline // see rowLoops
-func blendRows(dst []uint32, ring []uint64, first, n int, w []uint64) {
-	ow := len(dst)
+func blendRows(dst, ring []uint64, first, n, width, x0 int, w []uint64) {
 	for i := range dst {
 		var acc uint64
 		for k, wk := range w {
-			acc += ring[(first+k)%n*ow+i] * wk
+			acc += ring[(first+k)%n*width+x0+i] * wk
 		}
-		dst[i] = unpackRGBA(unpackRound(acc))
+		dst[i] = unpackRound(acc)
 	}
 }
 

@@ -3,6 +3,7 @@ package termgfx
 import (
 	"encoding/binary"
 	"image"
+	"math/bits"
 	"strconv"
 )
 
@@ -100,14 +101,28 @@ func appendRuns(dst []byte, row []byte) []byte {
 	}
 	for x := 0; x < end; {
 		v := row[x]
-		n := 1
-		for x+n < end && row[x+n] == v {
-			n++
-		}
+		n := sameBytes(row[x:end], v)
 		dst = appendRun(dst, n, v+63)
 		x += n
 	}
 	return dst
+}
+
+// sameBytes is how many of b's first bytes are v, eight at a time: with
+// many colours a band, most of each colour's row is long gaps.
+func sameBytes(b []byte, v byte) int {
+	all := uint64(v) * 0x0101010101010101
+	n := 0
+	for n+8 <= len(b) {
+		if x := binary.LittleEndian.Uint64(b[n:]) ^ all; x != 0 {
+			return n + bits.TrailingZeros64(x)/8
+		}
+		n += 8
+	}
+	for n < len(b) && b[n] == v {
+		n++
+	}
+	return n
 }
 
 // appendRun writes n sixels ch, repeated by count when that is shorter.

@@ -139,7 +139,12 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 			packed := s.rows[slot*sw:][:sw]
 			if s.ringRow[slot] != y {
 				s.ringRow[slot] = y
-				packRow(packed[x0:x1], src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)])
+				row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
+				if words, ok := pixelWords(row); ok {
+					packWords(packed[x0:x1], words)
+				} else {
+					packRow(packed[x0:x1], row)
+				}
 			}
 			if k < maxUnrolled {
 				taps[k] = packed[x0:x1]
@@ -155,12 +160,19 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 		default:
 			blendRows(blended, s.rows, first, ring, sw, x0, w)
 		}
-		if s.xs.three != nil {
-			scaleRow3(s.line, s.packed, s.xs.three[out.Min.X:out.Max.X])
-		} else {
-			scaleRow(s.line, s.packed, firstX, wx, s.xs.n)
+		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
+		line, direct := pixelWords(d)
+		if !direct {
+			line = s.line
 		}
-		storeRGBA(dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow], s.line)
+		if s.xs.three != nil {
+			scaleRow3(line, s.packed, s.xs.three[out.Min.X:out.Max.X])
+		} else {
+			scaleRow(line, s.packed, firstX, wx, s.xs.n)
+		}
+		if !direct {
+			storeRGBA(d, line)
+		}
 	}
 	return out.Add(dst.Rect.Min)
 }
@@ -179,6 +191,16 @@ func packRow(dst []uint64, rgba []byte) {
 	rgba = rgba[:4*len(dst)]
 	for i := range dst {
 		dst[i] = pack(binary.LittleEndian.Uint32(rgba[4*i:]))
+	}
+}
+
+// packWords packs a row of RGBA pixels read as words.
+//
+//go:noinline // see rowLoops
+func packWords(dst []uint64, px []uint32) {
+	px = px[:len(dst)]
+	for i, v := range px {
+		dst[i] = pack(v)
 	}
 }
 

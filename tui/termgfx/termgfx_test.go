@@ -528,3 +528,24 @@ func TestSixelOfRunsNoiseAndAFullPalette(t *testing.T) {
 		})
 	}
 }
+
+// offBoundary is img with its pixels one byte off a 4-byte boundary, so
+// that the code reading pixels as words takes its byte-wise way.
+func offBoundary(img *image.RGBA) *image.RGBA {
+	buf := make([]byte, len(img.Pix)+1)
+	copy(buf[1:], img.Pix)
+	return &image.RGBA{Pix: buf[1:], Stride: img.Stride, Rect: img.Rect}
+}
+
+func TestScaleOffAWordBoundaryGivesTheSamePixels(t *testing.T) {
+	src := desktop(640, 400)
+	want := image.NewRGBA(image.Rect(0, 0, 500, 313))
+	var s Scaler
+	s.Scale(want, src, src.Rect)
+	got := offBoundary(image.NewRGBA(want.Rect))
+	var s2 Scaler
+	s2.Scale(got, offBoundary(src), src.Rect)
+	if n := differing(got, want, 0); n != 0 {
+		t.Errorf("%d pixels differ between the word-wise and byte-wise scalers", n)
+	}
+}

@@ -1,6 +1,7 @@
 package termgfx
 
 import (
+	"bytes"
 	"encoding/binary"
 	"image"
 	"math/bits"
@@ -163,7 +164,27 @@ const maxMatchPixels = maxMatch / 3
 func deflateRow(bw bitWriter, row, above []byte, t *fixedCodes, run, up code) bitWriter {
 	w := len(row) / 4
 	acc, nacc, dst := bw.acc, bw.n, bw.dst
-	for x := 0; x < w; {
+	x := 0
+	if above != nil && bytes.Equal(row, above) {
+		// A row like the one above, as screens have many: compared at
+		// memory's speed, not a word at a time.
+		x = w
+		dist := up
+		if bytes.Equal(row[4:], row[:len(row)-4]) {
+			dist = run // one colour, the row above's too: a run from its last pixel, in fewer bits
+		}
+		for n := w; n > 0; n -= maxMatchPixels {
+			l := t.length[3*min(n, maxMatchPixels)]
+			acc |= uint64(l.bits|dist.bits<<l.n) << nacc
+			nacc += uint(l.n + dist.n)
+			if nacc >= 32 {
+				dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
+				acc >>= 32
+				nacc -= 32
+			}
+		}
+	}
+	for x < w {
 		limit := 4 * min(w-x, maxMatchPixels)
 		n, dist := 0, run
 		if x > 0 {

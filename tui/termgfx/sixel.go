@@ -99,17 +99,25 @@ func appendRuns(dst []byte, row []byte) []byte {
 	for end > 0 && row[end-1] == 0 {
 		end--
 	}
-	for x := 0; x < end; {
+	row = row[:end]
+	for x := 0; x < len(row); {
 		v := row[x]
-		n := sameBytes(row[x:end], v)
+		// Most runs of a busy band are short: a few bytes looked at one
+		// by one, and only a long run (a gap) eight at a time.
+		n := 1
+		for n < 8 && x+n < len(row) && row[x+n] == v {
+			n++
+		}
+		if n == 8 {
+			n += sameBytes(row[x+8:], v)
+		}
 		dst = appendRun(dst, n, v+63)
 		x += n
 	}
 	return dst
 }
 
-// sameBytes is how many of b's first bytes are v, eight at a time: with
-// many colours a band, most of each colour's row is long gaps.
+// sameBytes is how many of b's first bytes are v, eight at a time.
 func sameBytes(b []byte, v byte) int {
 	all := uint64(v) * 0x0101010101010101
 	n := 0
@@ -127,15 +135,23 @@ func sameBytes(b []byte, v byte) int {
 
 // appendRun writes n sixels ch, repeated by count when that is shorter.
 func appendRun(dst []byte, n int, ch byte) []byte {
-	if n > 3 {
-		dst = append(dst, '!')
-		dst = strconv.AppendInt(dst, int64(n), 10)
+	switch {
+	case n <= 0:
+		return dst
+	case n == 1:
 		return append(dst, ch)
+	case n == 2:
+		return append(dst, ch, ch)
+	case n == 3:
+		return append(dst, ch, ch, ch)
+	case n < 10:
+		return append(dst, '!', byte('0'+n), ch)
+	case n < 100:
+		return append(dst, '!', byte('0'+n/10), byte('0'+n%10), ch)
 	}
-	for range n {
-		dst = append(dst, ch)
-	}
-	return dst
+	dst = append(dst, '!')
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	return append(dst, ch)
 }
 
 // percent is a colour channel as sixel's 0-100.
@@ -182,6 +198,13 @@ func makeCube() *cube {
 
 // cubeRow maps a row of RGBA pixels to the cube's registers.
 func cubeRow(out []uint8, row []byte, c *cube) {
+	if words, ok := pixelWords(row); ok {
+		words = words[:len(out)]
+		for x, p := range words {
+			out[x] = c[0][uint8(p)] + c[1][uint8(p>>8)] + c[2][uint8(p>>16)]
+		}
+		return
+	}
 	row = row[:4*len(out)]
 	for x := range out {
 		p := row[4*x : 4*x+3]
@@ -209,6 +232,9 @@ func (e *Encoder) exact(img *image.RGBA, r image.Rectangle, colors int) bool {
 // exactRow maps a row of RGBA pixels to the tile's registers, a run of
 // one colour at a time; false when the tile has more than colors colours.
 func (e *Encoder) exactRow(out []uint8, row []byte, colors int) bool {
+	if words, ok := pixelWords(row); ok {
+		return e.exactWords(out, words, colors)
+	}
 	row = row[:4*len(out)]
 	for x := 0; x < len(out); {
 		c := binary.LittleEndian.Uint32(row[4*x:]) & 0xffffff // 0xBBGGRR
@@ -218,6 +244,23 @@ func (e *Encoder) exactRow(out []uint8, row []byte, colors int) bool {
 		}
 		out[x] = reg
 		for x++; x < len(out) && binary.LittleEndian.Uint32(row[4*x:])&0xffffff == c; x++ {
+			out[x] = reg
+		}
+	}
+	return true
+}
+
+// exactWords is exactRow for pixels read as words.
+func (e *Encoder) exactWords(out []uint8, row []uint32, colors int) bool {
+	row = row[:len(out)]
+	for x := 0; x < len(row); {
+		c := row[x] & 0xffffff // 0xBBGGRR
+		reg, ok := e.register(c, colors)
+		if !ok {
+			return false
+		}
+		out[x] = reg
+		for x++; x < len(row) && row[x]&0xffffff == c; x++ {
 			out[x] = reg
 		}
 	}

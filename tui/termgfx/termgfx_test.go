@@ -189,6 +189,9 @@ func sixelImage(t *testing.T, b []byte) *image.RGBA {
 			x, band = 0, band+6
 		case c == '!':
 			n := num()
+			if n == 0 {
+				t.Fatalf("a repeat of 0, which terminals take as 1")
+			}
 			ch := s[0]
 			s = s[1:]
 			for range n {

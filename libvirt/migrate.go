@@ -61,6 +61,10 @@ type Options struct {
 	// cannot (an older server), the stream goes as it would without it,
 	// and Plan().Reason says why.
 	Stream StreamCarrier
+	// DiskStream, if set, carries the disks' NBD mirror the same way, when
+	// Disks names no URI of its own: what the guest writes during the move
+	// then crosses compressed.
+	DiskStream StreamCarrier
 }
 
 // StreamCarrier opens ways for a migration's memory stream between the
@@ -127,7 +131,7 @@ type Migration struct {
 	opts     Options
 
 	tunnel     *tunnel          // nil unless one side is reached over SSH
-	stopStream func() error     // ends Options.Stream's way (once) and says what broke it; nil without one
+	stopStream func() error     // ends the relay's ways, Options.Stream's and DiskStream's (once), and says what broke one; nil without any
 	phase      switchover.Phase // where drive starts: setup, or post-copy for a job taken over there
 
 	progress chan Progress
@@ -209,6 +213,19 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 			}
 		}
 	}
+	var stopDisks func() error
+	if d := opts.Disks; d != nil && d.URI == "" && opts.DiskStream != nil {
+		plan := *opts.Plan
+		if port, stop, err := opts.DiskStream.Carry(ctx); err != nil {
+			plan.Reason += fmt.Sprintf("; the disks' mirror goes uncompressed: %v", err)
+		} else {
+			c := *d
+			c.URI, stopDisks = fmt.Sprintf("tcp://127.0.0.1:%d", port), sync.OnceValue(stop)
+			opts.Disks = &c
+			plan.Reason += "; the disks' mirror goes through handoff's zstd relay"
+		}
+		opts.Plan = &plan
+	}
 	if d := opts.Disks; d != nil && d.URI == "" {
 		// NBD goes where memory goes; the destination picks the port.
 		if u, err := url.Parse(opts.MigrateURI); err == nil && u.Scheme == "tcp" && u.Hostname() != "" {
@@ -232,9 +249,27 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 		}
 	}
 	m := newMigration(src, dst, dom, opts, tun)
-	m.stopStream = stopStream
+	m.stopStream = bothStreams(stopStream, stopDisks)
 	go m.drive(ctx, m.perform)
 	return m, nil
+}
+
+// bothStreams stops the relay's ways for memory and disks, either nil,
+// and says what broke one; nil when neither was opened.
+func bothStreams(memory, disks func() error) func() error {
+	switch {
+	case disks == nil:
+		return memory
+	case memory == nil:
+		memory = func() error { return nil }
+	}
+	return sync.OnceValue(func() error {
+		merr, derr := memory(), disks()
+		if derr != nil {
+			derr = fmt.Errorf("the disks' mirror: %w", derr)
+		}
+		return errors.Join(merr, derr)
+	})
 }
 
 func withDefaults(opts Options) Options {
@@ -667,7 +702,7 @@ func (m *Migration) finish(performErr error, phase switchover.Phase, aborting bo
 	if m.stopStream != nil {
 		// QEMU saw only its connection close; the relay knows why.
 		if err := m.stopStream(); err != nil {
-			performErr = fmt.Errorf("%w (its memory stream, through handoff's relay: %v)", performErr, err)
+			performErr = fmt.Errorf("%w (through handoff's relay: %v)", performErr, err)
 		}
 	}
 	m.err = fmt.Errorf("migrate %s from %s to %s: %w; %s %s on %s", m.dom.Name(), m.src.uri, m.dst.uri, performErr, m.dom.Name(), state, m.src.uri)

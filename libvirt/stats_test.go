@@ -1,6 +1,7 @@
 package libvirt
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -90,5 +91,40 @@ func TestCompletedResultTakesTheDowntimeOfTheSideThatHasOne(t *testing.T) {
 	}
 	if r := completedResult(Result{}, []jobStats{src, dst}, running); r.Total != src.elapsed || r.Iterations != 3 {
 		t.Errorf("totals %+v, want the source's", r)
+	}
+}
+
+func TestBothStreamsSayWhichBroke(t *testing.T) {
+	broke := func(msg string) func() error { return func() error { return errors.New(msg) } }
+	fine := func() error { return nil }
+	for _, tc := range []struct {
+		name           string
+		memory, disks  func() error
+		want           string // "" : no error
+		nilWhenNoneSet bool
+	}{
+		{"neither opened", nil, nil, "", true},
+		{"memory only, broken", broke("reset"), nil, "reset", false},
+		{"disks only, broken", nil, broke("reset"), "the disks' mirror: reset", false},
+		{"both fine", fine, fine, "", false},
+		{"both broken", broke("cut"), broke("reset"), "cut\nthe disks' mirror: reset", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop := bothStreams(tc.memory, tc.disks)
+			if stop == nil {
+				if !tc.nilWhenNoneSet {
+					t.Fatal("no stop for ways that were opened")
+				}
+				return
+			}
+			err := stop()
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("stop() = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

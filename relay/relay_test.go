@@ -338,3 +338,59 @@ func TestCarrierSaysWhatBrokeAStream(t *testing.T) {
 		t.Fatalf("stop() of an idle way = %v, want nil", err)
 	}
 }
+
+// NBD's server speaks first: the disks' mirror goes through the relay only
+// if the far end dials its QEMU before the source has sent a byte.
+func TestCarrierCarriesAProtocolWhoseServerSpeaksFirst(t *testing.T) {
+	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
+	srv := startServer(t, server, 8e6)
+	for _, tc := range []struct {
+		name                string
+		toServer            bool
+		source, destination Host
+	}{
+		{"grab: the server's QEMU is the client", false, server, workstation},
+		{"hand back: the workstation's QEMU is the client", true, workstation, server},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer}
+			port, stop, err := c.Carry(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			ln, err := tc.destination.Listen(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			request := make(chan string, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					request <- err.Error()
+					return
+				}
+				defer c.Close()
+				io.WriteString(c, "NBDMAGIC")
+				b := make([]byte, 4)
+				_, err = io.ReadFull(c, b)
+				request <- string(b)
+			}()
+			src, err := tc.source.Dial(context.Background(), port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			src.SetReadDeadline(time.Now().Add(5 * time.Second))
+			greeting := make([]byte, 8)
+			if _, err := io.ReadFull(src, greeting); err != nil || string(greeting) != "NBDMAGIC" {
+				t.Fatalf("the client read %q, %v before it sent anything; want the server's greeting", greeting, err)
+			}
+			io.WriteString(src, "opts")
+			if got := <-request; got != "opts" {
+				t.Errorf("the server got %q, want the client's answer", got)
+			}
+		})
+	}
+}

@@ -203,6 +203,10 @@ func sendFrames(qemu, link net.Conn, stats *Stats) error {
 		}
 		pipe.CloseWrite(link)
 	})
+	// An empty frame first tells the far end that the source connected,
+	// before it sends a byte: there its destination is dialled, whose
+	// side of the protocol may speak first (NBD's server greets).
+	frames <- putHeader(make([]byte, frameHeader), frameRaw)
 	s, err := newSender(stats, &blocked)
 	if err == nil {
 		s.resize = func(unsent int) { keepUnsentShort(link, unsent) }

@@ -87,6 +87,10 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		toWS.Stream = streamRelay(labMode, *server, *workstation, nil)
 		toSrv.Stream = streamRelay(labMode, *workstation, *server, nil)
 	}
+	if *opts.relay {
+		toWS.DiskStream = streamRelay(labMode, *server, *workstation, nil)
+		toSrv.DiskStream = streamRelay(labMode, *workstation, *server, nil)
+	}
 	srv, ws, closeHosts, err := connectPair(ctx, *server, *workstation)
 	if err != nil {
 		return err

@@ -59,11 +59,15 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err := resolveEndpoints(ctx, *labDir, from, to, &name, &o); err != nil {
 		return err
 	}
-	var stream *relay.Stats
-	if *opts.relay && *opts.migrateURI == "" { // a stream sent where the user said goes there
-		stream = &relay.Stats{}
+	var stream, mirror *relay.Stats
+	if *opts.relay {
 		l, _ := lab.Load(*labDir)
-		o.Stream = streamRelay(l, *from, *to, stream)
+		if *opts.migrateURI == "" { // a stream sent where the user said goes there
+			stream = &relay.Stats{}
+			o.Stream = streamRelay(l, *from, *to, stream)
+		}
+		mirror = &relay.Stats{}
+		o.DiskStream = streamRelay(l, *from, *to, mirror)
 	}
 	src, dst, closeHosts, err := connectPair(ctx, *from, *to)
 	if err != nil {
@@ -110,7 +114,11 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err == nil {
 		tidy = move.Finish(context.WithoutCancel(ctx))
 	}
-	if err := reportEnd(res, err, move.SentBytes, stream, *jsonOut, stdout, name, *to); err != nil {
+	diskBytes := move.SentBytes
+	if mirror != nil {
+		diskBytes += int64(mirror.Wire.Load())
+	}
+	if err := reportEnd(res, err, diskBytes, stream, *jsonOut, stdout, name, *to); err != nil {
 		return err
 	}
 	if tidy != nil {
@@ -202,7 +210,7 @@ func migrateFlags(fs interface {
 		link:          fs.String("link", "", "the link's rate, as 20mbit, for --plan auto (the lab knows its own)"),
 		migrateURI:    fs.String("migrate-uri", "", "where the source QEMU sends memory (tcp://HOST[:PORT]); default: libvirt's choice"),
 		peerURI:       fs.String("peer-uri", "", "the destination URI as the source's libvirtd reaches it; default: --to"),
-		relay:         fs.Bool("relay", true, "carry memory through the server's handoff relay, compressed with zstd, where the server runs handoff serve (the lab's does); false: QEMU's own stream, uncompressed, which outlives this command if it is killed; off too when --migrate-uri is given"),
+		relay:         fs.Bool("relay", true, "carry memory, and the disks' mirror of what the guest writes during the move, through the server's handoff relay, compressed with zstd, where the server runs handoff serve (the lab's does); false: QEMU's own streams, uncompressed; --migrate-uri sends memory where it says"),
 	}
 }
 

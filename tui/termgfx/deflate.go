@@ -185,12 +185,18 @@ func deflateRow(bw bitWriter, row, above []byte, t *fixedCodes, run, up code) bi
 		}
 	}
 	for x < w {
+		// Whole pixels compared first: most of a busy row matches nothing.
+		px := binary.LittleEndian.Uint32(row[4*x:])
+		var prev uint32
+		if x > 0 {
+			prev = binary.LittleEndian.Uint32(row[4*x-4:])
+		}
 		limit := 4 * min(w-x, maxMatchPixels)
 		n, dist := 0, run
-		if x > 0 {
+		if x > 0 && prev == px {
 			n = matchLen(row[4*x:][:limit], row[4*x-4:])
 		}
-		if above != nil && n < limit {
+		if above != nil && n < limit && binary.LittleEndian.Uint32(above[4*x:]) == px {
 			if m := matchLen(row[4*x:][:limit], above[4*x:]); m > n {
 				n, dist = m, up
 			}
@@ -201,28 +207,26 @@ func deflateRow(bw bitWriter, row, above []byte, t *fixedCodes, run, up code) bi
 			c = code{bits: l.bits | dist.bits<<l.n, n: l.n + dist.n}
 			x += n
 		} else {
-			p := row[4*x : 4*x+3]
-			r, g, b := t.literal[p[0]], t.literal[p[1]], t.literal[p[2]]
+			r, g, b := t.literal[uint8(px)], t.literal[uint8(px>>8)], t.literal[uint8(px>>16)]
 			c = code{bits: r.bits | g.bits<<r.n | b.bits<<(r.n+g.n), n: r.n + g.n + b.n}
 			// A gradient changes a channel or two: the pixel's last bytes
 			// may be the pixel before's, and the pixels after this one.
-			if same := sameTail(row, x); same > 0 && x+1 < w {
-				if k := matchLen(row[4*x+4:][:4*min(w-x-1, maxMatchPixels-1)], row[4*x:]) / 4; k > 0 {
-					c = code{bits: r.bits, n: r.n}
-					if same == 1 {
-						c = code{bits: r.bits | g.bits<<r.n, n: r.n + g.n}
-					}
-					acc |= uint64(c.bits) << nacc
-					nacc += uint(c.n)
-					if nacc >= 32 {
-						dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
-						acc >>= 32
-						nacc -= 32
-					}
-					l := t.length[same+3*k]
-					c = code{bits: l.bits | run.bits<<l.n, n: l.n + run.n}
-					x += k
+			if same := sameTail(prev, px); x > 0 && same > 0 && x+1 < w && binary.LittleEndian.Uint32(row[4*x+4:]) == px {
+				k := matchLen(row[4*x+4:][:4*min(w-x-1, maxMatchPixels-1)], row[4*x:]) / 4
+				c = code{bits: r.bits, n: r.n}
+				if same == 1 {
+					c = code{bits: r.bits | g.bits<<r.n, n: r.n + g.n}
 				}
+				acc |= uint64(c.bits) << nacc
+				nacc += uint(c.n)
+				if nacc >= 32 {
+					dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
+					acc >>= 32
+					nacc -= 32
+				}
+				l := t.length[same+3*k]
+				c = code{bits: l.bits | run.bits<<l.n, n: l.n + run.n}
+				x += k
 			}
 			x++
 		}
@@ -237,17 +241,13 @@ func deflateRow(bw bitWriter, row, above []byte, t *fixedCodes, run, up code) bi
 	return bitWriter{dst: dst, acc: acc, n: nacc}
 }
 
-// sameTail is how many of pixel x's last bytes (green and blue, or blue)
-// are the pixel before's: 2, 1 or 0.
-func sameTail(row []byte, x int) int {
-	if x == 0 {
-		return 0
-	}
-	p, q := row[4*x-4:4*x+3], row[4*x:4*x+3]
-	switch {
-	case p[1] == q[1] && p[2] == q[2]:
+// sameTail is how many of a pixel's last bytes (green and blue, or blue)
+// are those of the pixel before it: 2, 1 or 0.
+func sameTail(prev, px uint32) int {
+	switch d := prev ^ px; {
+	case d&0xffff00 == 0:
 		return 2
-	case p[2] == q[2]:
+	case d&0xff0000 == 0:
 		return 1
 	}
 	return 0

@@ -111,6 +111,7 @@ type zlibTile struct {
 	r       image.Rectangle
 	bw      bitWriter
 	sum     adler
+	rowSum  adler // the checksum sums of the last row on its own
 	run, up code
 }
 
@@ -125,12 +126,22 @@ func (z *zlibTile) start(dst []byte) {
 func (z *zlibTile) addRow(img *image.RGBA, y int, t *fixedCodes) {
 	w := z.r.Dx()
 	row := img.Pix[img.PixOffset(z.r.Min.X, y):][:4*w]
-	var above []byte
-	if y > z.r.Min.Y && 3*w <= maxDistance {
-		above = img.Pix[img.PixOffset(z.r.Min.X, y-1):][:4*w]
+	var prev, above []byte
+	if y > z.r.Min.Y {
+		prev = img.Pix[img.PixOffset(z.r.Min.X, y-1):][:4*w]
 	}
-	z.sum = z.sum.addRGB(row)
-	z.bw = deflateRow(z.bw, row, above, t, z.run, z.up)
+	// A row like the one above, as screens have many, is found by one
+	// compare at memory's speed: its checksum sums are the last row's,
+	// and it goes as one match.
+	same := prev != nil && bytes.Equal(row, prev)
+	if !same {
+		z.rowSum = adler{}.addRGB(row)
+	}
+	z.sum = z.sum.then(z.rowSum, 3*w)
+	if 3*w <= maxDistance {
+		above = prev
+	}
+	z.bw = deflateRow(z.bw, row, above, same && above != nil, t, z.run, z.up)
 }
 
 // finish ends the stream and returns it.
@@ -156,18 +167,17 @@ type bitWriter struct {
 const maxMatchPixels = maxMatch / 3
 
 // deflateRow codes one row of RGBA pixels as RGB: a run of the pixel
-// before it, the row above (nil for none) or a pixel of literals. Pixels
+// before it, the row above (nil for none; sameAsAbove when the whole row
+// is) or a pixel of literals. Pixels
 // are compared with their alpha, eight bytes at a time: a screen's alpha
 // is all opaque, and a difference there only costs a match.
 //
 //go:noinline // in its own registers: inlined into its caller it slows down
-func deflateRow(bw bitWriter, row, above []byte, t *fixedCodes, run, up code) bitWriter {
+func deflateRow(bw bitWriter, row, above []byte, sameAsAbove bool, t *fixedCodes, run, up code) bitWriter {
 	w := len(row) / 4
 	acc, nacc, dst := bw.acc, bw.n, bw.dst
 	x := 0
-	if above != nil && bytes.Equal(row, above) {
-		// A row like the one above, as screens have many: compared at
-		// memory's speed, not a word at a time.
+	if sameAsAbove {
 		x = w
 		dist := up
 		if bytes.Equal(row[4:], row[:len(row)-4]) {
@@ -318,5 +328,11 @@ const adlerBlock = 22
 func lane16(v uint64, i int) uint64 { return v >> (16 * i) & 0xffff }
 
 func laneSum(v uint64) uint64 { return lane16(v, 0) + lane16(v, 1) + lane16(v, 2) + lane16(v, 3) }
+
+// then is the checksum of a's bytes followed by n bytes whose own sums
+// (from zero) are b: their s2 also counts a's s1 once a byte.
+func (a adler) then(b adler, n int) adler {
+	return adler{s1: (a.s1 + b.s1) % adlerMod, s2: (a.s2 + uint64(n)%adlerMod*a.s1 + b.s2) % adlerMod}
+}
 
 func (a adler) value() uint32 { return uint32(a.s2<<16 | a.s1) }

@@ -157,18 +157,26 @@ func migrate(t *testing.T, source, destination Host, port int, memory []byte) {
 	}
 }
 
+// direction is one way a stream goes: a grab, the server's QEMU the
+// source, or a hand back, the workstation's.
+type direction struct {
+	name                string
+	toServer            bool
+	source, destination Host
+}
+
+func directions(server, workstation Host) []direction {
+	return []direction{
+		{"grab: the server's QEMU sends", false, server, workstation},
+		{"hand back: the workstation's QEMU sends", true, workstation, server},
+	}
+}
+
 func TestCarrierMovesStreamsBothWaysCompressed(t *testing.T) {
 	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
 	srv := startServer(t, server, 8e6)
 	memory := guestMemory(16 << 20)
-	for _, tc := range []struct {
-		name                string
-		toServer            bool
-		source, destination Host
-	}{
-		{"grab: the server sends", false, server, workstation},
-		{"hand back: the workstation sends", true, workstation, server},
-	} {
+	for _, tc := range directions(server, workstation) {
 		t.Run(tc.name, func(t *testing.T) {
 			stats := &Stats{}
 			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer, Stats: stats}
@@ -344,14 +352,7 @@ func TestCarrierSaysWhatBrokeAStream(t *testing.T) {
 func TestCarrierCarriesAProtocolWhoseServerSpeaksFirst(t *testing.T) {
 	server, workstation := hostOn("127.0.0.2"), hostOn("127.0.0.1")
 	srv := startServer(t, server, 8e6)
-	for _, tc := range []struct {
-		name                string
-		toServer            bool
-		source, destination Host
-	}{
-		{"grab: the server's QEMU is the client", false, server, workstation},
-		{"hand back: the workstation's QEMU is the client", true, workstation, server},
-	} {
+	for _, tc := range directions(server, workstation) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer}
 			port, stop, err := c.Carry(context.Background())

@@ -152,15 +152,17 @@ func (r *sealedRegion) verify() error {
 
 // pacer turns a rate into pages per step. A guest that was paused (as at a
 // migration's switch) must not rush to catch up: that would be a burst no
-// real desktop makes, so at most two steps' worth is written at once.
+// real desktop makes, so at most two steps' worth is written at once. The
+// time the agent itself was busy (its checks each second) is no pause: what
+// fell due meanwhile is written, or a slow host would halve the rate.
 type pacer struct {
 	bytesPerSec float64
 	owed        float64 // bytes due but not yet written
 }
 
-func (p *pacer) pages(elapsedSec, stepSec float64) int {
+func (p *pacer) pages(elapsedSec, stepSec, busySec float64) int {
 	p.owed += p.bytesPerSec * elapsedSec
-	if limit := 2 * p.bytesPerSec * stepSec; p.owed > limit {
+	if limit := p.bytesPerSec * (2*stepSec + busySec); p.owed > limit {
 		p.owed = limit
 	}
 	n := int(p.owed / pageSize)

@@ -54,21 +54,25 @@ func TestSealedRegion(t *testing.T) {
 
 func TestPacer(t *testing.T) {
 	p := &pacer{bytesPerSec: 4096 * 100} // 100 pages a second
-	if got := p.pages(0.05, 0.05); got != 5 {
+	if got := p.pages(0.05, 0.05, 0); got != 5 {
 		t.Errorf("one step = %d pages, want 5", got)
 	}
 	// After a 3 s pause (a migration's switch), no burst beyond two steps.
-	if got := p.pages(3, 0.05); got != 10 {
+	if got := p.pages(3, 0.05, 0); got != 10 {
 		t.Errorf("after a pause = %d pages, want 10", got)
 	}
 	total := 0
 	for range 20 {
-		total += p.pages(0.05, 0.05)
+		total += p.pages(0.05, 0.05, 0)
 	}
 	if total != 100 {
 		t.Errorf("one second of steps = %d pages, want 100", total)
 	}
-	if got := (&pacer{}).pages(1, 0.05); got != 0 {
+	// The agent's own 0.3 s of checks is no pause: all that fell due is written.
+	if got := p.pages(0.35, 0.05, 0.3); got != 35 {
+		t.Errorf("after the agent's own checks = %d pages, want 35", got)
+	}
+	if got := (&pacer{}).pages(1, 0.05, 0); got != 0 {
 		t.Errorf("rate 0 = %d pages", got)
 	}
 }

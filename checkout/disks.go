@@ -67,8 +67,8 @@ type DiskMove struct {
 	// Copy goes into the migration's options; nil when the domain has no
 	// disks to move.
 	Copy *libvirt.DiskCopy
-	// SentBytes is what the chunk store moved over the link.
-	SentBytes int64
+	// Moved is what the chunk store did: its WireBytes crossed the link.
+	Moved syncengine.Stats
 
 	finish, undo []func(context.Context) error
 }
@@ -217,7 +217,7 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		if err := sameChain(indexed.Members, members); err != nil {
 			return nil, fmt.Errorf("disk %s of %s: %w: refused, nothing was mirrored", d.Target, domain, err)
 		}
-		move.SentBytes += st.WireBytes
+		move.Moved.Add(st)
 		for _, m := range members {
 			if err := chownLike(m.Path, pool.Dir); err != nil {
 				return nil, err
@@ -482,7 +482,7 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		if err != nil {
 			return nil, fmt.Errorf("send disk %s of %s to the server: %w", d.Target, domain, err)
 		}
-		move.SentBytes += st.WireBytes
+		move.Moved.Add(st)
 		s.say(report, "writing on the server", serverFile)
 		if _, err := s.Images.Checkout(ctx, root, serverFile); err != nil {
 			return nil, fmt.Errorf("write disk %s of %s to %s on the server: %w", d.Target, domain, serverFile, err)

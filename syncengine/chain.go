@@ -87,7 +87,7 @@ func storeChain(ctx context.Context, path string, put func(ctx context.Context, 
 	}
 	for i := range files {
 		r, s, err := put(ctx, files[i].Path)
-		addStats(&st, s)
+		st.Add(s)
 		if err != nil {
 			return Hash{}, nil, st, fmt.Errorf("store %s, a file of the backing chain of %s: %w", files[i].Path, path, err)
 		}
@@ -96,7 +96,7 @@ func storeChain(ctx context.Context, path string, put func(ctx context.Context, 
 	// Stored last, the manifest exists in the store only once every file
 	// it names does.
 	root, s, err := putManifest(ctx, path, encodeChain(files))
-	addStats(&st, s)
+	st.Add(s)
 	if err != nil {
 		return Hash{}, nil, st, fmt.Errorf("store the manifest of the backing chain of %s: %w", path, err)
 	}
@@ -149,7 +149,7 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 	}
 	defer c.unstage(tmp)
 	s, err := c.Pull(ctx, root, tmp)
-	addStats(&st, s)
+	st.Add(s)
 	st.Base = s.Base
 	if err != nil {
 		return nil, st, err
@@ -191,7 +191,7 @@ func (c *Client) PullChain(ctx context.Context, root Hash, path string) (_ []Cha
 		// Pull always writes a new file and renames it over the staged
 		// name, so the rebase below never reaches dest through the link.
 		s, err := c.Pull(ctx, m.Root, staged[i])
-		addStats(&st, s)
+		st.Add(s)
 		if err != nil {
 			return nil, st, fmt.Errorf("pull %s, a file of the chain %s: %w", m.Name, root, err)
 		}
@@ -307,7 +307,8 @@ func (c *Client) place(tmp, dest string, root Hash) error {
 	return c.Cache.setRef(dest, root)
 }
 
-func addStats(sum *Stats, s Stats) {
+// Add counts s's transfer into sum's.
+func (sum *Stats) Add(s Stats) {
 	sum.Chunks += s.Chunks
 	sum.ZeroChunks += s.ZeroChunks
 	sum.Sent += s.Sent

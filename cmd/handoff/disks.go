@@ -143,7 +143,9 @@ func moveDisks(ctx context.Context, labDir, mode, images string, src, dst *libvi
 		return nil, nil, err
 	}
 	if !jsonOut {
-		fmt.Fprintf(stdout, "disks: ready, %s crossed the link\n", units.Bytes(uint64(move.SentBytes)))
+		m := move.Moved
+		fmt.Fprintf(stdout, "disks: ready, %s crossed the link: %d of %d chunks sent (%d as their changes), %d found here\n",
+			units.Bytes(uint64(m.WireBytes)), m.Sent, m.Chunks, m.Patched, m.InPlace+m.FromCache)
 	}
 	return move, closeDisks, nil
 }

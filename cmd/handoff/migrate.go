@@ -114,9 +114,13 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 	if err == nil {
 		tidy = move.Finish(context.WithoutCancel(ctx))
 	}
-	diskBytes := move.SentBytes
+	diskBytes := move.Moved.WireBytes
 	if mirror != nil {
 		diskBytes += int64(mirror.Wire.Load())
+		if !*jsonOut && mirror.Raw.Load() > 0 {
+			fmt.Fprintf(stdout, "disks: the mirror of what the guest wrote during the move: %s, %s on the link\n",
+				units.Bytes(mirror.Raw.Load()), units.Bytes(mirror.Wire.Load()))
+		}
 	}
 	if err := reportEnd(res, err, diskBytes, stream, *jsonOut, stdout, name, *to); err != nil {
 		return err

@@ -33,7 +33,7 @@ type Server struct {
 // call sends one request for op; with upgrade it asks to switch to
 // Protocol and returns the connection on 101. Every call has its own
 // connection: a session owns it until the stream ends.
-func (s Server) call(ctx context.Context, op string, port int, upgrade bool) (net.Conn, *http.Response, error) {
+func (s Server) call(ctx context.Context, op string, port int, query url.Values, upgrade bool) (net.Conn, *http.Response, error) {
 	base, err := url.Parse(s.URL)
 	if err != nil || base.Host == "" {
 		return nil, nil, fmt.Errorf("server address %q: give https://HOST:PORT", s.URL)
@@ -59,7 +59,12 @@ func (s Server) call(ctx context.Context, op string, port int, upgrade bool) (ne
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	u := base.JoinPath("v1", "relay", op)
-	u.RawQuery = "port=" + strconv.Itoa(port)
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = v
+	}
+	q.Set("port", strconv.Itoa(port))
+	u.RawQuery = q.Encode()
 	req, _ := http.NewRequest(http.MethodGet, u.String(), nil)
 	req.Header.Set("Authorization", "Bearer "+s.Token)
 	if upgrade {
@@ -92,8 +97,8 @@ func (s Server) call(ctx context.Context, op string, port int, upgrade bool) (ne
 }
 
 // session opens one upgraded connection for op.
-func (s Server) session(ctx context.Context, op string, port int) (net.Conn, int, error) {
-	conn, resp, err := s.call(ctx, op, port, true)
+func (s Server) session(ctx context.Context, op string, port int, query url.Values) (net.Conn, int, error) {
+	conn, resp, err := s.call(ctx, op, port, query, true)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -109,7 +114,7 @@ func (s Server) session(ctx context.Context, op string, port int) (net.Conn, int
 
 // free asks whether port is free on the server.
 func (s Server) free(ctx context.Context, port int) (bool, error) {
-	_, resp, err := s.call(ctx, "free", port, false)
+	_, resp, err := s.call(ctx, "free", port, nil, false)
 	if err != nil {
 		return false, err
 	}
@@ -148,6 +153,33 @@ type Carrier struct {
 	ToServer bool
 	// Stats, if set, counts what the workstation's end moved.
 	Stats *Stats
+	// Mirror, if set, makes the way the disks' NBD mirror's, its writes
+	// sent as their changes to the chain both hosts hold.
+	Mirror *Mirror
+}
+
+// query is what a session of c asks serve for besides its port.
+func (c *Carrier) query() url.Values {
+	if c.Mirror == nil {
+		return nil
+	}
+	return c.Mirror.query()
+}
+
+// fromQEMU and intoQEMU are this end's side of a stream: QEMU's
+// connection as it is, or a mirror's, coded against the chain here.
+func (c *Carrier) fromQEMU(qemu net.Conn) net.Conn {
+	if c.Mirror == nil {
+		return qemu
+	}
+	return encodeFrom(qemu, c.Mirror.Here)
+}
+
+func (c *Carrier) intoQEMU(qemu net.Conn) net.Conn {
+	if c.Mirror == nil {
+		return qemu
+	}
+	return decodeInto(qemu, c.Mirror.Here)
 }
 
 // tries is how many ports Carry tries before it gives up: one taken on the
@@ -246,13 +278,13 @@ func (c *Carrier) carryToServer(ctx context.Context, w *way) (int, error) {
 					return
 				}
 				w.wg.Go(func() {
-					link, _, err := c.Server.session(w.life, "receive", port)
+					link, _, err := c.Server.session(w.life, "receive", port, c.query())
 					if err != nil {
 						w.broke(err)
 						qemu.Close() // QEMU fails the job or, in post-copy, pauses it to resume
 						return
 					}
-					w.broke(w.carrying(func() error { return Send(w.life, qemu, link, c.stats()) }))
+					w.broke(w.carrying(func() error { return Send(w.life, c.fromQEMU(qemu), link, c.stats()) }))
 				})
 			}
 		})
@@ -276,7 +308,7 @@ func (c *Carrier) carryFromServer(ctx context.Context, w *way) (int, error) {
 	var first net.Conn
 	var port int
 	for range tries {
-		link, p, err := c.Server.session(ctx, "send", 0)
+		link, p, err := c.Server.session(ctx, "send", 0, c.query())
 		if err != nil {
 			return 0, err
 		}
@@ -306,7 +338,7 @@ func (c *Carrier) carryFromServer(ctx context.Context, w *way) (int, error) {
 				}
 			}
 			var err error
-			if spare, _, err = c.Server.session(w.life, "send", port); err != nil {
+			if spare, _, err = c.Server.session(w.life, "send", port, c.query()); err != nil {
 				w.broke(err)
 				spare = nil
 				select {
@@ -337,6 +369,6 @@ func (c *Carrier) receiveOn(w *way, link net.Conn, port int, started chan struct
 		if err != nil {
 			return fmt.Errorf("reach this workstation's QEMU on port %d: %w", port, err)
 		}
-		return Receive(w.life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, qemu, c.stats())
+		return Receive(w.life, &bufferedConn{Conn: link, r: io.MultiReader(strings.NewReader(string(first[:])), link)}, c.intoQEMU(qemu), c.stats())
 	})
 }

@@ -46,6 +46,20 @@ const stopWord = "stop"
 // Carry starts the detached end and returns the port of the way it opens;
 // stop ends it and returns what broke a stream, as Carrier's does.
 func (d *Detached) Carry(ctx context.Context) (int, func() error, error) {
+	return d.carry(ctx, setup{})
+}
+
+// CarryMirror is Carry for the disks' NBD mirror: see Mirror.
+func (d *Detached) CarryMirror(ctx context.Context, m *Mirror) (int, func() error, error) {
+	return d.carry(ctx, setup{Mirror: m})
+}
+
+// setup is the first line on the detached end's input: what its way is.
+type setup struct {
+	Mirror *Mirror `json:"mirror,omitempty"`
+}
+
+func (d *Detached) carry(ctx context.Context, way setup) (int, func() error, error) {
 	cmd := d.Command()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	control, err := cmd.StdinPipe()
@@ -65,6 +79,7 @@ func (d *Detached) Carry(ctx context.Context) (int, func() error, error) {
 		reports.Close()
 		return 0, nil, fmt.Errorf("start the relay's workstation end (%s): %w", cmd.Path, err)
 	}
+	json.NewEncoder(control).Encode(way) // if it died already, its reports say so
 	first := make(chan report, 1)
 	var last report
 	ended := make(chan struct{})
@@ -134,6 +149,19 @@ func RunDetached(ctx context.Context, c *Carrier, in io.Reader, out io.Writer) e
 		c.Stats = &Stats{}
 	}
 	enc := json.NewEncoder(out)
+	input := bufio.NewReader(in)
+	var way setup
+	line, err := input.ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &way)
+	}
+	if err != nil {
+		enc.Encode(report{Error: fmt.Sprintf("read what way to open: %v", err)})
+		return err
+	}
+	if way.Mirror != nil {
+		c.Mirror = way.Mirror
+	}
 	port, w, stop, err := c.open(ctx)
 	if err != nil {
 		enc.Encode(report{Error: err.Error()})
@@ -145,7 +173,7 @@ func RunDetached(ctx context.Context, c *Carrier, in io.Reader, out io.Writer) e
 	}
 	told := make(chan bool, 1) // true: stop; false: the client is gone
 	go func() {
-		sc := bufio.NewScanner(in)
+		sc := bufio.NewScanner(input)
 		for sc.Scan() {
 			if sc.Text() == stopWord {
 				told <- true

@@ -70,6 +70,7 @@ func runDetached(t *testing.T, c *Carrier) (port int, client io.WriteCloser, rep
 	outR, outW := io.Pipe()
 	ended = make(chan error, 1)
 	go func() { ended <- RunDetached(context.Background(), c, inR, outW); outW.Close() }()
+	go io.WriteString(inW, "{}\n") // the way: a memory stream's
 	reports = bufio.NewScanner(outR)
 	var r report
 	if !reports.Scan() || json.Unmarshal(reports.Bytes(), &r) != nil || r.Port == 0 {

@@ -232,7 +232,7 @@ func TestServerForgetsASessionWhoseWorkstationLeft(t *testing.T) {
 	// The server's next waiting session is a new workstation's; the old
 	// one must not take the source QEMU's connection and lose it.
 	c2 := &Carrier{Server: srv, Local: workstation}
-	link, _, err := c2.Server.session(context.Background(), "send", port)
+	link, _, err := c2.Server.session(context.Background(), "send", port, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

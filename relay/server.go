@@ -16,7 +16,7 @@ import (
 // Protocol names this relay's wire format in the HTTP upgrade; a later
 // format gets a new name, and a server that does not know the one asked
 // for answers 426 with the one it knows.
-const Protocol = "handoff-relay/2"
+const Protocol = "handoff-relay/3"
 
 // Host is how a relay end reaches QEMU on its own host: the source QEMU
 // sends to a port the relay listens on, the destination QEMU listens on the
@@ -126,6 +126,9 @@ func (h *handler) send(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the workstation left, or serve stops
 	}
+	if refs := mirrorOf(r.URL.Query()); refs != nil {
+		qemu = encodeFrom(qemu, refs)
+	}
 	Send(h.ctx, qemu, link, &Stats{})
 }
 
@@ -145,6 +148,9 @@ func (h *handler) receive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer link.Close()
+	if refs := mirrorOf(r.URL.Query()); refs != nil {
+		qemu = decodeInto(qemu, refs)
+	}
 	Receive(h.ctx, link, qemu, &Stats{})
 }
 

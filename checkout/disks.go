@@ -196,6 +196,7 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		return nil, err
 	}
 	paths := map[string]string{}
+	under := map[string]libvirt.BelowOverlay{} // what each mirror writes over, on both hosts
 	var targets []string
 	for _, d := range frozen {
 		below := d.Chain[1] // the file the freeze stopped
@@ -232,6 +233,7 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 		}
 		move.undo = append(move.undo, func(context.Context) error { return dst.DeleteVolume(overlay) })
 		paths[d.Target] = overlay
+		under[d.NBDExport()] = libvirt.BelowOverlay{Source: below.Path, Destination: local}
 		targets = append(targets, d.Target)
 		target := d.Target
 		move.finish = append(move.finish, func(ctx context.Context) error {
@@ -247,7 +249,7 @@ func (s *StoreDisks) Grab(ctx context.Context, domain string, report func(event.
 	if err != nil {
 		return nil, err
 	}
-	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML}
+	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML, Below: under}
 	return move, nil
 }
 
@@ -469,6 +471,7 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		move.finish = append(move.finish, func(context.Context) error { return src.DeleteVolume(overlay) })
 	}
 	paths := map[string]string{}
+	under := map[string]libvirt.BelowOverlay{} // what each mirror writes over, on both hosts
 	var targets []string
 	for _, d := range frozen {
 		below := d.Chain[1]
@@ -498,6 +501,7 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 		}
 		move.undo = append(move.undo, func(context.Context) error { return dst.DeleteVolume(overlay) })
 		paths[d.Target] = overlay
+		under[d.NBDExport()] = libvirt.BelowOverlay{Source: below.Path, Destination: serverFile}
 		targets = append(targets, d.Target)
 		target := d.Target
 		move.finish = append(move.finish, func(ctx context.Context) error {
@@ -521,6 +525,6 @@ func (s *StoreDisks) HandBack(ctx context.Context, domain string, report func(ev
 	}
 	// The server's definition must follow: it still names the grab's
 	// overlay, which is deleted once the VM is home.
-	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML, PersistentXML: destXML}
+	move.Copy = &libvirt.DiskCopy{Targets: targets, TopOnly: true, DestinationXML: destXML, PersistentXML: destXML, Below: under}
 	return move, nil
 }

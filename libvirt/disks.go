@@ -22,8 +22,13 @@ type Layer struct {
 // writes to first, then its backing files down to the base.
 type Disk struct {
 	Target string // the guest's name for it: "vda"
+	Alias  string // libvirt's name for its device in QEMU: "virtio-disk0"; "" on a domain not running
 	Chain  []Layer
 }
+
+// NBDExport is the name a migration's NBD server exports the disk by on
+// the destination (libvirt's drive alias).
+func (d Disk) NBDExport() string { return "drive-" + d.Alias }
 
 // Top is the file the guest writes to.
 func (d Disk) Top() Layer { return d.Chain[0] }
@@ -75,6 +80,9 @@ func disksFromXML(domainXML string) ([]Disk, error) {
 			Target  struct {
 				Dev string `xml:"dev,attr"`
 			} `xml:"target"`
+			Alias struct {
+				Name string `xml:"name,attr"`
+			} `xml:"alias"`
 			ReadOnly  *struct{} `xml:"readonly"`
 			Shareable *struct{} `xml:"shareable"`
 		} `xml:"devices>disk"`
@@ -98,7 +106,7 @@ func disksFromXML(domainXML string) ([]Disk, error) {
 		case x.Source.File == "":
 			continue // an empty drive: nothing to move
 		}
-		d := Disk{Target: name, Chain: []Layer{{Path: x.Source.File, Format: orDefault(x.Driver.Type, "raw")}}}
+		d := Disk{Target: name, Alias: x.Alias.Name, Chain: []Layer{{Path: x.Source.File, Format: orDefault(x.Driver.Type, "raw")}}}
 		for b := x.Backing; b != nil && b.Source.File != ""; b = b.Backing {
 			if b.Type != "" && b.Type != "file" {
 				return nil, fmt.Errorf("%w: %s has a %s backing image: handoff moves image files only", ErrUnmovableDisk, name, b.Type)

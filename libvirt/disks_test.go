@@ -17,6 +17,7 @@ func TestDisksFromXML(t *testing.T) {
       <backingStore type='file'><format type='raw'/><source file='/img/base.raw'/><backingStore/></backingStore>
     </backingStore>
     <target dev='vda' bus='virtio'/>
+    <alias name='virtio-disk0'/>
   </disk>
   <disk type='file' device='cdrom'><source file='/iso/debian.iso'/><target dev='sda'/><readonly/></disk>
   <disk type='file' device='disk'><source file='/img/data.raw'/><target dev='vdb'/></disk>
@@ -29,7 +30,7 @@ func TestDisksFromXML(t *testing.T) {
 		err  error
 	}{
 		{"a chain, a CD-ROM, a raw disk, a read-only disk", chain, []Disk{
-			{Target: "vda", Chain: []Layer{{"/img/desk.ovl.qcow2", "qcow2"}, {"/img/desk.qcow2", "qcow2"}, {"/img/base.raw", "raw"}}},
+			{Target: "vda", Alias: "virtio-disk0", Chain: []Layer{{"/img/desk.ovl.qcow2", "qcow2"}, {"/img/desk.qcow2", "qcow2"}, {"/img/base.raw", "raw"}}},
 			{Target: "vdb", Chain: []Layer{{"/img/data.raw", "raw"}}},
 		}, nil},
 		{"no disks", `<domain><devices><graphics type='vnc'/></devices></domain>`, nil, nil},
@@ -43,6 +44,10 @@ func TestDisksFromXML(t *testing.T) {
 			got, err := disksFromXML(tt.xml)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			// libvirt's migration exports a disk by its drive alias.
+			if len(got) > 0 && got[0].Alias == "virtio-disk0" && got[0].NBDExport() != "drive-virtio-disk0" {
+				t.Errorf("%s is exported as %q, want drive-virtio-disk0", got[0].Target, got[0].NBDExport())
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %+v\nwant %+v", got, tt.want)

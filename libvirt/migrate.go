@@ -67,6 +67,15 @@ type Options struct {
 	DiskStream StreamCarrier
 }
 
+// BelowOverlay is the file under a mirrored overlay on each host.
+type BelowOverlay struct{ Source, Destination string }
+
+// A MirrorCarrier carries the disks' mirror knowing what lies below the
+// overlays it writes, so it can send each write as its changes to that.
+type MirrorCarrier interface {
+	CarryMirror(ctx context.Context, below map[string]BelowOverlay) (port int, stop func() error, err error)
+}
+
 // StreamCarrier opens ways for a migration's memory stream between the
 // two hosts.
 type StreamCarrier interface {
@@ -94,6 +103,10 @@ type DiskCopy struct {
 	// PersistentXML, if set, becomes the domain's definition on the
 	// destination, replacing the one it had there.
 	PersistentXML string
+	// Below names, by NBD export (Disk.NBDExport), the file under each
+	// mirrored overlay on each host: a chain both hold, which a
+	// MirrorCarrier sends the mirror's writes against.
+	Below map[string]BelowOverlay
 	// URI is where the source QEMU reaches the destination's NBD server,
 	// as tcp://HOST or tcp://HOST:PORT; empty: the memory stream's host, or
 	// a tunnel inside SSH.
@@ -216,7 +229,11 @@ func Start(ctx context.Context, src, dst *Conn, name string, opts Options) (*Mig
 	var stopDisks func() error
 	if d := opts.Disks; d != nil && d.URI == "" && opts.DiskStream != nil {
 		plan := *opts.Plan
-		if port, stop, err := opts.DiskStream.Carry(ctx); err != nil {
+		carry := opts.DiskStream.Carry
+		if m, ok := opts.DiskStream.(MirrorCarrier); ok && len(d.Below) > 0 {
+			carry = func(ctx context.Context) (int, func() error, error) { return m.CarryMirror(ctx, d.Below) }
+		}
+		if port, stop, err := carry(ctx); err != nil {
 			plan.Reason += fmt.Sprintf("; the disks' mirror goes uncompressed: %v", err)
 		} else {
 			c := *d

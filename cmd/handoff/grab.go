@@ -88,8 +88,8 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		toSrv.Stream = streamRelay(labMode, *workstation, *server, nil)
 	}
 	if *opts.relay {
-		toWS.DiskStream = streamRelay(labMode, *server, *workstation, nil)
-		toSrv.DiskStream = streamRelay(labMode, *workstation, *server, nil)
+		toWS.DiskStream = mirrorRelay(labMode, *server, *workstation, nil)
+		toSrv.DiskStream = mirrorRelay(labMode, *workstation, *server, nil)
 	}
 	srv, ws, closeHosts, err := connectPair(ctx, *server, *workstation)
 	if err != nil {

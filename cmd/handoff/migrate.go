@@ -67,7 +67,7 @@ wherever its guest runs now to the other host; DOMAIN defaults to the lab's gues
 			o.Stream = streamRelay(l, *from, *to, stream)
 		}
 		mirror = &relay.Stats{}
-		o.DiskStream = streamRelay(l, *from, *to, mirror)
+		o.DiskStream = mirrorRelay(l, *from, *to, mirror)
 	}
 	src, dst, closeHosts, err := connectPair(ctx, *from, *to)
 	if err != nil {

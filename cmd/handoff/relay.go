@@ -31,6 +31,35 @@ func streamRelay(l *lab.Lab, from, to string, stats *relay.Stats) libvirt.Stream
 	return &relay.Detached{Stats: stats, Command: func() *exec.Cmd { return exec.Command(executable(), args...) }}
 }
 
+// mirrorRelay is streamRelay for the disks' NBD mirror: it sends each
+// write as its changes to the chain below the overlays, which both hosts
+// hold.
+func mirrorRelay(l *lab.Lab, from, to string, stats *relay.Stats) libvirt.StreamCarrier {
+	c := relayCarrier(l, from, to)
+	d, _ := streamRelay(l, from, to, stats).(*relay.Detached)
+	if c == nil || d == nil {
+		return nil
+	}
+	return mirrorCarrier{d, c.ToServer}
+}
+
+type mirrorCarrier struct {
+	*relay.Detached
+	toServer bool
+}
+
+func (m mirrorCarrier) CarryMirror(ctx context.Context, below map[string]libvirt.BelowOverlay) (int, func() error, error) {
+	mirror := &relay.Mirror{Here: map[string]string{}, There: map[string]string{}}
+	for export, b := range below {
+		source, destination := mirror.There, mirror.Here // a grab: the server sends
+		if m.toServer {
+			source, destination = mirror.Here, mirror.There
+		}
+		source[export], destination[export] = b.Source, b.Destination
+	}
+	return m.Detached.CarryMirror(ctx, mirror)
+}
+
 // relayCarrier is the relay's workstation end for a move from from to to:
 // the lab's when they are its hosts, else that of the server logged in
 // to, if it runs on the remote one of from and to; nil for none.

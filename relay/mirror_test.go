@@ -53,18 +53,8 @@ func TestAMirrorsWritesCrossAsTheirChanges(t *testing.T) {
 	for _, tc := range directions(server, workstation) {
 		t.Run(tc.name, func(t *testing.T) {
 			stats := &Stats{}
-			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer, Stats: stats,
-				Mirror: &Mirror{Here: map[string]string{export: here}, There: map[string]string{export: there}}}
-			port, stop, err := c.Carry(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer stop()
-			ln, err := tc.destination.Listen(port)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			port, ln := carryTo(t, &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer, Stats: stats,
+				Mirror: &Mirror{Here: map[string]string{export: here}, There: map[string]string{export: there}}}, tc.destination)
 			got := make(chan []byte, 1)
 			go func() {
 				c, err := ln.Accept()

@@ -354,17 +354,7 @@ func TestCarrierCarriesAProtocolWhoseServerSpeaksFirst(t *testing.T) {
 	srv := startServer(t, server, 8e6)
 	for _, tc := range directions(server, workstation) {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer}
-			port, stop, err := c.Carry(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer stop()
-			ln, err := tc.destination.Listen(port)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			port, ln := carryTo(t, &Carrier{Server: srv, Local: workstation, ToServer: tc.toServer}, tc.destination)
 			request := make(chan string, 1)
 			go func() {
 				c, err := ln.Accept()
@@ -394,4 +384,21 @@ func TestCarrierCarriesAProtocolWhoseServerSpeaksFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// carryTo opens c's way and listens at its far end as the destination
+// QEMU would; both end with the test.
+func carryTo(t *testing.T, c *Carrier, destination Host) (int, net.Listener) {
+	t.Helper()
+	port, stop, err := c.Carry(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop() })
+	ln, err := destination.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return port, ln
 }

@@ -16,6 +16,8 @@ import (
 //
 //	index     {"path": P}             the image at P into the store
 //	checkout  {"root": R, "path": P}  the image or chain R to P
+//	assemble  {"recipe": R, "base": B, "path": P}
+//	                                  the file recipe R makes of image B, to P
 //
 // Both may run for tens of seconds, so the answer is a stream of JSON
 // lines: progress while the work goes on (and at least every few seconds,
@@ -84,6 +86,16 @@ func (im *Images) Handler() http.Handler {
 		}
 		streamImageOp(w, r, &req, func(ctx context.Context, progress Progress) (any, error) {
 			return im.Checkout(ctx, req.Root, req.Path, progress)
+		})
+	})
+	mux.HandleFunc("POST /assemble", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Recipe Hash   `json:"recipe"`
+			Base   Hash   `json:"base"`
+			Path   string `json:"path"`
+		}
+		streamImageOp(w, r, &req, func(ctx context.Context, progress Progress) (any, error) {
+			return im.Assemble(ctx, req.Recipe, req.Base, req.Path, progress)
 		})
 	})
 	return mux
@@ -211,6 +223,14 @@ func (c ImagesClient) Index(ctx context.Context, path string) (IndexResult, erro
 func (c ImagesClient) Checkout(ctx context.Context, root Hash, path string) (CheckoutResult, error) {
 	var res CheckoutResult
 	err := c.do(ctx, "checkout", map[string]any{"root": root, "path": path}, &res)
+	return res, err
+}
+
+// Assemble asks the server to write to path on its disk the file that
+// recipe makes of base, both in its store.
+func (c ImagesClient) Assemble(ctx context.Context, recipe, base Hash, path string) (AssembleResult, error) {
+	var res AssembleResult
+	err := c.do(ctx, "assemble", map[string]any{"recipe": recipe, "base": base, "path": path}, &res)
 	return res, err
 }
 

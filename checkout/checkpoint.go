@@ -22,8 +22,11 @@ import (
 // carries it as its manifest.
 type Saved struct {
 	Domain string
-	Memory syncengine.Hash
-	Disks  map[string]SavedDisk // by the guest's name for the disk ("vda")
+	// Memory is the memory file; or, where MemoryRecipe is set, its pages
+	// lined up at their guest addresses (package saveimage), which the
+	// recipe makes the file of again (syncengine.Assemble).
+	Memory, MemoryRecipe syncengine.Hash
+	Disks                map[string]SavedDisk // by the guest's name for the disk ("vda")
 	// What the checkpoint cost: the bytes it put on the link, and the
 	// size of the memory it saved.
 	SentBytes, MemoryBytes int64
@@ -41,6 +44,7 @@ type SavedDisk struct {
 const (
 	metaDomain   = "domain"
 	metaMemory   = "memory"
+	metaRecipe   = "memory-recipe"
 	metaDisk     = "disk "
 	metaDiskFile = "disk-file "
 	metaSent     = "sent-bytes"
@@ -51,6 +55,9 @@ const (
 func (s Saved) Meta() map[string]string {
 	m := map[string]string{metaDomain: s.Domain, metaMemory: s.Memory.String(),
 		metaSent: strconv.FormatInt(s.SentBytes, 10), metaMemSize: strconv.FormatInt(s.MemoryBytes, 10)}
+	if !s.MemoryRecipe.IsZero() {
+		m[metaRecipe] = s.MemoryRecipe.String()
+	}
 	for target, d := range s.Disks {
 		m[metaDisk+target] = d.Root.String()
 		m[metaDiskFile+target] = d.File
@@ -67,6 +74,11 @@ func SavedFromMeta(m map[string]string) (Saved, error) {
 	var err error
 	if s.Memory, err = syncengine.ParseHash(m[metaMemory]); err != nil || s.Domain == "" {
 		return Saved{}, errors.New("the commit is no checkpoint of a running VM (its manifest names no memory): restore needs one that handoff grab made")
+	}
+	if r, ok := m[metaRecipe]; ok {
+		if s.MemoryRecipe, err = syncengine.ParseHash(r); err != nil {
+			return Saved{}, fmt.Errorf("the checkpoint's memory recipe is named badly (%q)", r)
+		}
 	}
 	for k, v := range m {
 		target, ok := strings.CutPrefix(k, metaDisk)
@@ -133,7 +145,7 @@ type StoreCheckpoints struct {
 type pending struct {
 	domain string
 	disks  []libvirt.Disk // as the snapshot left them: its overlays on top
-	memory string
+	memory memoryFiles
 	at     time.Time
 	pause  time.Duration
 }
@@ -172,7 +184,7 @@ func (c *StoreCheckpoints) Settle(ctx context.Context) error {
 	for _, d := range p.disks {
 		errs = append(errs, commitOn(context.WithoutCancel(ctx), c.Disks.Workstation, p.domain, d.Target))
 	}
-	errs = append(errs, removeFile(p.memory))
+	errs = append(errs, p.memory.remove())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("merge the checkpoint's overlays of %s back down: %w", p.domain, err)
 	}
@@ -193,14 +205,15 @@ func (c *StoreCheckpoints) take(domain string) (*pending, error) {
 	}
 	// One name for every checkpoint's memory: the chunk client keeps the
 	// last one sent under it, and sends the next one against it.
-	p := &pending{domain: domain, memory: filepath.Join(pool.Dir, domain+".checkpoint.memory"), at: time.Now()}
-	removeFile(p.memory) // left by a checkpoint that was killed
-	if p.disks, p.pause, err = dom.Checkpoint(tag(), p.memory); err != nil {
+	p := &pending{domain: domain, memory: memoryFiles{file: filepath.Join(pool.Dir, domain+".checkpoint.memory")}, at: time.Now()}
+	p.memory.remove() // left by a checkpoint that was killed
+	if p.disks, p.pause, err = dom.Checkpoint(tag(), p.memory.file); err != nil {
 		return nil, err
 	}
 	if p.pause == 0 {
 		p.pause = time.Since(p.at) // QEMU did not say: the whole snapshot bounds it
 	}
+	p.memory.split()
 	return p, nil
 }
 
@@ -232,18 +245,18 @@ func (c *StoreCheckpoints) send(ctx context.Context, p *pending, held Lease) (_ 
 		sent += st.WireBytes
 		saved.Disks[d.Target] = SavedDisk{Root: root, File: filepath.Base(below.Path)}
 	}
-	root, st, err := c.Disks.Chunks.Push(ctx, p.memory)
+	mem, err := p.memory.push(ctx, c.Disks.Chunks)
 	if err != nil {
 		return event.Checkpoint{}, fmt.Errorf("send the memory of %s to the server: %w", p.domain, err)
 	}
-	sent += st.WireBytes
-	saved.Memory, saved.SentBytes, saved.MemoryBytes = root, sent, st.ImageBytes
+	sent += mem.sent
+	saved.Memory, saved.MemoryRecipe, saved.SentBytes, saved.MemoryBytes = mem.root, mem.recipe, sent, mem.size
 	if c.parent == "" {
 		if c.parent, err = c.Log.Head(ctx); err != nil {
 			return event.Checkpoint{}, err
 		}
 	}
-	cp := event.Checkpoint{Last: p.at, Bytes: sent, Pause: p.pause}
+	cp := event.Checkpoint{Last: p.at, Bytes: sent, Pause: p.pause, MemoryWhole: p.memory.whole}
 	if held.ID != "" {
 		cp.ID, err = c.Log.Commit(ctx, held, c.parent, saved)
 		if err == nil {

@@ -8,7 +8,7 @@ import (
 )
 
 func TestSavedRoundTrip(t *testing.T) {
-	s := Saved{Domain: "desktop", Memory: syncengine.Sum([]byte("memory")), Disks: map[string]SavedDisk{
+	s := Saved{Domain: "desktop", Memory: syncengine.Sum([]byte("memory")), MemoryRecipe: syncengine.Sum([]byte("recipe")), Disks: map[string]SavedDisk{
 		"vda": {Root: syncengine.Sum([]byte("vda")), File: "desktop.qcow2"},
 		"vdb": {Root: syncengine.Sum([]byte("vdb")), File: "data.qcow2"},
 	}, SentBytes: 12345, MemoryBytes: 1 << 28}
@@ -16,7 +16,7 @@ func TestSavedRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back.Domain != s.Domain || back.Memory != s.Memory || back.SentBytes != s.SentBytes || back.MemoryBytes != s.MemoryBytes || len(back.Disks) != 2 || back.Disks["vda"] != s.Disks["vda"] || back.Disks["vdb"] != s.Disks["vdb"] {
+	if back.Domain != s.Domain || back.Memory != s.Memory || back.MemoryRecipe != s.MemoryRecipe || back.SentBytes != s.SentBytes || back.MemoryBytes != s.MemoryBytes || len(back.Disks) != 2 || back.Disks["vda"] != s.Disks["vda"] || back.Disks["vdb"] != s.Disks["vdb"] {
 		t.Fatalf("read back %+v, want %+v", back, s)
 	}
 	if got := strings.Join(back.targets(), " "); got != "vda vdb" {
@@ -36,6 +36,7 @@ func TestSavedFromMetaRefuses(t *testing.T) {
 		{"a disk file outside the folder", func(m map[string]string) { m[metaDiskFile+"vda"] = "../etc/passwd" }, "named badly"},
 		{"a disk without its file", func(m map[string]string) { delete(m, metaDiskFile+"vda") }, "named badly"},
 		{"a disk root that is no hash", func(m map[string]string) { m[metaDisk+"vda"] = "xyz" }, "named badly"},
+		{"a memory recipe that is no hash", func(m map[string]string) { m[metaRecipe] = "xyz" }, "recipe is named badly"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := map[string]string{}

@@ -27,6 +27,9 @@ type ServerImages interface {
 	// Checkout writes the image root names from the server's store to
 	// path, replacing what is there once it is whole.
 	Checkout(ctx context.Context, root syncengine.Hash, path string) (syncengine.CheckoutResult, error)
+	// Assemble writes to path the file that recipe, in the server's
+	// store, makes of base (a checkpoint's memory of its page image).
+	Assemble(ctx context.Context, recipe, base syncengine.Hash, path string) (syncengine.AssembleResult, error)
 }
 
 // Chunks moves images between this workstation and the server's store,

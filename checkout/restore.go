@@ -66,7 +66,12 @@ func (s *StoreDisks) Restore(ctx context.Context, saved Saved, report func(event
 	}
 	memory := filepath.Join(folder, domain+".restore.memory")
 	s.say(report, "writing the memory on the server", memory)
-	if _, err := s.Images.Checkout(ctx, saved.Memory, memory); err != nil {
+	if saved.MemoryRecipe.IsZero() {
+		_, err = s.Images.Checkout(ctx, saved.Memory, memory)
+	} else {
+		_, err = s.Images.Assemble(ctx, saved.MemoryRecipe, saved.Memory, memory)
+	}
+	if err != nil {
 		return Restored{}, fmt.Errorf("write the memory of %s to %s on the server: %w", domain, memory, err)
 	}
 	pool, err := srv.EnsurePool(folder)

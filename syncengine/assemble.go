@@ -56,7 +56,7 @@ func (im *Images) Assemble(ctx context.Context, recipe, base Hash, path string, 
 	if err != nil {
 		return res, fmt.Errorf("read the base %s: %w", base, err)
 	}
-	baseFile := &storedFile{ctx: ctx, store: im.Store, codec: im.Codec, t: bt, progress: progress}
+	baseFile := &StoredFile{ctx: ctx, store: im.Store, codec: im.Codec, t: bt, progress: progress}
 	tmp, err := os.CreateTemp(filepath.Dir(top), "."+filepath.Base(top)+".assemble-")
 	if err != nil {
 		return res, diskErr(fmt.Errorf("make the file beside %s: %w", top, err))
@@ -66,7 +66,7 @@ func (im *Images) Assemble(ctx context.Context, recipe, base Hash, path string, 
 		os.Remove(tmp.Name())
 	}()
 	out := bufio.NewWriterSize(tmp, 1<<20)
-	recipeFile := io.NewSectionReader(&storedFile{ctx: ctx, store: im.Store, codec: im.Codec, t: rt}, 0, rt.Size)
+	recipeFile := io.NewSectionReader(&StoredFile{ctx: ctx, store: im.Store, codec: im.Codec, t: rt}, 0, rt.Size)
 	if res.Size, err = Assemble(recipeFile, baseFile, bt.Size, out); err != nil {
 		return res, fmt.Errorf("assemble %s: %w", top, err)
 	}
@@ -82,10 +82,10 @@ func (im *Images) Assemble(ctx context.Context, recipe, base Hash, path string, 
 	return res, takeFolderOwner(top, mode)
 }
 
-// storedFile reads a tree's bytes from a store, a chunk at a time,
+// StoredFile reads a tree's bytes from a store, a chunk at a time,
 // keeping the last chunk read: a recipe's copies mostly follow one
-// another.
-type storedFile struct {
+// another. It is not safe for concurrent use.
+type StoredFile struct {
 	ctx      context.Context
 	store    objectGetter
 	codec    *Codec
@@ -98,7 +98,27 @@ type storedFile struct {
 	held bool
 }
 
-func (f *storedFile) ReadAt(p []byte, off int64) (int, error) {
+// OpenStored reads the file root names in store (the server's own, say),
+// every chunk verified as it is read. A chain's root names its manifest:
+// see StoredChain for its files.
+func OpenStored(ctx context.Context, store DirStore, codec *Codec, root Hash) (*StoredFile, error) {
+	t, err := loadTree(ctx, store, codec, root)
+	if err != nil {
+		return nil, fmt.Errorf("read %s from the store at %s: %w", root, store.Dir, err)
+	}
+	return &StoredFile{ctx: ctx, store: store, codec: codec, t: t}, nil
+}
+
+// StoredChain lists the files of the chain root names in store, base
+// first; nil when root names a plain file.
+func StoredChain(ctx context.Context, store DirStore, codec *Codec, root Hash) ([]ChainMember, error) {
+	return storedChain(ctx, store, codec, root)
+}
+
+// Size is the file's length.
+func (f *StoredFile) Size() int64 { return f.t.Size }
+
+func (f *StoredFile) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read at %d", off)
 	}
@@ -121,7 +141,7 @@ func (f *storedFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // chunk is chunk i's bytes, zeroes for a zero chunk.
-func (f *storedFile) chunk(i int) ([]byte, error) {
+func (f *StoredFile) chunk(i int) ([]byte, error) {
 	if f.held && f.at == i {
 		return f.data, nil
 	}

@@ -49,6 +49,8 @@ type Checkpoint struct {
 	Pause    time.Duration
 	Next     time.Time // zero: none planned
 	Queued   time.Time // a checkpoint taken then, not yet on the server
+	// MemoryWhole: why the memory went whole, not as its pages lined up.
+	MemoryWhole string
 }
 
 // dashState is what the dashboard shows; kept apart from the model so the

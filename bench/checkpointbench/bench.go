@@ -14,6 +14,7 @@ import (
 
 	"github.com/handoff-dev/handoff/bench/diskbench"
 	"github.com/handoff-dev/handoff/leasectl"
+	"github.com/handoff-dev/handoff/syncengine"
 	"github.com/handoff-dev/handoff/testvm/lab"
 	"github.com/handoff-dev/handoff/units"
 )
@@ -48,12 +49,23 @@ var (
 // TargetPause is the bound on every checkpoint's pause.
 const TargetPause = 300 * time.Millisecond
 
+// TargetBytesRatio is the bound on a checkpoint's bytes over zstd
+// of the pages and blocks the guest changed since the one before.
+const TargetBytesRatio = 1.5
+
 // LabConfig is the lab the bench runs on: the disk bench's, the Debian
 // desktop guest with its disk and no memory dirtied beyond its own work
 // (under TCG a guest dirtying memory breaks now and then in a migration,
 // and a checkpoint's memory file needs the guest moved here first).
 func LabConfig(dir, handoff string, progress io.Writer) lab.Config {
 	return diskbench.LabConfig(dir, handoff, 0, progress)
+}
+
+// BytesMet says whether the row's later checkpoints meet the bytes
+// target, in the median.
+func (r Row) BytesMet() bool {
+	s := r.Summary()
+	return s.Judged > 0 && s.RatioMedian <= TargetBytesRatio
 }
 
 // Row is one link's turn.
@@ -176,6 +188,16 @@ func (t *turn) run(ctx context.Context, row *Row) error {
 		// without waiting out the rest; the full verdict comes last.
 		if serial, err := l.GuestSerial(); err == nil && serial.Panic != "" {
 			return fmt.Errorf("after checkpoint %d of %d the guest's kernel died: %s (serial log %s)", i, t.cfg.Count, serial.Panic, l.SerialLog)
+		}
+	}
+	t.say("%s: comparing each checkpoint with the one before, in the server's store", t.rate)
+	if err := References(ctx, syncengine.DirStore{Dir: l.ServerChunks()}, row.Checkpoints); err != nil {
+		t.say("%s: the references could not be made: %v", t.rate, err)
+	}
+	for i, cp := range row.Checkpoints {
+		if r := cp.Reference; r.Zstd >= 0 {
+			t.say("%s: checkpoint %d changed %d pages and %d disk blocks since the one before, %s by zstd -3; the link carried %.2fx that",
+				t.rate, i+1, r.Pages, r.Blocks, units.Bytes(uint64(r.Zstd)), float64(cp.LinkBytes)/float64(max(r.Zstd, 1)))
 		}
 	}
 	row.Guest = t.guest(ctx, l.Workstation.Name)

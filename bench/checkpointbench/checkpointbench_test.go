@@ -41,6 +41,11 @@ func TestMedianAndWorst(t *testing.T) {
 	}
 }
 
+func withRef(c Checkpoint, zstd int64) Checkpoint {
+	c.Reference = Reference{Zstd: zstd}
+	return c
+}
+
 func TestSummarize(t *testing.T) {
 	cp := func(pauseMs, sent, link, memory int64, took float64) Checkpoint {
 		return Checkpoint{Pause: time.Duration(pauseMs) * time.Millisecond, Sent: sent, LinkBytes: link, MemoryBytes: memory,
@@ -59,6 +64,11 @@ func TestSummarize(t *testing.T) {
 			cp(200, 90e6, 95e6, 536e6, 30), cp(80, 3e6, 4e6, 536e6, 3), cp(100, 5e6, 6e6, -1, 4), cp(60, 1e6, 2e6, 536e6, 2)},
 			Summary{N: 4, PauseMedian: 90 * time.Millisecond, PauseWorst: 200 * time.Millisecond, TookMedian: 3500 * time.Millisecond, TookWorst: 30 * time.Second,
 				FirstSent: 90e6, FirstLink: 95e6, SentMedian: 3e6, LinkMedian: 4e6, Later: 3, MemoryBytes: 536e6}},
+		{"the bytes over what changed", []Checkpoint{
+			cp(10, 90e6, 95e6, 536e6, 30), withRef(cp(10, 3e6, 4e6, 536e6, 3), 2e6), withRef(cp(10, 3e6, 3e6, 536e6, 3), 1e6), withRef(cp(10, 1e6, 1e6, 536e6, 2), -1)},
+			Summary{N: 4, PauseMedian: 10 * time.Millisecond, PauseWorst: 10 * time.Millisecond, TookMedian: 3 * time.Second, TookWorst: 30 * time.Second,
+				FirstSent: 90e6, FirstLink: 95e6, SentMedian: 3e6, LinkMedian: 3e6, Later: 3, MemoryBytes: 536e6,
+				Judged: 2, RefMedian: 1.5e6, RatioMedian: 2.5, RatioWorst: 3}},
 		{"no manifest read", []Checkpoint{cp(10, 1, 2, -1, 1), cp(10, 1, 2, -1, 1)},
 			Summary{N: 2, PauseMedian: 10 * time.Millisecond, PauseWorst: 10 * time.Millisecond, TookMedian: time.Second, TookWorst: time.Second,
 				FirstSent: 1, FirstLink: 2, SentMedian: 1, LinkMedian: 2, Later: 1, MemoryBytes: -1}},
@@ -188,7 +198,7 @@ func TestWriteMarkdown(t *testing.T) {
 				sent, link = 150e6, 160e6
 			}
 			out = append(out, Checkpoint{Pause: time.Duration(p) * time.Millisecond, Sent: sent, LinkBytes: link,
-				MemoryBytes: 541e6, Took: time.Duration(i+2) * time.Second})
+				MemoryBytes: 541e6, Took: time.Duration(i+2) * time.Second, Reference: Reference{Zstd: int64(1e6 * (i + 1))}})
 		}
 		return out
 	}
@@ -201,17 +211,19 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 	var b strings.Builder
 	WriteMarkdown(&b, rows)
-	want := `| link | checkpoints | pause, median | pause, worst | sent, the first | sent, median of the rest | link, the first | link, median of the rest | memory file | snapshot to commit, median | snapshot to commit, worst | guest after |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
-| 20 Mbit/s | 2 of 3 | 120 ms | 150 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 2.5 s | 3.0 s | after checkpoint 2 of 3 the guest's kernel died: oops \| here |
-| 20 Mbit/s, try 2 | 3 of 3 | 110 ms | 150 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 3.0 s | 4.0 s | ok |
-| 1 Gbit/s | 3 of 3 | 120 ms | 340 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 3.0 s | 4.0 s | ok |
-| 1 Gbit/s, try 2 | 0 of 3 | – | – | – | – | – | – | – | – | – | the move to the workstation: exit status 1 |
-| 100 Mbit/s | 1 of 1 | 30 ms | 30 ms | 150.0 MB | – | 160.0 MB | – | 541.0 MB | 2.0 s | 2.0 s | ok; after the move home the guest's state is kernel died |
+	want := `| link | checkpoints | pause, median | pause, worst | sent, the first | sent, median of the rest | link, the first | link, median of the rest | memory file | changed since the one before (zstd -3), median | link / changed, median | link / changed, worst | snapshot to commit, median | snapshot to commit, worst | guest after |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
+| 20 Mbit/s | 2 of 3 | 120 ms | 150 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 2.0 MB | 1.10x | 1.10x | 2.5 s | 3.0 s | after checkpoint 2 of 3 the guest's kernel died: oops \| here |
+| 20 Mbit/s, try 2 | 3 of 3 | 110 ms | 150 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 2.5 MB | 0.92x | 1.10x | 3.0 s | 4.0 s | ok |
+| 1 Gbit/s | 3 of 3 | 120 ms | 340 ms | 150.0 MB | 2.0 MB | 160.0 MB | 2.2 MB | 541.0 MB | 2.5 MB | 0.92x | 1.10x | 3.0 s | 4.0 s | ok |
+| 1 Gbit/s, try 2 | 0 of 3 | – | – | – | – | – | – | – | – | – | – | – | – | the move to the workstation: exit status 1 |
+| 100 Mbit/s | 1 of 1 | 30 ms | 30 ms | 150.0 MB | – | 160.0 MB | – | 541.0 MB | – | – | – | 2.0 s | 2.0 s | ok; after the move home the guest's state is kernel died |
 
 - 20 Mbit/s: not judged: the turn failed after 2 of 3 checkpoints (their worst pause 150 ms)
 - 20 Mbit/s, try 2: the worst pause of 3 checkpoints 150 ms (median 110 ms); target under 300 ms, guest ok: met
+- 20 Mbit/s, try 2: the link's bytes of 2 later checkpoints, over zstd -3 of the pages and disk blocks changed since the one before: median 0.92x, worst 1.10x; target at most 1.5x: met
 - 1 Gbit/s: the worst pause of 3 checkpoints 340 ms (median 120 ms); target under 300 ms, guest ok: NOT met
+- 1 Gbit/s: the link's bytes of 2 later checkpoints, over zstd -3 of the pages and disk blocks changed since the one before: median 0.92x, worst 1.10x; target at most 1.5x: met
 - 1 Gbit/s, try 2: not judged: the turn failed before its first checkpoint
 - 100 Mbit/s: not judged: the turn failed after 1 of 1 checkpoints (their worst pause 30 ms)
 `

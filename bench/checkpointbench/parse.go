@@ -34,6 +34,11 @@ type Checkpoint struct {
 	// names, -1 when the manifest could not be read; ManifestSent the
 	// manifest's own count of the bytes sent (the same as Sent).
 	MemoryBytes, ManifestSent int64
+	// Saved is what the commit's manifest names; nil when it was not read.
+	Saved *checkout.Saved
+	// Reference is what the guest changed since the checkpoint before;
+	// Zstd -1 when unknown (References fills it in).
+	Reference Reference
 }
 
 // ParseCheckpoint reads what 'handoff checkpoint --json' printed: its last
@@ -121,11 +126,11 @@ func FromManifest(cp *Checkpoint, st *leasectl.State) error {
 		if c.ID != cp.Commit {
 			continue
 		}
-		saved, err := checkout.SavedFromMeta(c.Manifest.Meta)
+		saved, err := savedOf(c.Manifest.Meta)
 		if err != nil {
 			return fmt.Errorf("commit %s of %s: %w", c.ID, st.Image, err)
 		}
-		cp.MemoryBytes, cp.ManifestSent = saved.MemoryBytes, saved.SentBytes
+		cp.MemoryBytes, cp.ManifestSent, cp.Saved = saved.MemoryBytes, saved.SentBytes, saved
 		return nil
 	}
 	return fmt.Errorf("the server's history of %s has no commit %s (its head is %q)", st.Image, cp.Commit, st.Head)

@@ -45,6 +45,12 @@ type Summary struct {
 	Later                  int
 	// MemoryBytes is the median memory file; -1 when no manifest was read.
 	MemoryBytes int64
+	// Of the later checkpoints whose Reference is known (Judged of them):
+	// the median reference, and the median and worst of each one's link
+	// bytes over its reference.
+	Judged                  int
+	RefMedian               int64
+	RatioMedian, RatioWorst float64
 }
 
 // Summarize figures cps, in the order they were taken.
@@ -54,7 +60,8 @@ func Summarize(cps []Checkpoint) Summary {
 		return s
 	}
 	var pauses, took []time.Duration
-	var sent, link, memory []int64
+	var sent, link, memory, refs []int64
+	var ratios []float64
 	for i, c := range cps {
 		pauses, took = append(pauses, c.Pause), append(took, c.Took)
 		if c.MemoryBytes >= 0 {
@@ -62,6 +69,10 @@ func Summarize(cps []Checkpoint) Summary {
 		}
 		if i > 0 {
 			sent, link = append(sent, c.Sent), append(link, c.LinkBytes)
+			if c.Reference.Zstd > 0 {
+				refs = append(refs, c.Reference.Zstd)
+				ratios = append(ratios, float64(c.LinkBytes)/float64(c.Reference.Zstd))
+			}
 		}
 	}
 	s.PauseMedian, s.PauseWorst = Median(pauses), Worst(pauses)
@@ -70,6 +81,9 @@ func Summarize(cps []Checkpoint) Summary {
 	s.SentMedian, s.LinkMedian, s.Later = Median(sent), Median(link), len(sent)
 	if len(memory) > 0 {
 		s.MemoryBytes = Median(memory)
+	}
+	if s.Judged = len(ratios); s.Judged > 0 {
+		s.RefMedian, s.RatioMedian, s.RatioWorst = Median(refs), Median(ratios), Worst(ratios)
 	}
 	return s
 }

@@ -12,13 +12,13 @@ import (
 // WriteMarkdown writes rows as a markdown table, one row per link's turn,
 // then how each turn fared against the pause target.
 func WriteMarkdown(w io.Writer, rows []Row) {
-	fmt.Fprintln(w, "| link | checkpoints | pause, median | pause, worst | sent, the first | sent, median of the rest | link, the first | link, median of the rest | memory file | snapshot to commit, median | snapshot to commit, worst | guest after |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	fmt.Fprintln(w, "| link | checkpoints | pause, median | pause, worst | sent, the first | sent, median of the rest | link, the first | link, median of the rest | memory file | changed since the one before (zstd -3), median | link / changed, median | link / changed, worst | snapshot to commit, median | snapshot to commit, worst | guest after |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, r := range rows {
 		s := r.Summary()
 		cells := []string{linkName(r), fmt.Sprintf("%d of %d", s.N, r.Count)}
 		if s.N == 0 {
-			cells = append(cells, "–", "–", "–", "–", "–", "–", "–", "–", "–")
+			cells = append(cells, "–", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–")
 		} else {
 			later := func(n int64) string {
 				if s.Later == 0 {
@@ -28,7 +28,13 @@ func WriteMarkdown(w io.Writer, rows []Row) {
 			}
 			cells = append(cells, ms(s.PauseMedian), ms(s.PauseWorst),
 				bytesOf(s.FirstSent), later(s.SentMedian), bytesOf(s.FirstLink), later(s.LinkMedian),
-				bytesOf(s.MemoryBytes), secs(s.TookMedian), secs(s.TookWorst))
+				bytesOf(s.MemoryBytes))
+			if s.Judged == 0 {
+				cells = append(cells, "–", "–", "–")
+			} else {
+				cells = append(cells, bytesOf(s.RefMedian), fmt.Sprintf("%.2fx", s.RatioMedian), fmt.Sprintf("%.2fx", s.RatioWorst))
+			}
+			cells = append(cells, secs(s.TookMedian), secs(s.TookWorst))
 		}
 		guest := r.Guest
 		if r.Note != "" && guest != "" {
@@ -57,6 +63,16 @@ func WriteMarkdown(w io.Writer, rows []Row) {
 			}
 			fmt.Fprintf(w, "- %s: the worst pause of %d checkpoints %s (median %s); target under %s, guest %s: %s\n",
 				linkName(r), s.N, ms(s.PauseWorst), ms(s.PauseMedian), ms(TargetPause), r.Guest, verdict)
+			if s.Judged == 0 {
+				fmt.Fprintf(w, "- %s: bytes not judged: no checkpoint after the first had its memory's pages lined up to compare\n", linkName(r))
+				continue
+			}
+			verdict = "met"
+			if !r.BytesMet() {
+				verdict = "NOT met"
+			}
+			fmt.Fprintf(w, "- %s: the link's bytes of %d later checkpoints, over zstd -3 of the pages and disk blocks changed since the one before: median %.2fx, worst %.2fx; target at most %.1fx: %s\n",
+				linkName(r), s.Judged, s.RatioMedian, s.RatioWorst, TargetBytesRatio, verdict)
 		}
 	}
 }

@@ -84,6 +84,9 @@ type (
 		// Queued is the instant of a checkpoint taken but not yet on the
 		// server (it could not be reached); zero: none waits.
 		Queued time.Time
+		// MemoryWhole says why the memory went as the file QEMU wrote,
+		// not as its pages lined up with the chunks; empty when they were.
+		MemoryWhole string
 	}
 	// Screen says where the VM's screen now is: the UI replaces its view
 	// with one reached by Dial.

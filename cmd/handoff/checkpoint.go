@@ -73,8 +73,11 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	if *jsonOut {
 		return json.NewEncoder(stdout).Encode(map[string]any{
 			"commit": cp.ID, "branch": cp.Branch, "at": cp.Last, "pause_ms": cp.Pause.Milliseconds(),
-			"sent_bytes": cp.Bytes, "seconds": took.Seconds(), "epoch": held.Epoch,
+			"sent_bytes": cp.Bytes, "seconds": took.Seconds(), "epoch": held.Epoch, "memory_whole": cp.MemoryWhole,
 		})
+	}
+	if cp.MemoryWhole != "" {
+		fmt.Fprintf(stderr, "the memory went as QEMU wrote it, not lined up with the chunks (so it cost more): %s\n", cp.MemoryWhole)
 	}
 	fmt.Fprintf(stdout, "checkpoint of %s committed as %s (lease epoch %d): paused %d ms, %s sent, %s to commit\n",
 		name, cp.ID, held.Epoch, cp.Pause.Milliseconds(), units.Bytes(uint64(cp.Bytes)), took.Round(100*time.Millisecond))

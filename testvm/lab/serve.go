@@ -53,6 +53,10 @@ const (
 // serveData is serve's --data: its store, tokens and TLS key.
 func (l *Lab) serveData() string { return filepath.Join(l.Server.Dir, "handoff") }
 
+// ServerChunks is the lab server's chunk store: a bench reads what a
+// commit names there (syncengine.OpenStored), as the server would.
+func (l *Lab) ServerChunks() string { return filepath.Join(l.serveData(), "chunks") }
+
 func (l *Lab) serveLog() string { return filepath.Join(l.Server.Dir, "handoff-serve.log") }
 
 // loginPath holds the login apart from lab.json, readable by root alone:

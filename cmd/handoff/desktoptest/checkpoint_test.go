@@ -63,8 +63,12 @@ func lostLaptop(t *testing.T) error {
 	if committed.Epoch != st.Lease.Epoch || committed.Epoch == 0 {
 		t.Errorf("the checkpoint's commit has epoch %d, the lease %d: a commit is fenced by the lease's epoch", committed.Epoch, st.Lease.Epoch)
 	}
-	if _, err := checkout.SavedFromMeta(committed.Manifest.Meta); err != nil {
+	if saved, err := checkout.SavedFromMeta(committed.Manifest.Meta); err != nil {
 		t.Errorf("the commit's manifest is no checkpoint: %v (%+v)", err, committed.Manifest)
+	} else if saved.MemoryRecipe.IsZero() {
+		// The restore below then starts the guest from memory the server
+		// put back together from the page image and its recipe.
+		t.Errorf("the checkpoint's memory went whole, not as its pages lined up with the chunks: %+v", committed.Manifest)
 	}
 
 	// The laptop is lost: another device takes the lease over.

@@ -185,13 +185,7 @@ func deflateRow(bw bitWriter, row, above []byte, sameAsAbove bool, t *fixedCodes
 		}
 		for n := w; n > 0; n -= maxMatchPixels {
 			l := t.length[3*min(n, maxMatchPixels)]
-			acc |= uint64(l.bits|dist.bits<<l.n) << nacc
-			nacc += uint(l.n + dist.n)
-			if nacc >= 32 {
-				dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
-				acc >>= 32
-				nacc -= 32
-			}
+			dst, acc, nacc = putBits(dst, acc, nacc, code{bits: l.bits | dist.bits<<l.n, n: l.n + dist.n})
 		}
 	}
 	for x < w {
@@ -227,28 +221,30 @@ func deflateRow(bw bitWriter, row, above []byte, sameAsAbove bool, t *fixedCodes
 				if same == 1 {
 					c = code{bits: r.bits | g.bits<<r.n, n: r.n + g.n}
 				}
-				acc |= uint64(c.bits) << nacc
-				nacc += uint(c.n)
-				if nacc >= 32 {
-					dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
-					acc >>= 32
-					nacc -= 32
-				}
+				dst, acc, nacc = putBits(dst, acc, nacc, c)
 				l := t.length[same+3*k]
 				c = code{bits: l.bits | run.bits<<l.n, n: l.n + run.n}
 				x += k
 			}
 			x++
 		}
-		acc |= uint64(c.bits) << nacc
-		nacc += uint(c.n)
-		if nacc >= 32 {
-			dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
-			acc >>= 32
-			nacc -= 32
-		}
+		dst, acc, nacc = putBits(dst, acc, nacc, c)
 	}
 	return bitWriter{dst: dst, acc: acc, n: nacc}
+}
+
+// putBits adds code c after the n bits held in acc, and writes out the
+// low 32 when they fill up. The bits go through plain values, not a
+// bitWriter: the loop keeps them in registers so (it inlines).
+func putBits(dst []byte, acc uint64, n uint, c code) ([]byte, uint64, uint) {
+	acc |= uint64(c.bits) << n
+	n += uint(c.n)
+	if n >= 32 {
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(acc))
+		acc >>= 32
+		n -= 32
+	}
+	return dst, acc, n
 }
 
 // sameTail is how many of a pixel's last bytes (green and blue, or blue)

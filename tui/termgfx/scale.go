@@ -3,6 +3,7 @@ package termgfx
 import (
 	"encoding/binary"
 	"image"
+	"unsafe"
 )
 
 // Scaler shrinks a picture by area averaging: each output pixel is the
@@ -10,20 +11,26 @@ import (
 // much of them it covers, so text stays smooth at any ratio. It keeps the
 // weights for the last pair of sizes, and its buffers.
 //
-// The three channels ride in one uint64, 21 bits apart: a channel times
-// a weight (at most 255 x 4096) fits in 20 bits, so one multiply-add does
-// all three.
+// Weights are in 1/256, so that a channel times a weight fits in 16 bits
+// and one 64-bit multiply-add weighs four channels: the vertical pass
+// takes the red and blue of two source pixels in one word, their green
+// and alpha in another, straight from the picture's bytes (with 12-bit
+// weights in 21-bit lanes, each pixel was first spread over a word of its
+// own: a fifth of the time). Each output row blends its source rows
+// first, then scales that across, so the horizontal taps are gathered
+// once per output pixel.
 type Scaler struct {
 	from, to image.Point
 	xs, ys   taps
-	packed   []uint64 // one source row, packed
-	rows     []uint64 // a ring of horizontally scaled source rows, packed 8-bit channels
-	ringRow  []int    // the source row in each of the ring's slots
-	line     []uint32 // one output row, RGBA
+	cols     []uint64   // one output row's source rows blended: a pixel a word, in 16-bit lanes R, B, G, A
+	rows     [][]uint64 // the source rows an output row blends, as pairs of pixels
+	spare    [][]uint64 // copies of those rows, for pictures whose bytes cannot be read as words
+	line     []uint32   // one output row, RGBA
 }
 
 // taps are, for each output pixel along one axis, the first source pixel
-// and n weights (in 1/4096, summing to 4096), n the same for all.
+// and n weights (in 1/weightOne, summing to weightOne), n the same for
+// all.
 type taps struct {
 	n     int
 	first []int
@@ -39,11 +46,17 @@ type tap3 struct {
 }
 
 const (
-	weightOne = 4096
-	lane      = 21
-	laneMask  = 1<<lane - 1
+	weightOne = 256
+	// lanes are the 16-bit lanes' low bytes; half is half a weight in
+	// each, to round with.
+	lanes = 0x00ff00ff00ff00ff
+	half  = 0x0080008000800080
 )
 
+// makeTaps weighs each source pixel by the part of the output pixel it
+// covers, rounded where the pixels' edges fall: the weights of an output
+// pixel add up to weightOne exactly (a flat area stays its colour, as
+// the kitty compressor's runs want), each within one of its share.
 func makeTaps(src, dst int) taps {
 	t := taps{n: (src+dst-1)/dst + 1, first: make([]int, dst)}
 	t.n = min(t.n, src)
@@ -55,18 +68,10 @@ func makeTaps(src, dst int) taps {
 		first := min(lo/dst, src-t.n) // so that first+n stays in the row
 		t.first[o] = first
 		w := t.w[o*t.n:][:t.n]
-		var sum uint64
-		big := 0
+		edge := func(p int) int { return ((p-lo)*weightOne + src/2) / src }
 		for s := lo / dst; s*dst < hi && s < src; s++ {
-			cover := min(hi, (s+1)*dst) - max(lo, s*dst)
-			k := s - first
-			w[k] = uint64(cover * weightOne / src)
-			sum += w[k]
-			if w[k] > w[big] {
-				big = k
-			}
+			w[s-first] = uint64(edge(min(hi, (s+1)*dst)) - edge(max(lo, s*dst)))
 		}
-		w[big] += weightOne - sum
 	}
 	if t.n <= 3 && src >= 3 {
 		t.three = make([]tap3, dst)
@@ -104,61 +109,43 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 	if s.from != src.Rect.Size() || s.to != dst.Rect.Size() {
 		s.from, s.to = src.Rect.Size(), dst.Rect.Size()
 		s.xs, s.ys = makeTaps(sw, dw), makeTaps(sh, dh)
-		s.packed = make([]uint64, sw)
+		s.cols = make([]uint64, sw+1) // and one past a row of odd width
 	}
 	// The output pixels whose taps reach into dirty.
 	out := image.Rect(max(0, dirty.Min.X*dw/sw-1), max(0, dirty.Min.Y*dh/sh-1),
 		min(dw, (dirty.Max.X*dw+sw-1)/sw+1), min(dh, (dirty.Max.Y*dh+sh-1)/sh+1))
-	// The source columns those output pixels read.
-	x0 := s.xs.first[out.Min.X]
+	// The source columns those output pixels read, from an even one: the
+	// vertical pass reads pixels in pairs.
+	x0 := s.xs.first[out.Min.X] &^ 1
 	x1 := s.xs.first[out.Max.X-1] + s.xs.n
+	pairs := (x1 - x0 + 1) / 2
 	ow := out.Dx()
-	// Each output row blends a window of source rows, then scales that
-	// across: the per-pixel work of gathering taps is done on the (fewer)
-	// output pixels. Windows overlap, so the packed source rows are kept
-	// in a ring of the last ys.n: a few rows that stay in the cache.
-	ring := s.ys.n
-	if need := ring * sw; cap(s.rows) < need {
-		s.rows = make([]uint64, need)
-	}
-	s.ringRow = s.ringRow[:0]
-	for range ring {
-		s.ringRow = append(s.ringRow, -1)
+	n := s.ys.n
+	for len(s.rows) < n {
+		s.rows = append(s.rows, nil)
+		s.spare = append(s.spare, nil)
 	}
 	if cap(s.line) < ow {
 		s.line = make([]uint32, ow)
 	}
 	s.line = s.line[:ow]
 	firstX, wx := s.xs.first[out.Min.X:out.Max.X], s.xs.w[out.Min.X*s.xs.n:out.Max.X*s.xs.n]
-	var taps [maxUnrolled][]uint64
+	blended := s.cols[x0 : x0+2*pairs]
 	for oy := out.Min.Y; oy < out.Max.Y; oy++ {
 		first := s.ys.first[oy]
-		for k := range ring {
-			y := first + k
-			slot := y % ring
-			packed := s.rows[slot*sw:][:sw]
-			if s.ringRow[slot] != y {
-				s.ringRow[slot] = y
-				row := src.Pix[src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y):][:4*(x1-x0)]
-				if words, ok := pixelWords(row); ok {
-					packWords(packed[x0:x1], words)
-				} else {
-					packRow(packed[x0:x1], row)
-				}
-			}
-			if k < maxUnrolled {
-				taps[k] = packed[x0:x1]
-			}
+		w := s.ys.w[oy*n:][:n]
+		for k := range n {
+			s.rows[k] = s.pairRow(k, src, first+k, x0, x1, pairs)
 		}
-		blended := s.packed[x0:x1]
-		w := s.ys.w[oy*ring:][:ring]
-		switch ring {
-		case 2:
-			blendRows3(blended, taps[0], taps[1], taps[1], w[0], w[1], 0)
-		case 3:
-			blendRows3(blended, taps[0], taps[1], taps[2], w[0], w[1], w[2])
+		switch {
+		case n == 2 || n == 3 && w[2] == 0:
+			blendPairs2(blended, s.rows[0], s.rows[1], w[0], w[1])
+		case n == 3 && w[0] == 0:
+			blendPairs2(blended, s.rows[1], s.rows[2], w[1], w[2])
+		case n == 3:
+			blendPairs3(blended, s.rows[0], s.rows[1], s.rows[2], w[0], w[1], w[2])
 		default:
-			blendRows(blended, s.rows, first, ring, sw, x0, w)
+			blendPairs(blended, s.rows[:n], w)
 		}
 		d := dst.Pix[dst.PixOffset(dst.Rect.Min.X+out.Min.X, dst.Rect.Min.Y+oy):][:4*ow]
 		line, direct := pixelWords(d)
@@ -166,9 +153,9 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 			line = s.line
 		}
 		if s.xs.three != nil {
-			scaleRow3(line, s.packed, s.xs.three[out.Min.X:out.Max.X])
+			scaleRow3(line, s.cols, s.xs.three[out.Min.X:out.Max.X])
 		} else {
-			scaleRow(line, s.packed, firstX, wx, s.xs.n)
+			scaleRow(line, s.cols, firstX, wx, s.xs.n)
 		}
 		if !direct {
 			storeRGBA(d, line)
@@ -177,81 +164,123 @@ func (s *Scaler) Scale(dst, src *image.RGBA, dirty image.Rectangle) image.Rectan
 	return out.Add(dst.Rect.Min)
 }
 
+// pairRow is source row y's pixels x0..x1 (x0 even) as words of two
+// pixels, read in place when the bytes allow it, else copied into spare
+// slot k (with a pixel of 0 past an odd end).
+func (s *Scaler) pairRow(k int, src *image.RGBA, y, x0, x1, pairs int) []uint64 {
+	off := src.PixOffset(src.Rect.Min.X+x0, src.Rect.Min.Y+y)
+	if x0+2*pairs <= src.Rect.Dx() {
+		if words, ok := pairWords(src.Pix[off:][:8*pairs]); ok {
+			return words
+		}
+	}
+	if cap(s.spare[k]) < pairs {
+		s.spare[k] = make([]uint64, pairs)
+	}
+	row, b := s.spare[k][:pairs], src.Pix[off:][:4*(x1-x0)]
+	for i := range row {
+		if 8*i+8 <= len(b) {
+			row[i] = binary.LittleEndian.Uint64(b[8*i:])
+		} else {
+			row[i] = uint64(binary.LittleEndian.Uint32(b[8*i:]))
+		}
+	}
+	return row
+}
+
+// pairWords views RGBA bytes as one 64-bit word per two pixels, the
+// first in the low half; ok is false where that view would be wrong (see
+// pixelWords) or the bytes are off an 8-byte boundary.
+func pairWords(b []byte) (words []uint64, ok bool) {
+	if _, ok := pixelWords(b); !ok || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%8 != 0 || len(b)%8 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/8), true
+}
+
 // rowLoops: each pass over a row is a function of its own, kept out of
 // Scale: inlined there, its loops ran 5-10x slower for want of registers.
-//
-// maxUnrolled is the most taps the unrolled loops take: enough to shrink
-// by up to 2, which a 1280x800 guest in a terminal needs.
-const maxUnrolled = 3
 
-// packRow packs a row of RGBA pixels.
+// spreadPair is two pixels' weighed sums, red and blue lanes in rb and
+// green and alpha in ga (each lane 16 bits, two pixels a word), rounded
+// back to 8-bit values, as a word a pixel in lanes R, B, G, A.
+func spreadPair(rb, ga uint64) (uint64, uint64) {
+	rb = (rb + half) >> 8 & lanes
+	ga = (ga + half) >> 8 & lanes
+	return rb&0xffffffff | ga<<32, rb>>32 | ga&^0xffffffff
+}
+
+// blendPairs2 is the weighted sum of two rows of pixel pairs, spread
+// into dst a pixel a word.
 //
 //go:noinline // see rowLoops
-func packRow(dst []uint64, rgba []byte) {
-	rgba = rgba[:4*len(dst)]
-	for i := range dst {
-		dst[i] = pack(binary.LittleEndian.Uint32(rgba[4*i:]))
+func blendPairs2(dst, r0, r1 []uint64, w0, w1 uint64) {
+	r1, dst = r1[:len(r0)], dst[:2*len(r0)]
+	for i, a := range r0 {
+		b := r1[i]
+		dst[2*i], dst[2*i+1] = spreadPair(a&lanes*w0+b&lanes*w1, a>>8&lanes*w0+b>>8&lanes*w1)
 	}
 }
 
-// packWords packs a row of RGBA pixels read as words.
+// blendPairs3 is blendPairs2 for three rows.
 //
 //go:noinline // see rowLoops
-func packWords(dst []uint64, px []uint32) {
-	px = px[:len(dst)]
-	for i, v := range px {
-		dst[i] = pack(v)
+func blendPairs3(dst, r0, r1, r2 []uint64, w0, w1, w2 uint64) {
+	r1, r2, dst = r1[:len(r0)], r2[:len(r0)], dst[:2*len(r0)]
+	for i, a := range r0 {
+		b, c := r1[i], r2[i]
+		dst[2*i], dst[2*i+1] = spreadPair(a&lanes*w0+b&lanes*w1+c&lanes*w2, a>>8&lanes*w0+b>>8&lanes*w1+c>>8&lanes*w2)
 	}
 }
 
-// scaleRow scales a packed row horizontally into RGBA pixels, output
+// blendPairs is blendPairs2 for any number of rows, for shrinking by more
+// than the unrolled loops take.
+//
+//go:noinline // see rowLoops
+func blendPairs(dst []uint64, rows [][]uint64, w []uint64) {
+	for i := range len(dst) / 2 {
+		var rb, ga uint64
+		for k, wk := range w {
+			p := rows[k][i]
+			rb += p & lanes * wk
+			ga += p >> 8 & lanes * wk
+		}
+		dst[2*i], dst[2*i+1] = spreadPair(rb, ga)
+	}
+}
+
+// scaleRow scales a spread row horizontally into RGBA pixels, output
 // pixel i being the sum of the n pixels from first[i] weighed by w[n*i:].
 //
 //go:noinline // see rowLoops
-func scaleRow(dst []uint32, packed []uint64, first []int, w []uint64, n int) {
+func scaleRow(dst []uint32, spread []uint64, first []int, w []uint64, n int) {
 	for i := range dst {
-		src, w := packed[first[i]:][:n], w[n*i:][:n]
+		src, w := spread[first[i]:][:n], w[n*i:][:n]
 		var acc uint64
 		for k, p := range src {
 			acc += p * w[k]
 		}
-		dst[i] = unpackRGBA(unpackRound(acc))
+		dst[i] = unspread(acc)
 	}
 }
 
 // scaleRow3 is scaleRow for at most three taps.
 //
 //go:noinline // see rowLoops
-func scaleRow3(dst []uint32, packed []uint64, taps []tap3) {
+func scaleRow3(dst []uint32, spread []uint64, taps []tap3) {
 	taps = taps[:len(dst)]
 	for i, t := range taps {
-		p := packed[t.first : t.first+3 : t.first+3]
-		dst[i] = unpackRGBA(unpackRound(p[0]*t.w0 + p[1]*t.w1 + p[2]*t.w2))
+		p := spread[t.first : t.first+3 : t.first+3]
+		dst[i] = unspread(p[0]*t.w0 + p[1]*t.w1 + p[2]*t.w2)
 	}
 }
 
-// blendRows3 is the weighted sum of three packed rows.
-//
-//go:noinline // see rowLoops
-func blendRows3(dst, r0, r1, r2 []uint64, w0, w1, w2 uint64) {
-	r1, r2, dst = r1[:len(r0)], r2[:len(r0)], dst[:len(r0)]
-	for i := range r0 {
-		dst[i] = unpackRound(r0[i]*w0 + r1[i]*w1 + r2[i]*w2)
-	}
-}
-
-// blendRows is the weighted sum of the ring's rows first.. (of width
-// each) from column x0, for shrinking by more than maxUnrolled allows.
-//
-//go:noinline // see rowLoops
-func blendRows(dst, ring []uint64, first, n, width, x0 int, w []uint64) {
-	for i := range dst {
-		var acc uint64
-		for k, wk := range w {
-			acc += ring[(first+k)%n*width+x0+i] * wk
-		}
-		dst[i] = unpackRound(acc)
-	}
+// unspread is the opaque little-endian RGBA pixel of a weighed sum in
+// lanes R, B, G, A: rounded, red and blue fall in their bytes in place,
+// green (and alpha, replaced) three bytes down.
+func unspread(acc uint64) uint32 {
+	v := (acc + half) >> 8 & lanes
+	return uint32(v) | uint32(v>>24) | 0xff000000
 }
 
 // storeRGBA writes a row of pixels into an image's bytes.
@@ -262,28 +291,4 @@ func storeRGBA(dst []byte, px []uint32) {
 	for i, v := range px {
 		binary.LittleEndian.PutUint32(dst[4*i:], v)
 	}
-}
-
-// Every lane at once: a lane's weighted sum is under 256 x weightOne
-// (2^20), so adding half a weight cannot carry into the next lane, and
-// after the shift each lane's top 8 bits sit at its bottom.
-const (
-	laneHalfWeights = weightOne/2 | weightOne/2<<lane | weightOne/2<<(2*lane)
-	laneBytes       = 0xff | 0xff<<lane | 0xff<<(2*lane)
-)
-
-// unpackRound divides each lane of a weighted sum by the weights' total,
-// rounding, back to one 8-bit value a lane.
-func unpackRound(acc uint64) uint64 {
-	return (acc + laneHalfWeights) >> 12 & laneBytes
-}
-
-// pack spreads a little-endian RGBA pixel's colour into the three lanes.
-func pack(rgba uint32) uint64 {
-	return uint64(rgba&0xff) | uint64(rgba&0xff00)<<(lane-8) | uint64(rgba&0xff0000)<<(2*lane-16)
-}
-
-// unpackRGBA is the opaque little-endian RGBA pixel of packed 8-bit lanes.
-func unpackRGBA(v uint64) uint32 {
-	return uint32(v)&0xff | uint32(v>>(lane-8))&0xff00 | uint32(v>>(2*lane-16))&0xff0000 | 0xff000000
 }

@@ -552,3 +552,34 @@ func TestScaleOffAWordBoundaryGivesTheSamePixels(t *testing.T) {
 		t.Errorf("%d pixels differ between the word-wise and byte-wise scalers", n)
 	}
 }
+
+// TestScaleOfADirtyPartEqualsScalingItAll: a change scaled alone leaves
+// the picture as scaling the whole changed source would, wherever it
+// falls (odd columns, edges, one pixel) and at any ratio.
+func TestScaleOfADirtyPartEqualsScalingItAll(t *testing.T) {
+	for _, c := range []struct {
+		src, dst image.Point
+		dirty    image.Rectangle
+	}{
+		{image.Pt(1280, 800), image.Pt(1000, 625), image.Rect(0, 416, 1280, 432)},
+		{image.Pt(1280, 800), image.Pt(1000, 625), image.Rect(333, 101, 334, 102)},
+		{image.Pt(1280, 800), image.Pt(1000, 625), image.Rect(1279, 799, 1280, 800)},
+		{image.Pt(1279, 101), image.Pt(700, 50), image.Rect(1270, 0, 1279, 101)},
+		{image.Pt(1279, 101), image.Pt(300, 30), image.Rect(5, 7, 611, 9)},
+	} {
+		before, after := desktop(c.src.X, c.src.Y), desktop(c.src.X, c.src.Y)
+		for y := c.dirty.Min.Y; y < c.dirty.Max.Y; y++ {
+			for x := c.dirty.Min.X; x < c.dirty.Max.X; x++ {
+				after.SetRGBA(x, y, color.RGBA{uint8(x * 13), uint8(y * 7), 255, 255})
+			}
+		}
+		got, want := image.NewRGBA(image.Rectangle{Max: c.dst}), image.NewRGBA(image.Rectangle{Max: c.dst})
+		var s, all Scaler
+		s.Scale(got, before, before.Rect)
+		s.Scale(got, after, c.dirty)
+		all.Scale(want, after, after.Rect)
+		if n := differing(got, want, 0); n != 0 {
+			t.Errorf("%v to %v, %v changed: %d pixels differ from scaling it all", c.src, c.dst, c.dirty, n)
+		}
+	}
+}

@@ -50,6 +50,10 @@ type Client struct {
 	conn *govnc.ClientConn
 	size image.Point
 	err  error
+	// The user's last key or pointer event, and the last message that set
+	// QEMU's refresh timer back (see nudgePlan); input wakes serve.
+	lastInput, lastReset time.Time
+	input                chan struct{}
 }
 
 // Connect does the RFB handshake and starts one goroutine, owned by the
@@ -67,7 +71,7 @@ func Connect(ctx context.Context, opts Options) (*Client, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	c := &Client{opts: opts, frames: make(chan Frame, 1), done: make(chan struct{}), cancel: cancel}
+	c := &Client{opts: opts, frames: make(chan Frame, 1), done: make(chan struct{}), cancel: cancel, input: make(chan struct{}, 1)}
 	go c.run(ctx, s, encs)
 	return c, nil
 }
@@ -199,12 +203,40 @@ func (c *Client) serve(ctx context.Context, s *session, seq *uint64) error {
 	}
 	dirty := fb.Rect // a new connection shows the whole screen anew
 	rects := []image.Rectangle{fb.Rect}
+	var input <-chan struct{} // nil: this server is not nudged
+	if nudgesQEMU(s.conn.DesktopName) {
+		input = c.input
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var wake <-chan time.Time // nil while no nudge is due
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.dead:
 			return errors.New("the VNC server closed the connection")
+		case <-input:
+			timer.Reset(nudgeEvery)
+			wake = timer.C
+		case <-wake:
+			c.mu.Lock()
+			nudge, next := nudgePlan(time.Now(), c.lastInput, c.lastReset)
+			var err error
+			if nudge {
+				err = s.conn.KeyEvent(nudgeKey, false)
+				c.lastReset = time.Now()
+			}
+			c.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			wake = nil
+			if next > 0 {
+				timer.Reset(next)
+				wake = timer.C
+			}
 		case msg := <-s.msgs:
 			up, ok := msg.(*updateMessage)
 			if !ok {
@@ -292,7 +324,22 @@ func (c *Client) Key(keysym uint32, down bool) error {
 	if c.conn == nil {
 		return errors.New("vnc: not connected")
 	}
-	return c.conn.KeyEvent(keysym, down)
+	if err := c.conn.KeyEvent(keysym, down); err != nil {
+		return err
+	}
+	c.inputSent()
+	return nil
+}
+
+// inputSent notes a key or pointer event, which set QEMU's refresh timer
+// back, and has serve keep it there a while; with c.mu held.
+func (c *Client) inputSent() {
+	c.lastInput = time.Now()
+	c.lastReset = c.lastInput
+	select {
+	case c.input <- struct{}{}:
+	default:
+	}
 }
 
 // Tap presses the modifiers, presses and releases the key, and releases
@@ -314,7 +361,11 @@ func (c *Client) Pointer(buttons uint8, x, y int) error {
 	if c.conn == nil {
 		return errors.New("vnc: not connected")
 	}
-	return c.conn.PointerEvent(govnc.ButtonMask(buttons), uint16(max(0, x)), uint16(max(0, y)))
+	if err := c.conn.PointerEvent(govnc.ButtonMask(buttons), uint16(max(0, x)), uint16(max(0, y))); err != nil {
+		return err
+	}
+	c.inputSent()
+	return nil
 }
 
 // Close stops the client and waits for its goroutine.

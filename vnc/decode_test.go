@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"image"
 	"testing"
+	"time"
 )
 
 func TestApplyDrawsRectanglesClipsAndResizes(t *testing.T) {
@@ -193,5 +194,37 @@ func TestMergeRectsKeepsThemApartUpToABound(t *testing.T) {
 	out[0] = b
 	if in[0] != a {
 		t.Error("MergeRects wrote into its input")
+	}
+}
+
+func TestNudgePlanKeepsQEMULookingWhileTheUserTypes(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	for _, c := range []struct {
+		name              string
+		now, input, reset time.Time
+		nudge             bool
+		next              time.Duration
+	}{
+		{"right after a key: its event set the timer back", ms(5), ms(0), ms(0), false, 25 * time.Millisecond},
+		{"a timer's length after it", ms(30), ms(0), ms(0), true, nudgeEvery},
+		{"late, as a busy loop may be", ms(47), ms(0), ms(0), true, nudgeEvery},
+		{"just nudged", ms(61), ms(0), ms(60), false, 29 * time.Millisecond},
+		{"near the end: the last nudge", ms(990), ms(0), ms(960), true, 10 * time.Millisecond},
+		{"a second after the last input: QEMU may slow down", ms(1000), ms(0), ms(990), false, 0},
+		{"long idle", ms(60000), ms(0), ms(990), false, 0},
+	} {
+		nudge, next := nudgePlan(c.now, c.input, c.reset)
+		if nudge != c.nudge || next != c.next {
+			t.Errorf("%s: nudge %v, next in %v; want %v, %v", c.name, nudge, next, c.nudge, c.next)
+		}
+	}
+}
+
+func TestOnlyQEMUIsNudged(t *testing.T) {
+	for name, want := range map[string]bool{"QEMU": true, "QEMU (handoff-guest)": true, "QEMUlator": false, "x11vnc": false, "": false} {
+		if got := nudgesQEMU(name); got != want {
+			t.Errorf("nudgesQEMU(%q) = %v", name, got)
+		}
 	}
 }

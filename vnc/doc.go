@@ -18,6 +18,12 @@
 // rectangles themselves (up to a bound), so a viewer that sends images
 // sends only those parts.
 //
+// While the user types or moves the pointer, and for a second after, the
+// client keeps QEMU's refresh timer at its shortest (30 ms) by sending
+// every 30 ms the release of a key it never presses, which QEMU drops
+// before the guest (see nudge.go): else an echo that comes after the key
+// waits for a timer that has grown meanwhile, up to a third of a second.
+//
 // Reaching the screen: QEMU puts each guest's VNC server on a unix socket
 // (libvirt's <graphics type='vnc' socket=...>), which Options.Dial opens.
 // For a remote host, SSHDialer opens that socket through the workstation's

@@ -506,6 +506,8 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 						drawn, _ := w.waitLine("drawn", j+1, 10*time.Second)
 						lat = append(lat, stamp(drawn)-stamp(tap))
 						ours = append(ours, stamp(drawn)-stamp(frame))
+						t.Logf("key %s: frame %v and drawn %v after the tap (%s)", k, (stamp(frame) - stamp(tap)).Round(time.Millisecond),
+							(stamp(drawn) - stamp(tap)).Round(time.Millisecond), strings.Join(strings.Fields(frame)[1:], " "))
 						time.Sleep(300 * time.Millisecond)
 					}
 					sort.Slice(ours, func(a, b int) bool { return ours[a] < ours[b] })

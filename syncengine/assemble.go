@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -24,11 +23,7 @@ type AssembleResult struct {
 // checkout's do. Progress reports "assemble" in bytes of the base.
 func (im *Images) Assemble(ctx context.Context, recipe, base Hash, path string, progress Progress) (AssembleResult, error) {
 	res := AssembleResult{Path: path}
-	top, err := im.resolve(path, false)
-	if err != nil {
-		return res, err
-	}
-	release, err := im.claim(top)
+	top, release, err := im.claimTarget(path)
 	if err != nil {
 		return res, err
 	}
@@ -38,15 +33,9 @@ func (im *Images) Assemble(ctx context.Context, recipe, base Hash, path string, 
 	} else if !have[0] || !have[1] {
 		return res, fmt.Errorf("the server's store lacks the recipe %s or its base %s: push both first, then assemble: %w", recipe, base, ErrNotFound)
 	}
-	if err := checkNotInUse(top); err != nil {
+	mode, err := replaceable(top)
+	if err != nil {
 		return res, err
-	}
-	var mode fs.FileMode
-	if fi, err := os.Stat(top); err == nil {
-		if !fi.Mode().IsRegular() {
-			return res, fmt.Errorf("%s is not a regular file, so nothing is written over it: name a file", top)
-		}
-		mode = fi.Mode().Perm()
 	}
 	rt, err := loadTree(ctx, im.Store, im.Codec, recipe)
 	if err != nil {

@@ -226,11 +226,7 @@ func (im *Images) store(ctx context.Context, name string, r io.ReaderAt, m *Mani
 // must open them), and a replaced file's permissions.
 func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress Progress) (CheckoutResult, error) {
 	var res CheckoutResult
-	top, err := im.resolve(path, false)
-	if err != nil {
-		return res, err
-	}
-	release, err := im.claim(top)
+	top, release, err := im.claimTarget(path)
 	if err != nil {
 		return res, err
 	}
@@ -256,14 +252,8 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 		if _, err := im.resolve(d, false); err != nil {
 			return res, fmt.Errorf("a file of the chain %s: %w", root, err)
 		}
-		if err := checkNotInUse(d); err != nil {
+		if modes[d], err = replaceable(d); err != nil {
 			return res, err
-		}
-		if fi, err := os.Stat(d); err == nil {
-			if !fi.Mode().IsRegular() {
-				return res, fmt.Errorf("%s is not a regular file, so no image is written over it: name an image file", d)
-			}
-			modes[d] = fi.Mode().Perm()
 		}
 	}
 	c := &Client{Remote: im.Store, Cache: im.Store, Codec: im.Codec, Progress: progress, local: storeCache{im.Store}}
@@ -278,6 +268,32 @@ func (im *Images) Checkout(ctx context.Context, root Hash, path string, progress
 		}
 	}
 	return res, nil
+}
+
+// claimTarget resolves a path to write to and claims it (see claim).
+func (im *Images) claimTarget(path string) (top string, release func(), err error) {
+	if top, err = im.resolve(path, false); err != nil {
+		return "", nil, err
+	}
+	release, err = im.claim(top)
+	return top, release, err
+}
+
+// replaceable checks that a file may be written over, and returns its
+// permissions (0 when there is no file yet): a running QEMU's file and
+// anything but a regular file are refused.
+func replaceable(path string) (fs.FileMode, error) {
+	if err := checkNotInUse(path); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, nil
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("%s is not a regular file, so no image is written over it: name an image file", path)
+	}
+	return fi.Mode().Perm(), nil
 }
 
 // claim marks path as worked on until release is called, refusing a path

@@ -49,7 +49,8 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 	bits := e.bits[:n*w]
 	var used [256]bool
 	var lo, hi [256]int // each colour's first and last column in the band
-	var order []int
+	var orders [256]int // room for every colour: a growing slice cost allocations per tile
+	order := orders[:0]
 	for band := 0; band < h; band += 6 {
 		order = order[:0]
 		for y := band; y < min(band+6, h); y++ {

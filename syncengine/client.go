@@ -423,7 +423,7 @@ func (c *Client) Push(ctx context.Context, path string) (_ Hash, st Stats, err e
 		return Hash{}, st, err
 	}
 	if have[0] {
-		return t.root, st, c.remember(ctx, path, t)
+		return t.root, st, c.rememberFile(ctx, path, t)
 	}
 	if base != nil && !have[1] {
 		base = nil
@@ -454,7 +454,7 @@ func (c *Client) Push(ctx context.Context, path string) (_ Hash, st Stats, err e
 	if err := c.sendPush(ctx, path, t, base, send, &st, &wire); err != nil {
 		return Hash{}, st, err
 	}
-	return t.root, st, c.remember(ctx, path, t)
+	return t.root, st, c.rememberFile(ctx, path, t)
 }
 
 func (c *Client) remoteHas(ctx context.Context, hashes []Hash, wire *atomic.Int64) ([]bool, error) {
@@ -571,13 +571,9 @@ func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, ba
 	items := make([]pushItem, len(positions))
 	err := parallelFor(ctx, len(positions), runtime.GOMAXPROCS(0), func(j int) error {
 		p := positions[j]
-		off := int64(p) * int64(t.ChunkSize)
-		data := make([]byte, t.chunkLen(p))
-		if _, err := f.ReadAt(data, off); err != nil {
-			return fmt.Errorf("read %s at %d: %w", path, off, err)
-		}
-		if Sum(data) != t.Chunks[p] {
-			return fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, off)
+		data, err := readPushed(f, path, t, p)
+		if err != nil {
+			return err
 		}
 		it := pushItem{data: data}
 		fn := chunkBase(ctx, c.cache(), c.Codec, base, p)
@@ -594,6 +590,21 @@ func (c *Client) preparePush(ctx context.Context, f *os.File, path string, t, ba
 		return nil
 	})
 	return items, err
+}
+
+// readPushed reads chunk p of the file being pushed as t, which must
+// still hash to its name: a file that changes under a push is refused,
+// never stored half old, half new.
+func readPushed(f *os.File, path string, t *tree, p int) ([]byte, error) {
+	off := int64(p) * int64(t.ChunkSize)
+	data := make([]byte, t.chunkLen(p))
+	if _, err := f.ReadAt(data, off); err != nil {
+		return nil, fmt.Errorf("read %s at %d: %w", path, off, err)
+	}
+	if Sum(data) != t.Chunks[p] {
+		return nil, fmt.Errorf("%s changed while it was being pushed (at byte %d): push a snapshot, or the disk of a stopped VM", path, off)
+	}
+	return data, nil
 }
 
 // parallelFor runs fn(0..n-1) on workers goroutines, in order of index,
@@ -625,6 +636,46 @@ func parallelFor(ctx context.Context, n, workers int, fn func(int) error) error 
 		return first
 	}
 	return ctx.Err()
+}
+
+// rememberFile makes the file at path, pushed as t, the base of its next
+// push: the chunks the cache lacks (those the remote had already, which
+// the push did not read) are read from the file again and kept, so that
+// the next push sends each changed chunk as its changes against them.
+// Without them a push after one that found its chunks on the server (a
+// second device, a fresh cache) would send every changed chunk whole.
+func (c *Client) rememberFile(ctx context.Context, path string, t *tree) error {
+	missing, err := missingChunks(ctx, c.cache(), t.Manifest)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("keep %s in the cache: %w", path, err)
+		}
+		defer f.Close()
+		_, first := t.distinct()
+		positions := make([]int, len(missing))
+		for i, h := range missing {
+			positions[i] = first[h]
+		}
+		err = parallelBatches(ctx, positions, storeBatch, func(batch []int) error {
+			objs := make([]Object, 0, len(batch))
+			for _, p := range batch {
+				data, err := readPushed(f, path, t, p)
+				if err != nil {
+					return err
+				}
+				objs = append(objs, Object{t.Chunks[p], c.Codec.EncodeLocal(data)})
+			}
+			return c.cache().keep(ctx, objs)
+		})
+		if err != nil {
+			return fmt.Errorf("keep %s in the cache: %w", path, err)
+		}
+	}
+	return c.remember(ctx, path, t)
 }
 
 // remember stores t in the cache as path's base, if the cache holds every

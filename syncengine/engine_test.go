@@ -614,3 +614,42 @@ func BenchmarkIndex(b *testing.B) {
 		}
 	}
 }
+
+// TestAPushThatFoundItsChunksOnTheServerIsTheNextOnesBase: a fresh cache
+// pushes a file whose chunks the server already holds (another device
+// sent them), so nothing of it is read for sending; its next push still
+// sends each changed chunk as its changes, not whole.
+func TestAPushThatFoundItsChunksOnTheServerIsTheNextOnesBase(t *testing.T) {
+	ctx := context.Background()
+	srv := newHub(t)
+	img := images(t)["ext4 with real files"]
+	mine := filepath.Join(t.TempDir(), "memory.image")
+	data, err := os.ReadFile(img)
+	if err == nil {
+		err = os.WriteFile(mine, data, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := srv.client(t).Push(ctx, mine); err != nil {
+		t.Fatal(err)
+	}
+	fresh := srv.client(t)
+	root0, st, err := fresh.Push(ctx, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Sent != 0 {
+		t.Fatalf("the second device sent %d chunks the server held", st.Sent)
+	}
+	changed := changeBlocks(t, mine, 0.01, 2)
+	_, st, err = fresh.Push(ctx, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := zstdSize(t, changed)
+	t.Logf("%d KiB changed, zstd -3 makes %d bytes; sent %d bytes, %d chunks, %d as patches", len(changed)>>10, ref, st.WireBytes, st.Sent, st.Patched)
+	if st.Base != root0 || st.Patched == 0 || st.Patched < st.Sent*9/10 || float64(st.WireBytes) > 1.1*float64(ref) {
+		t.Errorf("the push after one that found its chunks on the server: base %s (want %s), %d of %d chunks as patches, %d bytes for %d of zstd", st.Base, root0, st.Patched, st.Sent, st.WireBytes, ref)
+	}
+}

@@ -136,9 +136,37 @@ var ErrRefused = errors.New("the server refused the commit: the lease it was mad
 type StoreCheckpoints struct {
 	Disks *StoreDisks // its Chunks, Workstation and WorkstationDir
 	Log   CommitLog
+	// Flush is what the guest is asked to do first, through its agent.
+	Flush Flush
 
 	parent string   // the newest commit made here, once there is one
 	queued *pending // taken, not yet on the server
+}
+
+// Flush is what a checkpoint has the guest do just before its snapshot,
+// where the guest runs qemu-guest-agent. Memory and disks are saved at one
+// instant, so a restore is whole either way; a flush makes the disk hold
+// the guest's writes by itself (a boot from the disk alone finds them),
+// for the time the guest takes to write them out.
+type Flush int
+
+const (
+	FlushSync Flush = iota // write the guest's dirty pages to its disks
+	FlushDrop              // and drop its clean page cache
+	FlushNone              // nothing: crash-consistent disks
+)
+
+// ParseFlush reads a Flush as the command line names it.
+func ParseFlush(s string) (Flush, error) {
+	switch s {
+	case "sync":
+		return FlushSync, nil
+	case "drop":
+		return FlushDrop, nil
+	case "none":
+		return FlushNone, nil
+	}
+	return 0, fmt.Errorf("flush %q: say sync (write the guest's dirty pages out first), drop (and drop its clean caches) or none", s)
 }
 
 // pending is a checkpoint taken and not yet committed.
@@ -148,6 +176,9 @@ type pending struct {
 	memory memoryFiles
 	at     time.Time
 	pause  time.Duration
+	// flushed: how long the guest's flush took; noFlush why there was none.
+	flushed time.Duration
+	noFlush string
 }
 
 // ErrQueued: the checkpoint was taken but could not be sent; it is kept
@@ -158,7 +189,7 @@ var ErrQueued = errors.New("the checkpoint is kept here until the server can be 
 // sends it and commits it.
 func (c *StoreCheckpoints) Checkpoint(ctx context.Context, domain string, held Lease) (event.Checkpoint, error) {
 	if c.queued == nil {
-		p, err := c.take(domain)
+		p, err := c.take(ctx, domain)
 		if err != nil {
 			return event.Checkpoint{}, err
 		}
@@ -193,7 +224,7 @@ func (c *StoreCheckpoints) Settle(ctx context.Context) error {
 }
 
 // take snapshots domain's memory and disks at one instant.
-func (c *StoreCheckpoints) take(domain string) (*pending, error) {
+func (c *StoreCheckpoints) take(ctx context.Context, domain string) (*pending, error) {
 	ws := c.Disks.Workstation
 	dom, err := ws.Lookup(domain)
 	if err != nil {
@@ -207,6 +238,13 @@ func (c *StoreCheckpoints) take(domain string) (*pending, error) {
 	// last one sent under it, and sends the next one against it.
 	p := &pending{domain: domain, memory: memoryFiles{file: filepath.Join(pool.Dir, domain+".checkpoint.memory")}, at: time.Now()}
 	p.memory.remove() // left by a checkpoint that was killed
+	if c.Flush == FlushNone {
+		p.noFlush = "not asked for"
+	} else if p.flushed, err = dom.FlushGuest(ctx, c.Flush == FlushDrop); err != nil {
+		// The checkpoint goes on: memory and disks at one instant still.
+		p.noFlush = err.Error()
+	}
+	p.at = time.Now()
 	if p.disks, p.pause, err = dom.Checkpoint(tag(), p.memory.file); err != nil {
 		return nil, err
 	}
@@ -256,7 +294,8 @@ func (c *StoreCheckpoints) send(ctx context.Context, p *pending, held Lease) (_ 
 			return event.Checkpoint{}, err
 		}
 	}
-	cp := event.Checkpoint{Last: p.at, Bytes: sent, Pause: p.pause, MemoryWhole: p.memory.whole}
+	cp := event.Checkpoint{Last: p.at, Bytes: sent, Pause: p.pause, MemoryWhole: p.memory.whole, Flushed: p.flushed, NoFlush: p.noFlush,
+		MemoryBytes: mem.sent, RecipeBytes: mem.recipeSent}
 	if held.ID != "" {
 		cp.ID, err = c.Log.Commit(ctx, held, c.parent, saved)
 		if err == nil {

@@ -50,3 +50,14 @@ func TestSavedFromMetaRefuses(t *testing.T) {
 		})
 	}
 }
+
+func TestParseFlush(t *testing.T) {
+	for in, want := range map[string]Flush{"sync": FlushSync, "drop": FlushDrop, "none": FlushNone} {
+		if got, err := ParseFlush(in); err != nil || got != want {
+			t.Errorf("ParseFlush(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := ParseFlush("freeze"); err == nil || !strings.Contains(err.Error(), "sync") {
+		t.Errorf("ParseFlush(freeze): %v, want an error that names the choices", err)
+	}
+}

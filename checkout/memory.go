@@ -84,6 +84,7 @@ func splitSaveFile(path, image, recipe string) (size int64, err error) {
 type pushedMemory struct {
 	root, recipe syncengine.Hash // recipe zero: root is the file itself
 	sent, size   int64
+	recipeSent   int64 // of sent, the recipe's
 }
 
 // push sends the memory to the server's store: the image and its recipe,
@@ -102,7 +103,7 @@ func (m *memoryFiles) push(ctx context.Context, chunks Chunks) (pushedMemory, er
 	if err != nil {
 		return pushedMemory{}, fmt.Errorf("its recipe: %w", err)
 	}
-	return pushedMemory{root: root, recipe: recipe, sent: st.WireBytes + rst.WireBytes, size: m.size}, nil
+	return pushedMemory{root: root, recipe: recipe, sent: st.WireBytes + rst.WireBytes, recipeSent: rst.WireBytes, size: m.size}, nil
 }
 
 // remove deletes the memory's files, whichever there are.

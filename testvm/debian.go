@@ -36,8 +36,10 @@ const DebianSuite = "bookworm"
 const DebianDiskSize = 3 << 30
 
 // debianPackages are added to debootstrap's minbase: a real systemd boot
-// with Debian's kernel and its initramfs.
-var debianPackages = []string{"systemd-sysv", "udev", "kmod", "linux-image-amd64", "initramfs-tools"}
+// with Debian's kernel and its initramfs, and the QEMU guest agent, which
+// udev starts once the domain's agent channel appears (checkpoints have
+// the guest flush through it).
+var debianPackages = []string{"systemd-sysv", "udev", "kmod", "linux-image-amd64", "initramfs-tools", "qemu-guest-agent"}
 
 // treeRecipeVersion names what trimTree and the initramfs settings do;
 // bump it when they change, so cached trees are rebuilt.

@@ -46,11 +46,16 @@ type Checkpoint struct {
 	ID       string    // its commit
 	Branch   string    // set: kept as this new image, the lease being lost
 	Bytes    int64     // what it put on the link
-	Pause    time.Duration
-	Next     time.Time // zero: none planned
-	Queued   time.Time // a checkpoint taken then, not yet on the server
+	// Of Bytes, the memory's, and of those its recipe's.
+	MemoryBytes, RecipeBytes int64
+	Pause                    time.Duration
+	Next                     time.Time // zero: none planned
+	Queued                   time.Time // a checkpoint taken then, not yet on the server
 	// MemoryWhole: why the memory went whole, not as its pages lined up.
 	MemoryWhole string
+	// Flushed: the guest's flush before the snapshot; NoFlush: why none.
+	Flushed time.Duration
+	NoFlush string
 }
 
 // dashState is what the dashboard shows; kept apart from the model so the

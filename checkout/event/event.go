@@ -78,15 +78,21 @@ type (
 		// Branch is set when the lease was no longer held: the checkpoint
 		// was kept as this new image, never committed over another's work.
 		Branch string
-		Bytes  int64         // what it put on the link
-		Pause  time.Duration // how long taking it held the guest's memory snapshot
-		Next   time.Time     // when the next one is due; zero: none planned
+		Bytes  int64 // what it put on the link
+		// Of Bytes, the memory's, and of those its recipe's.
+		MemoryBytes, RecipeBytes int64
+		Pause                    time.Duration // how long taking it held the guest's memory snapshot
+		Next                     time.Time     // when the next one is due; zero: none planned
 		// Queued is the instant of a checkpoint taken but not yet on the
 		// server (it could not be reached); zero: none waits.
 		Queued time.Time
 		// MemoryWhole says why the memory went as the file QEMU wrote,
 		// not as its pages lined up with the chunks; empty when they were.
 		MemoryWhole string
+		// Flushed is how long the guest took to write its dirty pages out
+		// before the snapshot; NoFlush why it did not (no agent, say).
+		Flushed time.Duration
+		NoFlush string
 	}
 	// Screen says where the VM's screen now is: the UI replaces its view
 	// with one reached by Dial.

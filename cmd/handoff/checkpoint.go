@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -31,8 +32,13 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	holder := fs.String("holder", hostname(), "the name this device holds leases under")
 	images := imagesFlag(fs)
 	jsonOut := fs.Bool("json", false, "print the checkpoint as JSON")
+	flushName := flushFlag(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
+	}
+	flush, err := checkout.ParseFlush(*flushName)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if fs.NArg() > 1 {
 		return fmt.Errorf("%w: checkpoint takes one DOMAIN, got %q", errUsage, fs.Args())
@@ -65,7 +71,7 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	}
 	defer c.Release(context.WithoutCancel(ctx), *leaseImage, held.ID)
 	start := time.Now()
-	cp, err := (&checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(keeper)}).Checkpoint(ctx, name, checkout.Lease(held))
+	cp, err := (&checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(keeper), Flush: flush}).Checkpoint(ctx, name, checkout.Lease(held))
 	if err != nil {
 		return err
 	}
@@ -74,7 +80,12 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 		return json.NewEncoder(stdout).Encode(map[string]any{
 			"commit": cp.ID, "branch": cp.Branch, "at": cp.Last, "pause_ms": cp.Pause.Milliseconds(),
 			"sent_bytes": cp.Bytes, "seconds": took.Seconds(), "epoch": held.Epoch, "memory_whole": cp.MemoryWhole,
+			"flush_ms": cp.Flushed.Milliseconds(), "no_flush": cp.NoFlush,
+			"memory_sent_bytes": cp.MemoryBytes, "recipe_sent_bytes": cp.RecipeBytes,
 		})
+	}
+	if cp.NoFlush != "" && flush != checkout.FlushNone {
+		fmt.Fprintf(stderr, "the guest did not flush first, so the disk alone is as after a power cut (the memory and disk together are whole): %s\n", cp.NoFlush)
 	}
 	if cp.MemoryWhole != "" {
 		fmt.Fprintf(stderr, "the memory went as QEMU wrote it, not lined up with the chunks (so it cost more): %s\n", cp.MemoryWhole)
@@ -82,6 +93,11 @@ With no --server, the built-in lab stands in; DOMAIN defaults to the lab's guest
 	fmt.Fprintf(stdout, "checkpoint of %s committed as %s (lease epoch %d): paused %d ms, %s sent, %s to commit\n",
 		name, cp.ID, held.Epoch, cp.Pause.Milliseconds(), units.Bytes(uint64(cp.Bytes)), took.Round(100*time.Millisecond))
 	return nil
+}
+
+// flushFlag is --flush, what the guest does before each checkpoint.
+func flushFlag(fs *flag.FlagSet) *string {
+	return fs.String("flush", "sync", "what the guest does just before each checkpoint, through its qemu-guest-agent: sync (write its dirty pages to its disks, so that the disk holds its writes by itself), drop (sync and drop its clean page cache) or none. Memory and disks are saved at one instant either way; a guest without the agent is checkpointed as it is")
 }
 
 // home is where a command on the home server's copy of a VM finds it: the

@@ -35,6 +35,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	graphics := fs.String("graphics", "auto", "how to draw the VM's screen: auto (ask the terminal), kitty, sixel, iterm or blocks")
 	images := imagesFlag(fs)
 	every := fs.Duration("checkpoint-every", 10*time.Minute, "while the VM runs here under the lease, commit a checkpoint of its memory and disks to the server this often (only what changed travels; 0: never). A lost laptop then costs at most this much work: 'handoff restore' starts the VM on the server from the last one")
+	flushName := flushFlag(fs)
 	guest := fs.String("guest", string(lab.Desktop), "the guest a lab started by grab runs: debian (a desktop on a disk, moved through the chunk store) or busybox (memory only)")
 	opts := migrateFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -42,6 +43,10 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 	}
 	if fs.NArg() > 1 {
 		return fmt.Errorf("%w: grab takes one DOMAIN, got %q", errUsage, fs.Args())
+	}
+	flush, err := checkout.ParseFlush(*flushName)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	name := fs.Arg(0)
 	if !isTerminal(os.Stdout) || !isTerminal(os.Stdin) {
@@ -126,7 +131,7 @@ is not up: see 'handoff lab up'); DOMAIN defaults to the lab's guest.`, stdout, 
 		defer closeDisks()
 		disks = sd
 		if lease != nil && *every > 0 {
-			checkpoints = &checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(lease)}
+			checkpoints = &checkout.StoreCheckpoints{Disks: sd, Log: checkout.LeaseLog(lease), Flush: flush}
 		}
 	}
 	co := checkout.New(checkout.Config{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -72,9 +73,13 @@ func startDaemon(ctx context.Context, h *Host) error {
 	defer log.Close()
 	// setsid --fork detaches the daemon from us: it outlives 'handoff lab
 	// up', and no process of ours has to reap it.
+	configHome, err := linkConfig(*h, filepath.Join(home, ".config"))
+	if err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, "setsid", "--fork", "ip", "netns", "exec", h.Netns,
 		"setpriv", "--reuid", strconv.Itoa(uid), "--regid", strconv.Itoa(gid), "--clear-groups", "--",
-		"env", "-i", "HOME="+home, "XDG_RUNTIME_DIR="+runDir, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
+		"env", "-i", "HOME="+home, "XDG_RUNTIME_DIR="+runDir, "XDG_CONFIG_HOME="+configHome,
 		"XDG_CACHE_HOME="+filepath.Join(home, ".cache"), "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
 		"/usr/sbin/libvirtd", "--pid-file", filepath.Join(runDir, "libvirtd.pid"))
 	cmd.Stdout, cmd.Stderr = log, log
@@ -82,6 +87,31 @@ func startDaemon(ctx context.Context, h *Host) error {
 		return fmt.Errorf("start libvirtd for the %s: %w (log: %s)", h.Name, err, logPath)
 	}
 	return nil
+}
+
+// configLinks holds a short name for each lab daemon's config folder.
+// A session daemon puts the unix socket of a guest's agent channel under
+// it (XDG_CONFIG_HOME/libvirt/qemu/channel/target/domain-N-NAME/...), and
+// a socket's path may be 107 bytes at most: under a lab's own folder it
+// was 112 for the default lab. The link's name is the host's link device,
+// unique to the lab.
+const configLinks = "/run/handoff-cfg"
+
+func configLink(h Host) string { return filepath.Join(configLinks, h.Dev) }
+
+// linkConfig points h's short config name at dir and returns the name.
+func linkConfig(h Host, dir string) (string, error) {
+	if err := os.MkdirAll(configLinks, 0o755); err != nil {
+		return "", fmt.Errorf("make %s: %w", configLinks, err)
+	}
+	link := configLink(h)
+	if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("replace the lab's config link %s: %w", link, err)
+	}
+	if err := os.Symlink(dir, link); err != nil {
+		return "", fmt.Errorf("link %s to the %s's config folder: %w", link, h.Name, err)
+	}
+	return link, nil
 }
 
 // waitForDaemon waits for h's daemon to answer and opens its socket to the
@@ -143,6 +173,9 @@ func Down(ctx context.Context, dir string) error {
 				errs = append(errs, err)
 			}
 		}
+		if err := os.Remove(configLink(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
 		if _, err := os.Stat(filepath.Join("/run/netns", h.Netns)); err == nil {
 			if err := run(ctx, "ip", "netns", "del", h.Netns); err != nil {
 				errs = append(errs, err)
@@ -157,6 +190,7 @@ func Down(ctx context.Context, dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
 	}
+	os.Remove(configLinks) // once no lab links there
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("take the lab down (run 'handoff lab down' again): %w", err)
 	}

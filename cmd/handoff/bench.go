@@ -131,8 +131,12 @@ memory kept still, its disk records written every tick), at each link rate it:
 Each row gives the guest's pause (median and worst), the bytes each checkpoint sent
 (the first, which carries the whole memory file, apart from the median of the rest),
 the lab link's count of them both ways (IP headers and TLS included), the memory
-file's size from the commit's manifest, the time from the snapshot to the commit,
-and the guest's verdict. The target: every pause under 300 ms. A turn that fails or
+file's size from the commit's manifest, what the guest changed since the checkpoint
+before (its memory pages and disk blocks of 4 KiB that differ, read from the lab
+server's store, compressed by zstd -3) and the link's bytes over that, the time from
+the snapshot to the commit, and the guest's verdict. The targets: every pause under
+300 ms; the link's bytes of a checkpoint after the first at most 1.5 times what
+changed, in the median. A turn that fails or
 breaks the guest starts again on a fresh guest (twice at most). At the defaults it
 takes 10 to 15 minutes; needs root.`, stdout, stderr)
 	links := fs.String("links", strings.Join(checkpointbench.DefaultLinks, ","), "the link rates to run at, in order")

@@ -215,35 +215,29 @@ var (
 	textLine = image.Rect(0, 416, 1280, 432)
 )
 
-func BenchmarkPicture1280x800FullKitty(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty, 170, 55, wholeScreen)
-}
-func BenchmarkPicture1280x800FullKittyFiles(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty|kittyFiles, 170, 55, wholeScreen)
-}
-func BenchmarkPicture1280x800FullSixel(b *testing.B) {
-	benchmarkPicture(b, termgfx.Sixel, 170, 55, wholeScreen)
-}
-func BenchmarkPicture1280x800ScaledKitty(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty, 125, 40, wholeScreen)
-}
-func BenchmarkPicture1280x800ScaledKittyFiles(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty|kittyFiles, 125, 40, wholeScreen)
-}
-func BenchmarkPicture1280x800ScaledSixel(b *testing.B) {
-	benchmarkPicture(b, termgfx.Sixel, 125, 40, wholeScreen)
-}
-func BenchmarkPicture1280x800LineFullKitty(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty, 170, 55, textLine)
-}
-func BenchmarkPicture1280x800LineFullSixel(b *testing.B) {
-	benchmarkPicture(b, termgfx.Sixel, 170, 55, textLine)
-}
-func BenchmarkPicture1280x800LineScaledKitty(b *testing.B) {
-	benchmarkPicture(b, termgfx.Kitty, 125, 40, textLine)
-}
-func BenchmarkPicture1280x800LineScaledSixel(b *testing.B) {
-	benchmarkPicture(b, termgfx.Sixel, 125, 40, textLine)
+// BenchmarkPicture1280x800 is the app's cost for a 1280x800 screen at
+// full size (170x55 cells) and scaled (125x40), the whole screen changing
+// or one line of text, in each image mode.
+func BenchmarkPicture1280x800(b *testing.B) {
+	for _, c := range []struct {
+		name       string
+		proto      termgfx.Protocol
+		cols, rows int
+		dirty      image.Rectangle
+	}{
+		{"FullKitty", termgfx.Kitty, 170, 55, wholeScreen},
+		{"FullKittyFiles", termgfx.Kitty | kittyFiles, 170, 55, wholeScreen},
+		{"FullSixel", termgfx.Sixel, 170, 55, wholeScreen},
+		{"ScaledKitty", termgfx.Kitty, 125, 40, wholeScreen},
+		{"ScaledKittyFiles", termgfx.Kitty | kittyFiles, 125, 40, wholeScreen},
+		{"ScaledSixel", termgfx.Sixel, 125, 40, wholeScreen},
+		{"LineFullKitty", termgfx.Kitty, 170, 55, textLine},
+		{"LineFullSixel", termgfx.Sixel, 170, 55, textLine},
+		{"LineScaledKitty", termgfx.Kitty, 125, 40, textLine},
+		{"LineScaledSixel", termgfx.Sixel, 125, 40, textLine},
+	} {
+		b.Run(c.name, func(b *testing.B) { benchmarkPicture(b, c.proto, c.cols, c.rows, c.dirty) })
+	}
 }
 
 func TestKittyOnThisMachineGetsTheScreenByFile(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/handoff-dev/handoff/internal/pipe"
@@ -58,6 +59,8 @@ func (t *tunnel) open(src, dst *Conn, disks bool) error {
 		if err != nil {
 			return fmt.Errorf("open a socket on the server through SSH (is AllowStreamLocalForwarding on in sshd_config?): %w", err)
 		}
+		// sshd leaves the socket file behind when the forward ends.
+		t.cleanup = append(t.cleanup, func() { removeRemoteFile(src, sock) })
 		t.forward(peer, func() (net.Conn, error) { return net.Dial("unix", localSocket(dst.url)) })
 		// Each stream QEMU opens (memory, and the NBD mirror of disks)
 		// comes to a port sshd opens on the server and goes on to the
@@ -159,6 +162,17 @@ func (t *tunnel) Close() {
 	for _, f := range t.cleanup {
 		f()
 	}
+}
+
+// removeRemoteFile deletes a file of ours on c's host, over its SSH
+// connection; a failure leaves only a stale socket in /tmp behind.
+func removeRemoteFile(c *Conn, path string) {
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	s.Run("rm -f -- '" + strings.ReplaceAll(path, "'", `'\''`) + "'")
 }
 
 func randomName() string {

@@ -51,6 +51,18 @@ func TestMigrateOverSSHFromBehindNATAndBack(t *testing.T) {
 	if theLab.ServerSSHURI == "" {
 		t.Fatal("the NAT lab has no SSH URI for the server")
 	}
+	// The grab's way opens a socket on the server through sshd, which
+	// leaves its file behind unless handoff removes it.
+	sockets := func() []string {
+		m, _ := filepath.Glob("/tmp/handoff-peer-*.sock")
+		return m
+	}
+	leftBefore := sockets()
+	defer func() {
+		if after := sockets(); len(after) > len(leftBefore) {
+			t.Errorf("the moves left sockets on the server: %v (before: %v)", after, leftBefore)
+		}
+	}()
 	for _, leg := range []struct{ from, to, want string }{
 		{theLab.ServerSSHURI, theLab.Workstation.URI, "workstation"},
 		{theLab.Workstation.URI, theLab.ServerSSHURI, "server"},

@@ -89,7 +89,7 @@ func (d *Domain) FlushGuest(ctx context.Context, dropCaches bool) (time.Duration
 		}
 		select {
 		case <-ctx.Done():
-			return time.Since(start), ctx.Err()
+			return time.Since(start), fmt.Errorf("flush %s: %q in the guest had not ended after %v: %w", d.Name(), script, time.Since(start).Round(time.Millisecond), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -100,9 +101,9 @@ func run() error {
 	ws := newWorkingSet(mem[:wssBytes], corpus(), seed)
 	pace := &pacer{bytesPerSec: params.DirtyMBps * 1e6}
 
-	tty, keys := openConsole(serial)
-	if tty != nil {
-		defer tty.Close()
+	con, keys := openConsole(serial)
+	if con != nil {
+		defer con.tty.Close()
 	}
 	fmt.Fprintf(serial, "handoff-guest started: dirtying %g MB/s over %d MB\n", params.DirtyMBps, params.WSSMB)
 
@@ -113,7 +114,6 @@ func run() error {
 	tick := 0
 	var typed []byte
 	var problem string
-	var shown screen // what the screen shows, redrawn on each tick and key
 	for {
 		select {
 		case now := <-ticker.C:
@@ -142,10 +142,9 @@ func run() error {
 				t.Disk, t.DiskSeq, t.DiskProblem = true, int(disk.durable), diskProblem
 			}
 			fmt.Fprintln(serial, testvm.FormatTick(t))
-			if tty != nil {
-				shown = screen{Tick: t.N, Uptime: t.Uptime, DirtiedMB: t.DirtiedMB, Disk: t.Disk, DiskSeq: t.DiskSeq,
-					Problem: t.Problems(), Keys: printable(typed[max(0, len(typed)-60):])}
-				tty.WriteString(shown.render())
+			if con != nil {
+				con.draw(screen{Tick: t.N, Uptime: t.Uptime, DirtiedMB: t.DirtiedMB, Disk: t.Disk, DiskSeq: t.DiskSeq,
+					Problem: t.Problems()})
 			}
 			// Capped: the checks read every page, so in a post-copy move they
 			// wait on the link, and that wait is a pause like any other.
@@ -163,19 +162,46 @@ func run() error {
 			if bytes.HasSuffix(typed, []byte(corruptWord)) {
 				sealed.mem[len(sealed.mem)/2] ^= 0xff
 			}
-			// A key is echoed at once, as a desktop's would be: the view's
-			// key-to-screen latency is then the path's, not the tick's.
-			if tty != nil {
-				shown.Keys = printable(typed[max(0, len(typed)-60):])
-				tty.WriteString(shown.render())
-			}
 		}
 	}
 }
 
-// openConsole puts the VGA console in raw mode and reads keys from it; the
-// reader goroutine lives as long as the agent.
-func openConsole(serial io.Writer) (*os.File, <-chan []byte) {
+// console is the VGA console. Each tick redraws it; a typed key is echoed
+// by the reader at once, under the same lock, whatever the main loop is
+// busy with: its checks read every page each second, hundreds of
+// milliseconds on an emulated CPU, and a desktop's echo does not wait for
+// such work. The view's key-to-screen latency is then the path's.
+type console struct {
+	tty   *os.File
+	mu    sync.Mutex
+	shown screen
+	typed []byte
+}
+
+// draw shows s with the keys typed so far.
+func (c *console) draw(s screen) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.Keys = c.shown.Keys
+	c.shown = s
+	c.tty.WriteString(s.render())
+}
+
+// echo adds k to the typed keys and redraws their line.
+func (c *console) echo(k []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.typed = append(c.typed, k...)
+	if len(c.typed) > 60 {
+		c.typed = c.typed[len(c.typed)-60:]
+	}
+	c.shown.Keys = printable(c.typed)
+	c.tty.WriteString(c.shown.renderKeys())
+}
+
+// openConsole puts the VGA console in raw mode and reads keys from it,
+// echoing each; the reader goroutine lives as long as the agent.
+func openConsole(serial io.Writer) (*console, <-chan []byte) {
 	tty, err := os.OpenFile("/dev/tty1", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
 		fmt.Fprintf(serial, "handoff-guest error: open console: %v\n", err)
@@ -184,6 +210,7 @@ func openConsole(serial io.Writer) (*os.File, <-chan []byte) {
 	if err := makeRaw(tty); err != nil {
 		fmt.Fprintf(serial, "handoff-guest error: raw console: %v\n", err)
 	}
+	con := &console{tty: tty}
 	keys := make(chan []byte, 64)
 	go func() {
 		defer close(keys)
@@ -193,10 +220,11 @@ func openConsole(serial io.Writer) (*os.File, <-chan []byte) {
 			if err != nil {
 				return
 			}
+			con.echo(buf[:n])
 			keys <- bytes.Clone(buf[:n])
 		}
 	}()
-	return tty, keys
+	return con, keys
 }
 
 func makeRaw(f *os.File) error {

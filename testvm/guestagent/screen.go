@@ -46,16 +46,15 @@ type screen struct {
 	Keys      string // the last keys typed, printable
 }
 
-func (s screen) render() string {
-	var b strings.Builder
-	b.WriteString("\x1b[?25l\x1b[H\x1b[2J") // hide the cursor, home, clear
+// lines is the screen, top to bottom; the last is the typed keys'.
+func (s screen) lines() []string {
+	title := "  handoff test guest"
 	if s.Disk {
-		b.WriteString("  handoff desktop guest (Debian 12)\r\n\r\n")
-	} else {
-		b.WriteString("  handoff test guest\r\n\r\n")
+		title = "  handoff desktop guest (Debian 12)"
 	}
+	lines := []string{title, ""}
 	for _, line := range bigNumber(s.Tick) {
-		b.WriteString("    " + line + "\r\n")
+		lines = append(lines, "    "+line)
 	}
 	integrity := "integrity ok"
 	if s.Problem != "" {
@@ -65,9 +64,28 @@ func (s screen) render() string {
 	if s.Disk {
 		disk = fmt.Sprintf("disk record %d   ", s.DiskSeq)
 	}
-	fmt.Fprintf(&b, "\r\n  uptime %.0fs   dirtied %d MB   %s%s\r\n", s.Uptime, s.DirtiedMB, disk, integrity)
-	fmt.Fprintf(&b, "\r\n  typed: %s\r\n", s.Keys)
+	return append(lines, "", fmt.Sprintf("  uptime %.0fs   dirtied %d MB   %s%s", s.Uptime, s.DirtiedMB, disk, integrity),
+		"", "  typed: "+s.Keys)
+}
+
+// render draws the whole screen over what is there, line by line, rather
+// than clearing it first: a VNC view that looks between a clear and the
+// redraw would show the guest's screen blank.
+func (s screen) render() string {
+	var b strings.Builder
+	b.WriteString("\x1b[?25l\x1b[H") // hide the cursor, home
+	for _, line := range s.lines() {
+		b.WriteString(line + "\x1b[K\r\n")
+	}
+	b.WriteString("\x1b[J")
 	return b.String()
+}
+
+// renderKeys draws only the typed keys' line: a key's echo changes a few
+// characters of the screen, as a desktop's would.
+func (s screen) renderKeys() string {
+	lines := s.lines()
+	return fmt.Sprintf("\x1b[%d;1H%s\x1b[K", len(lines), lines[len(lines)-1])
 }
 
 // printable keeps what the console can show of typed bytes.

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,7 +130,7 @@ func child(sock, gfx, logPath string) int {
 // display starts Xvfb on a display number it picks itself (-displayfd: the
 // X server skips the numbers in use and takes over stale lock files), and
 // stops it with the test by SIGTERM, so that it removes its own lock file.
-func display(t *testing.T) string {
+func display(t testing.TB) string {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -175,7 +175,7 @@ func display(t *testing.T) string {
 
 // watch reads the child's log as it grows.
 type watch struct {
-	t    *testing.T
+	t    testing.TB
 	path string
 }
 
@@ -209,7 +209,7 @@ func (w watch) waitLine(what string, from int, limit time.Duration) (string, int
 	}
 }
 
-func ppmImage(t *testing.T, b []byte) *image.RGBA {
+func ppmImage(t testing.TB, b []byte) *image.RGBA {
 	t.Helper()
 	var w, h, maxv int
 	if _, err := fmt.Fscanf(bytes.NewReader(b), "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil {
@@ -326,55 +326,134 @@ func savePNG(t *testing.T, img image.Image, path string) {
 // terminal with QEMU's own screendump, pixel by pixel and by OCR; clicks
 // in the terminal and checks the guest's QEMU got the click; types keys and
 // times them until the guest's echo is drawn.
-func TestTheScreenInRealTerminals(t *testing.T) {
+// screenGuest is a guest screen the real terminals are tried on.
+type screenGuest struct {
+	name, kernelArgs string
+	size             image.Point
+	xterm, kitty     []string // window sizes: the screen fits at full resolution beside the dashboard
+}
+
+var screenGuests = []screenGuest{
+	{"text 720x400", "", image.Pt(720, 400), []string{"-geometry", "180x45+0+0"},
+		[]string{"-o", "initial_window_width=1400", "-o", "initial_window_height=800"}},
+	{"framebuffer 1280x800", "vga=0x37a", image.Pt(1280, 800), []string{"-geometry", "270x72+0+0"},
+		[]string{"-o", "initial_window_width=1800", "-o", "initial_window_height=900"}},
+}
+
+// bootScreenGuest boots the busybox guest with guest's screen and waits
+// until it draws.
+func bootScreenGuest(tb testing.TB, guest screenGuest) *qemutest.Guest {
+	q := qemutest.BootKernelArgs(tb, tb.TempDir(), testvm.Params{}, true, guest.kernelArgs)
+	q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
+	if got := ppmImage(tb, q.Screendump("size.ppm")).Rect.Size(); got != guest.size {
+		tb.Fatalf("the guest's screen is %v, want %v", got, guest.size)
+	}
+	return q
+}
+
+// realTerminal is a terminal the app runs in, under Xvfb.
+type realTerminal struct {
+	name, gfx string
+	argv      []string
+}
+
+func realTerminals(tb testing.TB, guest screenGuest) []realTerminal {
 	self, err := os.Executable()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	for _, guest := range []struct {
-		name, kernelArgs string
-		size             image.Point
-		xterm, kitty     []string // window sizes: the screen fits at full resolution beside the dashboard
-	}{
-		{"text 720x400", "", image.Pt(720, 400), []string{"-geometry", "180x45+0+0"},
-			[]string{"-o", "initial_window_width=1400", "-o", "initial_window_height=800"}},
-		{"framebuffer 1280x800", "vga=0x37a", image.Pt(1280, 800), []string{"-geometry", "270x72+0+0"},
-			[]string{"-o", "initial_window_width=1800", "-o", "initial_window_height=900"}},
-	} {
+	return []realTerminal{
+		{"xterm", "auto", append(append([]string{"xterm", "-ti", "vt340"}, guest.xterm...), "-xrm", "XTerm*numColorRegisters: 256", "-e", self)},
+		{"kitty", "auto", append(append([]string{"kitty", "-o", "linux_display_server=x11", "-o", "remember_window_size=no"}, guest.kitty...), self)},
+	}
+}
+
+// termApp is the app running in a real terminal on a display of its own.
+type termApp struct {
+	tb   testing.TB
+	w    watch
+	disp string
+	pid  int // the terminal's
+}
+
+// startInTerminal starts the app in term on a new Xvfb display, showing
+// the VNC screen at vncSocket; it stops with the test.
+func startInTerminal(tb testing.TB, term realTerminal, vncSocket string) termApp {
+	dir := tb.TempDir()
+	disp := display(tb)
+	logPath := filepath.Join(dir, "app.log")
+	cmd := exec.Command(term.argv[0], term.argv[1:]...)
+	cmd.Env = append(os.Environ(), "DISPLAY="+disp, "HANDOFF_TUI_CHILD_VNC="+vncSocket,
+		"HANDOFF_TUI_CHILD_GFX="+term.gfx, "HANDOFF_TUI_CHILD_LOG="+logPath, "TERM=xterm-256color")
+	stderr := &syncbuf.Buffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", term.name, err)
+	}
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if tb.Failed() {
+			b, _ := os.ReadFile(logPath)
+			tb.Logf("%s stderr: %s\napp log:\n%s", term.name, stderr.String(), b)
+		}
+	})
+	return termApp{tb: tb, w: watch{tb, logPath}, disp: disp, pid: cmd.Process.Pid}
+}
+
+// xdo runs xdotool on the app's display.
+func (a termApp) xdo(args ...string) string {
+	a.tb.Helper()
+	c := exec.Command("xdotool", args...)
+	c.Env = append(os.Environ(), "DISPLAY="+a.disp)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		a.tb.Fatalf("xdotool %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// focus gives the terminal's window the keyboard.
+func (a termApp) focus() {
+	a.tb.Helper()
+	ids := strings.Fields(a.xdo("search", "--pid", fmt.Sprint(a.pid)))
+	if len(ids) == 0 {
+		a.tb.Fatalf("find the terminal's window: none for pid %d", a.pid)
+	}
+	a.xdo("windowfocus", "--sync", ids[0])
+}
+
+// keyTime is one typed key's way: from the tap the app sent until the
+// guest's echo came in as a frame, and until its picture was written.
+type keyTime struct{ frame, drawn time.Duration }
+
+// typeKey types k in the terminal (focused) and times it.
+func (a termApp) typeKey(k string) keyTime {
+	a.tb.Helper()
+	from := len(a.w.lines())
+	a.xdo("key", k)
+	tap, j := a.w.waitLine("tap", from, 10*time.Second)
+	frame, j := a.w.waitLine("frame", j+1, 10*time.Second)
+	drawn, _ := a.w.waitLine("drawn", j+1, 10*time.Second)
+	return keyTime{frame: stamp(frame) - stamp(tap), drawn: stamp(drawn) - stamp(tap)}
+}
+
+// quantiles is the median, the 90th percentile and the largest of ds.
+func quantiles(ds []time.Duration) (median, p90, most time.Duration) {
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)*9/10], ds[len(ds)-1]
+}
+
+func TestTheScreenInRealTerminals(t *testing.T) {
+	for _, guest := range screenGuests {
 		t.Run(guest.name, func(t *testing.T) {
-			q := qemutest.BootKernelArgs(t, t.TempDir(), testvm.Params{}, true, guest.kernelArgs)
-			q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
-			if got := ppmImage(t, q.Screendump("size.ppm")).Rect.Size(); got != guest.size {
-				t.Fatalf("the guest's screen is %v, want %v", got, guest.size)
-			}
-			for _, term := range []struct {
-				name, gfx string
-				argv      []string
-			}{
-				{"xterm", "auto", append(append([]string{"xterm", "-ti", "vt340"}, guest.xterm...), "-xrm", "XTerm*numColorRegisters: 256", "-e", self)},
-				{"kitty", "auto", append(append([]string{"kitty", "-o", "linux_display_server=x11", "-o", "remember_window_size=no"}, guest.kitty...), self)},
-			} {
+			q := bootScreenGuest(t, guest)
+			for _, term := range realTerminals(t, guest) {
 				t.Run(term.name, func(t *testing.T) {
 					dir := t.TempDir()
-					disp := display(t)
-					logPath := filepath.Join(dir, "app.log")
-					cmd := exec.Command(term.argv[0], term.argv[1:]...)
-					cmd.Env = append(os.Environ(), "DISPLAY="+disp, "HANDOFF_TUI_CHILD_VNC="+q.VNCSocket,
-						"HANDOFF_TUI_CHILD_GFX="+term.gfx, "HANDOFF_TUI_CHILD_LOG="+logPath, "TERM=xterm-256color")
-					var stderr bytes.Buffer
-					cmd.Stderr = &stderr
-					if err := cmd.Start(); err != nil {
-						t.Fatalf("start %s: %v", term.name, err)
-					}
-					t.Cleanup(func() {
-						cmd.Process.Kill()
-						cmd.Wait()
-						if t.Failed() {
-							b, _ := os.ReadFile(logPath)
-							t.Logf("%s stderr: %s\napp log:\n%s", term.name, stderr.String(), b)
-						}
-					})
-					w := watch{t, logPath}
+					app := startInTerminal(t, term, q.VNCSocket)
+					w, disp := app.w, app.disp
 					started := time.Now()
 					g, _ := w.waitLine("graphics", 0, 30*time.Second)
 					t.Logf("%s: %s", term.name, g)
@@ -441,13 +520,7 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 					trace := filepath.Join(dir, "input.log")
 					q.HMP("logfile " + trace)
 					q.HMP("trace-event input_event_btn on")
-					xdo := func(args ...string) {
-						c := exec.Command("xdotool", args...)
-						c.Env = append(os.Environ(), "DISPLAY="+disp)
-						if out, err := c.CombinedOutput(); err != nil {
-							t.Fatalf("xdotool %v: %v: %s", args, err, out)
-						}
-					}
+					xdo := func(args ...string) { app.xdo(args...) }
 					target := image.Pt(300, 200)
 					root := target.Add(off)
 					xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
@@ -489,32 +562,16 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 
 					// Keys: from the terminal to the guest, and the time from each
 					// tap to the next picture drawn after the guest's echo.
+					// Keys reach the guest, and their echoes the screen (timed
+					// by BenchmarkKeyToScreen; logged here).
 					xdo("mousemove", fmt.Sprint(root.X), fmt.Sprint(root.Y))
-					find := exec.Command("xdotool", "search", "--pid", fmt.Sprint(cmd.Process.Pid))
-					find.Env = append(os.Environ(), "DISPLAY="+disp)
-					ids, err := find.Output()
-					if err != nil || len(strings.Fields(string(ids))) == 0 {
-						t.Fatalf("find %s's window: %v %s", term.name, err, ids)
-					}
-					xdo("windowfocus", "--sync", strings.Fields(string(ids))[0])
-					var lat, ours []time.Duration
-					for _, k := range []string{"q", "w", "e", "r", "t"} {
-						from := len(w.lines())
-						xdo("key", k)
-						tap, j := w.waitLine("tap", from, 10*time.Second)
-						frame, j := w.waitLine("frame", j+1, 10*time.Second)
-						drawn, _ := w.waitLine("drawn", j+1, 10*time.Second)
-						lat = append(lat, stamp(drawn)-stamp(tap))
-						ours = append(ours, stamp(drawn)-stamp(frame))
-						t.Logf("key %s: frame %v and drawn %v after the tap (%s)", k, (stamp(frame) - stamp(tap)).Round(time.Millisecond),
-							(stamp(drawn) - stamp(tap)).Round(time.Millisecond), strings.Join(strings.Fields(frame)[1:], " "))
+					app.focus()
+					for _, k := range strings.Split("qwert", "") {
+						kt := app.typeKey(k)
+						t.Logf("key %s: frame %v and drawn %v after the tap", k, kt.frame.Round(time.Millisecond), kt.drawn.Round(time.Millisecond))
 						time.Sleep(300 * time.Millisecond)
 					}
-					sort.Slice(ours, func(a, b int) bool { return ours[a] < ours[b] })
-					t.Logf("the echo's frame in, until its picture is written: median %v, max %v", ours[len(ours)/2], ours[len(ours)-1])
 					q.WaitFor("the typed keys", 20*time.Second, func(s testvm.Status) bool { return strings.HasSuffix(s.Keys, "qwert") })
-					sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-					t.Logf("key to screen (tap sent until the picture with the echo is written): median %v, max %v", lat[len(lat)/2], lat[len(lat)-1])
 
 					// Bytes to the terminal per second while the guest's screen is
 					// still (its CPUs stopped), then while only its counter changes.
@@ -584,3 +641,43 @@ func waitFile(t *testing.T, path, what string, limit time.Duration) {
 	}
 	t.Fatalf("no %q in %s within %v", what, path, limit)
 }
+
+// BenchmarkKeyToScreen is key-to-screen latency in real terminals under
+// Xvfb against a real guest: a key typed into the terminal until the
+// picture with the guest's echo is written to it. Each op is one key,
+// typed a random 100-400 ms after the last echo, so that keys land at
+// every phase of QEMU's 30 ms screen refresh. The link is a local socket
+// (no RTT), so the target is 30 ms.
+func BenchmarkKeyToScreen(b *testing.B) {
+	for _, guest := range screenGuests {
+		b.Run(strings.Fields(guest.name)[0], func(b *testing.B) {
+			q := bootScreenGuest(b, guest)
+			for _, term := range realTerminals(b, guest) {
+				b.Run(term.name, func(b *testing.B) {
+					app := startInTerminal(b, term, q.VNCSocket)
+					app.w.waitLine("drawn", 0, 30*time.Second)
+					app.focus()
+					rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+					var screen, ours []time.Duration
+					b.ResetTimer()
+					for i := range b.N {
+						b.StopTimer()
+						time.Sleep(time.Duration(100+rng.IntN(300)) * time.Millisecond)
+						b.StartTimer()
+						kt := app.typeKey(string(rune('a' + i%26)))
+						screen, ours = append(screen, kt.drawn), append(ours, kt.drawn-kt.frame)
+					}
+					b.StopTimer()
+					median, p90, most := quantiles(screen)
+					b.ReportMetric(ms(median), "ms-median")
+					b.ReportMetric(ms(p90), "ms-p90")
+					b.ReportMetric(ms(most), "ms-max")
+					median, _, _ = quantiles(ours)
+					b.ReportMetric(ms(median), "ms-ours-median")
+				})
+			}
+		})
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

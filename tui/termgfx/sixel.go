@@ -13,7 +13,7 @@ const paletteSlots = 1024
 
 // palette is a tile's colours in register order.
 type palette struct {
-	colors []uint32 // 0xRRGGBB
+	colors []uint32 // 0xRRGGBB, each channel in percent
 	fixed  bool     // the 6x7x6 cube, for tiles with too many colours
 }
 
@@ -36,11 +36,11 @@ func (e *Encoder) Sixel(dst []byte, img *image.RGBA, r image.Rectangle, colors i
 		dst = append(dst, '#')
 		dst = strconv.AppendInt(dst, int64(i), 10)
 		dst = append(dst, ";2;"...)
-		dst = strconv.AppendInt(dst, int64(percent(c>>16)), 10)
+		dst = strconv.AppendInt(dst, int64(c>>16&0xff), 10)
 		dst = append(dst, ';')
-		dst = strconv.AppendInt(dst, int64(percent(c>>8)), 10)
+		dst = strconv.AppendInt(dst, int64(c>>8&0xff), 10)
 		dst = append(dst, ';')
-		dst = strconv.AppendInt(dst, int64(percent(c)), 10)
+		dst = strconv.AppendInt(dst, int64(c&0xff), 10)
 	}
 	n := len(e.pal.colors)
 	if cap(e.bits) < n*w {
@@ -176,7 +176,7 @@ func (e *Encoder) index(img *image.RGBA, r image.Rectangle, colors int) {
 	e.pal.colors = e.pal.colors[:0]
 	for i := range 252 {
 		rr, gg, bb := i/42, i/6%7, i%6
-		e.pal.colors = append(e.pal.colors, uint32(rr*51)<<16|uint32(gg*255/6)<<8|uint32(bb*51))
+		e.pal.colors = append(e.pal.colors, uint32(percent(uint32(rr*51)))<<16|uint32(percent(uint32(gg*255/6)))<<8|uint32(percent(uint32(bb*51))))
 	}
 	for y := range h {
 		cubeRow(e.idx[y*w:][:w], img.Pix[img.PixOffset(r.Min.X, r.Min.Y+y):][:4*w], e.cube)
@@ -239,7 +239,7 @@ func (e *Encoder) exactRow(out []uint8, row []byte, colors int) bool {
 	row = row[:4*len(out)]
 	for x := 0; x < len(out); {
 		c := binary.LittleEndian.Uint32(row[4*x:]) & 0xffffff // 0xBBGGRR
-		reg, ok := e.register(c, colors)
+		reg, ok := e.register(sixelColor(c), colors)
 		if !ok {
 			return false
 		}
@@ -256,7 +256,7 @@ func (e *Encoder) exactWords(out []uint8, row []uint32, colors int) bool {
 	row = row[:len(out)]
 	for x := 0; x < len(row); {
 		c := row[x] & 0xffffff // 0xBBGGRR
-		reg, ok := e.register(c, colors)
+		reg, ok := e.register(sixelColor(c), colors)
 		if !ok {
 			return false
 		}
@@ -268,7 +268,17 @@ func (e *Encoder) exactWords(out []uint8, row []uint32, colors int) bool {
 	return true
 }
 
-// register is colour c's (0xBBGGRR) register, a new one if there is room.
+// sixelColor is a colour (0xBBGGRR) as sixel says it: each channel in
+// percent (0xBBGGRR, 0-100 each). Colours a percent apart look the same
+// on the terminal, and a scaled picture's blends have many: as one
+// register they leave fewer colours to a band, each of which costs a pass
+// over it (the encoder's time grows with a band's colours times its width).
+func sixelColor(c uint32) uint32 {
+	return uint32(percent(c)) | uint32(percent(c>>8))<<8 | uint32(percent(c>>16))<<16
+}
+
+// register is sixel colour c's (0xBBGGRR, in percent) register, a new
+// one if there is room.
 func (e *Encoder) register(c uint32, colors int) (uint8, bool) {
 	// A slot is 1<<32 | register<<24 | colour; zero is empty.
 	slot := (c * 2654435761) >> 22 % paletteSlots

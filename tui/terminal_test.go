@@ -209,21 +209,6 @@ func (w watch) waitLine(what string, from int, limit time.Duration) (string, int
 	}
 }
 
-func ppmImage(t testing.TB, b []byte) *image.RGBA {
-	t.Helper()
-	var w, h, maxv int
-	if _, err := fmt.Fscanf(bytes.NewReader(b), "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil {
-		t.Fatalf("parse PPM: %v", err)
-	}
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	rgb := b[len(b)-w*h*3:]
-	for i := range w * h {
-		copy(img.Pix[i*4:], rgb[i*3:i*3+3])
-		img.Pix[i*4+3] = 0xff
-	}
-	return img
-}
-
 func screenshot(t *testing.T, disp, path string) *image.RGBA {
 	t.Helper()
 	cmd := exec.Command("import", "-window", "root", path)
@@ -345,7 +330,7 @@ var screenGuests = []screenGuest{
 func bootScreenGuest(tb testing.TB, guest screenGuest) *qemutest.Guest {
 	q := qemutest.BootKernelArgs(tb, tb.TempDir(), testvm.Params{}, true, guest.kernelArgs)
 	q.WaitFor("the first tick", 90*time.Second, func(s testvm.Status) bool { return s.Tick >= 2 })
-	if got := ppmImage(tb, q.Screendump("size.ppm")).Rect.Size(); got != guest.size {
+	if got := q.ScreenImage("size.ppm").Rect.Size(); got != guest.size {
 		tb.Fatalf("the guest's screen is %v, want %v", got, guest.size)
 	}
 	return q
@@ -474,9 +459,9 @@ func TestTheScreenInRealTerminals(t *testing.T) {
 					for attempt := 0; ; attempt++ {
 						_, k := w.waitLine("drawn", len(w.lines()), 10*time.Second)
 						time.Sleep(400 * time.Millisecond)
-						before = ppmImage(t, q.Screendump("before.ppm"))
+						before = q.ScreenImage("before.ppm")
 						shot = screenshot(t, disp, filepath.Join(dir, "shot.png"))
-						after = ppmImage(t, q.Screendump("after.ppm"))
+						after = q.ScreenImage("after.ppm")
 						_, late := w.waitLine("frame", k+1, 0)
 						if bytes.Equal(before.Pix, after.Pix) && late < 0 || attempt == 4 {
 							mask = make([]bool, before.Rect.Dx()*before.Rect.Dy())

@@ -3,8 +3,6 @@ package vnc
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"image"
 	"net"
 	"os"
 	"strings"
@@ -14,23 +12,6 @@ import (
 	"github.com/handoff-dev/handoff/testvm"
 	"github.com/handoff-dev/handoff/testvm/qemutest"
 )
-
-// screendump is QEMU's own picture of the guest's screen, as an image.
-func screendump(t *testing.T, q *qemutest.Guest) *image.RGBA {
-	t.Helper()
-	b := q.Screendump("screen.ppm")
-	var w, h, maxv int
-	if _, err := fmt.Fscanf(bytes.NewReader(b), "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil {
-		t.Fatalf("parse PPM: %v", err)
-	}
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	rgb := b[len(b)-w*h*3:]
-	for i := range w * h {
-		copy(img.Pix[i*4:], rgb[i*3:i*3+3])
-		img.Pix[i*4+3] = 0xff
-	}
-	return img
-}
 
 func bootWithVNC(t *testing.T, dir string) *qemutest.Guest {
 	q := qemutest.Boot(t, dir, testvm.Params{}, true)
@@ -87,7 +68,7 @@ func TestViewMatchesQEMUAndForwardsKeys(t *testing.T) {
 			nextFrame(t, c, "an incremental update", func(f Frame) bool { return f.Seq > first.Seq && !f.Dirty.Empty() })
 			var last Frame
 			for attempt := 0; ; attempt++ {
-				want := screendump(t, q)
+				want := q.ScreenImage("screen.ppm")
 				time.Sleep(300 * time.Millisecond) // let the update after the dump arrive
 				for drained := false; !drained; {
 					select {

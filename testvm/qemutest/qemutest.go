@@ -5,8 +5,10 @@ package qemutest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"image"
 	"net"
 	"os"
 	"os/exec"
@@ -232,4 +234,21 @@ func (q *Guest) Screendump(name string) []byte {
 		q.t.Fatalf("screendump %s: %d bytes, %v", name, len(b), err)
 	}
 	return b
+}
+
+// ScreenImage is QEMU's own picture of the screen, as an image.
+func (q *Guest) ScreenImage(name string) *image.RGBA {
+	q.t.Helper()
+	b := q.Screendump(name)
+	var w, h, maxv int
+	if _, err := fmt.Fscanf(bytes.NewReader(b), "P6\n%d %d\n%d\n", &w, &h, &maxv); err != nil || maxv != 255 || len(b) < w*h*3 {
+		q.t.Fatalf("screendump %s: not a PPM of 8-bit RGB (%v)", name, err)
+	}
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	rgb := b[len(b)-w*h*3:]
+	for i := range w * h {
+		copy(img.Pix[i*4:], rgb[i*3:i*3+3])
+		img.Pix[i*4+3] = 0xff
+	}
+	return img
 }

@@ -188,12 +188,8 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 	case CheckpointMsg:
 		prev := m.dash.Checkpoint
 		m.dash.Checkpoint = Checkpoint(msg)
-		switch {
-		case msg.ID == "" || msg.ID == prev.ID:
-		case msg.Branch != "":
-			m.note(fmt.Sprintf("checkpoint kept as branch %s: the lease is no longer this device's", msg.Branch))
-		default:
-			m.note(fmt.Sprintf("checkpoint committed (%s sent)", units.Bytes(uint64(msg.Bytes))))
+		if msg.ID != "" && msg.ID != prev.ID {
+			m.note(checkpointNote(Checkpoint(msg)))
 		}
 	case ErrMsg:
 		if msg.Err != nil {
@@ -491,4 +487,25 @@ func helpText(prefix string) string {
 		"",
 		"any key closes this help",
 	}, "\n")
+}
+
+// checkpointNote is the event line of a checkpoint just committed: where
+// it went, what it sent, and what it lacked (the guest's flush, the
+// memory lined up with the chunks), so that a checkpoint worse than the
+// user expects says so where the user looks.
+func checkpointNote(c Checkpoint) string {
+	what := fmt.Sprintf("checkpoint committed (%s sent", units.Bytes(uint64(c.Bytes)))
+	if c.Branch != "" {
+		what = fmt.Sprintf("checkpoint kept as branch %s, the lease being no longer this device's (%s sent", c.Branch, units.Bytes(uint64(c.Bytes)))
+	}
+	switch {
+	case c.NoFlush != "":
+		what += "; no flush first: " + c.NoFlush
+	case c.Flushed > 0:
+		what += fmt.Sprintf("; the guest flushed in %d ms", c.Flushed.Milliseconds())
+	}
+	if c.MemoryWhole != "" {
+		what += "; the memory went whole: " + c.MemoryWhole
+	}
+	return what + ")"
 }

@@ -373,3 +373,26 @@ func TestCheckpointText(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckpointNoteSaysWhatTheCheckpointLacked(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    Checkpoint
+		want string
+	}{
+		{"flushed, lined up", Checkpoint{ID: "c1", Bytes: 623_000, Flushed: 95 * time.Millisecond},
+			"checkpoint committed (623 kB sent; the guest flushed in 95 ms)"},
+		{"no agent", Checkpoint{ID: "c2", Bytes: 1000, NoFlush: "guest-ping of vm: the guest's agent does not answer"},
+			"checkpoint committed (1 kB sent; no flush first: guest-ping of vm: the guest's agent does not answer)"},
+		{"memory whole", Checkpoint{ID: "c3", Bytes: 2_000_000, NoFlush: "not asked for", MemoryWhole: "a compressed save"},
+			"checkpoint committed (2.0 MB sent; no flush first: not asked for; the memory went whole: a compressed save)"},
+		{"a branch", Checkpoint{ID: "c4", Branch: "desktop-laptop-1", Bytes: 5000, Flushed: time.Second},
+			"checkpoint kept as branch desktop-laptop-1, the lease being no longer this device's (5 kB sent; the guest flushed in 1000 ms)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := checkpointNote(tc.c); got != tc.want {
+				t.Fatalf("got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -46,9 +46,14 @@ func (m *memoryFiles) split() {
 // splitSaveFile writes the save file at path as a page image and a recipe
 // and returns the save file's length.
 func splitSaveFile(path, image, recipe string) (size int64, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("line the memory's pages up: %w", err)
+		}
+	}()
 	in, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("read the memory file: %w", err)
+		return 0, err
 	}
 	defer in.Close()
 	fi, err := in.Stat()
@@ -57,25 +62,24 @@ func splitSaveFile(path, image, recipe string) (size int64, err error) {
 	}
 	img, err := os.Create(image)
 	if err != nil {
-		return 0, fmt.Errorf("line the memory's pages up: %w", err)
+		return 0, err
 	}
 	defer img.Close()
 	rec, err := os.Create(recipe)
 	if err != nil {
-		return 0, fmt.Errorf("line the memory's pages up: %w", err)
+		return 0, err
 	}
 	defer rec.Close()
 	w := syncengine.NewRecipeWriter(rec)
 	layout, err := saveimage.Split(in, img, w)
 	if err != nil {
-		return 0, fmt.Errorf("line the memory's pages up: %w", err)
+		return 0, err
 	}
 	if w.Size() != fi.Size() {
-		return 0, fmt.Errorf("line the memory's pages up: the recipe makes %d bytes of a file of %d", w.Size(), fi.Size())
+		return 0, fmt.Errorf("the recipe makes %d bytes of a file of %d", w.Size(), fi.Size())
 	}
-	err = errors.Join(w.Close(), img.Truncate(layout.ImageSize), rec.Close(), img.Close())
-	if err != nil {
-		return 0, fmt.Errorf("line the memory's pages up: %w", err)
+	if err := errors.Join(w.Close(), img.Truncate(layout.ImageSize), rec.Close(), img.Close()); err != nil {
+		return 0, err
 	}
 	return fi.Size(), nil
 }

@@ -143,11 +143,22 @@ func waitForDaemon(ctx context.Context, h *Host) error {
 	if err := os.Chmod(h.Socket, 0o777); err != nil {
 		return err
 	}
-	c, err := libvirt.Connect(ctx, h.URI)
-	if err != nil {
-		return fmt.Errorf("libvirtd for the %s: %w", h.Name, err)
+	// The socket is there from its bind; the daemon accepts on it only
+	// once it listens, a moment later (CI once asked in between).
+	for {
+		c, err := libvirt.Connect(ctx, h.URI)
+		if err == nil {
+			return c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return fmt.Errorf("libvirtd for the %s: %w (log: %s)", h.Name, err, filepath.Join(h.Dir, "libvirtd.log"))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return c.Close()
 }
 
 // Down removes every process, namespace, user and file a lab in dir made.

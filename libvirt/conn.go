@@ -70,6 +70,10 @@ func connectHint(u *url.URL, err error) string {
 		return fmt.Sprintf(" (no libvirt daemon listens on %s: is it running?)", u.Query().Get("socket"))
 	case strings.Contains(msg, "no such file or directory"):
 		return " (is libvirtd running? for a user's own daemon use qemu:///session)"
+	case strings.Contains(msg, "connection refused") && u.Query().Get("socket") != "":
+		return fmt.Sprintf(" (%s is there but no libvirt daemon accepts on it: is it running, or still starting?)", u.Query().Get("socket"))
+	case strings.Contains(msg, "connection refused") && u.Host == "":
+		return " (libvirtd's socket is there but nobody accepts on it: is libvirtd running?)"
 	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no route to host"), strings.Contains(msg, "i/o timeout"):
 		return fmt.Sprintf(" (is %s reachable and its libvirt or SSH port open?)", u.Host)
 	case strings.Contains(msg, "unable to authenticate"), strings.Contains(msg, "knownhosts"):
